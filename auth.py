@@ -1,0 +1,75 @@
+"""Password hashing and access tokens: pure functions, no web framework."""
+
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+from jose import JWTError, jwt
+from passlib.context import CryptContext
+
+from config import Settings
+
+ALGORITHM = "HS256"
+MAX_PASSWORD_LENGTH = 128
+
+
+class InvalidTokenError(Exception):
+    """The token is malformed, forged, expired, or lacks a required claim."""
+
+
+@lru_cache(maxsize=4)
+def _password_context(rounds: int) -> CryptContext:
+    # bcrypt_sha256 pre-hashes, so the whole password counts (bcrypt alone stops at 72 bytes).
+    return CryptContext(schemes=["bcrypt_sha256"], bcrypt_sha256__rounds=rounds)
+
+
+@lru_cache(maxsize=4)
+def _dummy_hash(rounds: int) -> str:
+    return _password_context(rounds).hash("timing-equalizer-password")
+
+
+def hash_password(password: str, settings: Settings) -> str:
+    return _password_context(settings.bcrypt_rounds).hash(password)
+
+
+def verify_password(password: str, hashed_password: str | None, settings: Settings) -> bool:
+    """Check a password. Without a usable hash or password, spend the same time and fail."""
+    context = _password_context(settings.bcrypt_rounds)
+    acceptable = len(password) <= MAX_PASSWORD_LENGTH and "\x00" not in password
+    if hashed_password is None or not acceptable:
+        # No timing oracle: an unknown user costs a full verify like a wrong password does.
+        context.verify("timing-equalizer-guess", _dummy_hash(settings.bcrypt_rounds))
+        return False
+    try:
+        return context.verify(password, hashed_password)
+    except ValueError:
+        return False
+
+
+def create_access_token(user_id: int, settings: Settings) -> tuple[str, int]:
+    """A signed JWT for this user and its lifetime in seconds."""
+    lifetime = timedelta(minutes=settings.access_token_expire_minutes)
+    now = datetime.now(UTC)
+    claims = {"sub": str(user_id), "iat": now, "exp": now + lifetime}
+    token = jwt.encode(claims, settings.secret_key.get_secret_value(), algorithm=ALGORITHM)
+    return token, int(lifetime.total_seconds())
+
+
+def decode_access_token(token: str, settings: Settings) -> int:
+    """The user id a valid token names.
+
+    Raises:
+        InvalidTokenError: for any token that is not one we issued and still valid.
+    """
+    try:
+        claims = jwt.decode(
+            token,
+            settings.secret_key.get_secret_value(),
+            algorithms=[ALGORITHM],
+            options={"require_exp": True, "require_sub": True, "require_iat": True},
+        )
+    except (JWTError, ValueError, TypeError) as exc:
+        raise InvalidTokenError(str(exc)) from None
+    subject = claims.get("sub")
+    if not isinstance(subject, str) or not subject.isdigit() or not 0 < int(subject) < 2**31:
+        raise InvalidTokenError("bad subject")
+    return int(subject)

@@ -1,0 +1,123 @@
+"""Application settings: the one place that reads the environment."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+# Values people paste from tutorials; a key like these is public knowledge.
+_PLACEHOLDER_MARKERS = (
+    "changeme",
+    "change-me",
+    "change_me",
+    "your-secret",
+    "your_secret",
+    "yoursecret",
+    "secret-key",
+    "secret_key",
+    "secretkey",
+    "placeholder",
+    "example",
+    "insecure",
+)
+_DEFAULT_DATABASE_URL = f"sqlite:///{PROJECT_DIR / 'taskmanager.db'}"
+_HOW_TO_MAKE_A_KEY = (
+    "SECRET_KEY must be a random string of at least 32 characters. Generate one with: "
+    "python3 -c 'import secrets; print(secrets.token_urlsafe(48))' "
+    "and put it in the environment or in .env (`make run` writes one for you)."
+)
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; `.env.example` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_file=PROJECT_DIR / ".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    database_url: str = _DEFAULT_DATABASE_URL
+    db_pool_size: int = Field(default=20, ge=1, le=200)
+    db_max_overflow: int = Field(default=0, ge=0, le=200)
+    db_connect_timeout_seconds: int = Field(default=5, ge=1, le=60)
+    db_statement_timeout_ms: int = Field(default=10_000, ge=0, le=600_000)
+
+    redis_url: str | None = None
+
+    secret_key: SecretStr = Field(default=SecretStr(""), validate_default=True)
+    access_token_expire_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=31)
+
+    rate_limit_enabled: bool = True
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    upload_dir: Path = PROJECT_DIR / "uploads"
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024)
+
+    cors_origins: Annotated[list[str], NoDecode] = []
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_psycopg2(cls, url: str) -> str:
+        # SQLAlchemy 2.1 maps a bare postgresql:// URL to psycopg 3; we ship psycopg2.
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg2://" + url.removeprefix(prefix)
+        return url
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _blank_database_is_default(cls, value: object) -> object:
+        return _DEFAULT_DATABASE_URL if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("upload_dir")
+    @classmethod
+    def _upload_dir_in_project(cls, value: Path) -> Path:
+        return value if value.is_absolute() else PROJECT_DIR / value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _blank_redis_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _normalize_case(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        levels = {"debug", "info", "warning", "error", "critical"}
+        return value.upper() if value.lower() in levels else value.lower()
+
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr) -> SecretStr:
+        key = value.get_secret_value()
+        looks_made_up = len(set(key)) < 10 or any(m in key.lower() for m in _PLACEHOLDER_MARKERS)
+        if len(key) < 32 or looks_made_up:
+            raise ValueError(_HOW_TO_MAKE_A_KEY)
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,66 @@
+"""Engine, session factory and the per-request session dependency."""
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import Settings, get_settings
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    # pysqlite's own transaction handling breaks SAVEPOINT (and so per-test isolation):
+    # hand transaction control to SQLAlchemy, as the SQLAlchemy docs recommend.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+def build_engine(settings: Settings) -> Engine:
+    """Create the engine for the configured database, with pool and timeouts set."""
+    if settings.is_sqlite:
+        engine = create_engine(
+            settings.database_url,
+            connect_args={"check_same_thread": False, "timeout": 5},
+        )
+        _install_sqlite_hooks(engine)
+        return engine
+    return create_engine(
+        settings.database_url,
+        # Sized to the request concurrency: an overflow connection per request costs a connect.
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_pre_ping=True,
+        pool_timeout=settings.db_connect_timeout_seconds,
+        connect_args={
+            "connect_timeout": settings.db_connect_timeout_seconds,
+            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            "application_name": "task-manager-api",
+        },
+    )
+
+
+engine = build_engine(get_settings())
+SessionLocal = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+def get_db() -> Iterator[Session]:
+    """One session and one transaction per request, committed before the response is sent."""
+    with SessionLocal() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

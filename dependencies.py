@@ -1,0 +1,56 @@
+"""Reusable FastAPI dependencies, exposed as `Annotated` aliases."""
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.orm import Session
+
+import auth
+from config import Settings, get_settings
+from db_config import get_db
+from db_models import Task, User
+from exceptions import AuthenticationError
+from models import MAX_ID
+from services import tasks as task_service
+from services import users as user_service
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+# scope="function": commit before the response is sent, so a failed commit is never a 2xx.
+DbSession = Annotated[Session, Depends(get_db, scope="function")]
+
+# Declares the OAuth2 password flow in OpenAPI, so Swagger's Authorize button can log in.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
+
+
+def get_current_user(
+    request: Request,
+    session: DbSession,
+    settings: SettingsDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> User:
+    """The user the bearer token names; 401 for a missing, bad or orphaned token."""
+    if not token:
+        raise AuthenticationError("Not authenticated: send Authorization: Bearer <token>")
+    try:
+        user_id = auth.decode_access_token(token, settings)
+    except auth.InvalidTokenError:
+        raise AuthenticationError("Invalid or expired token", code="invalid_token") from None
+    user = user_service.get_user(session, user_id)
+    if user is None:
+        raise AuthenticationError("Invalid or expired token", code="invalid_token")
+    request.state.user_id = user.id
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of your tasks.")]
+
+
+def get_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Task:
+    """The caller's task named in the path; 404 when missing or someone else's."""
+    return task_service.get_owned_task(session, owner_id=user.id, task_id=task_id)
+
+
+OwnedTask = Annotated[Task, Depends(get_owned_task)]

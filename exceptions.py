@@ -1,0 +1,203 @@
+"""The error hierarchy and the handlers that render every error as problem+json (RFC 9457)."""
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class AppError(Exception):
+    """An error with an HTTP status, a stable `code` and a message safe to show the client."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+class BadRequestError(AppError):
+    status_code = 400
+    code = "bad_request"
+
+
+class EmptyUpdateError(BadRequestError):
+    code = "empty_update"
+
+    def __init__(self) -> None:
+        super().__init__("The update contains no fields to change")
+
+
+class AuthenticationError(AppError):
+    status_code = 401
+    code = "not_authenticated"
+
+    def __init__(self, detail: str, *, code: str | None = None) -> None:
+        super().__init__(detail, code=code, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFoundError(AppError):
+    status_code = 404
+    code = "not_found"
+
+
+class ConflictError(AppError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLargeError(AppError):
+    status_code = 413
+    code = "file_too_large"
+
+
+class UnsupportedMediaTypeError(AppError):
+    status_code = 415
+    code = "unsupported_file_type"
+
+
+class ServiceUnavailableError(AppError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+def request_id_of(request: Request) -> str:
+    """The request id the middleware assigned, or a fresh one if it never ran."""
+    request_id = getattr(request.state, "request_id", None)
+    if not isinstance(request_id, str):
+        request_id = uuid.uuid4().hex
+        request.state.request_id = request_id
+    return request_id
+
+
+def problem_response(
+    request: Request,
+    status_code: int,
+    *,
+    code: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> JSONResponse:
+    """Render one problem+json response, echoing the request id in body and header."""
+    request_id = request_id_of(request)
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status_code).phrase,
+        "status": status_code,
+        "detail": detail,
+        "code": code,
+        "request_id": request_id,
+        **(extra or {}),
+    }
+    response_headers = {**(headers or {}), "X-Request-ID": request_id}
+    return JSONResponse(
+        body, status_code=status_code, headers=response_headers, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+def _validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    # Only loc/msg/type: pydantic's `input` and `ctx` may echo secrets or be unserializable.
+    return [
+        {
+            "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        for error in errors
+    ]
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    first = errors[0] if errors else None
+    if first is None:
+        return "The request is invalid"
+    where = ".".join(str(part) for part in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
+async def _app_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    error = cast(AppError, exc)
+    return problem_response(
+        request,
+        error.status_code,
+        code=error.code,
+        detail=error.detail,
+        headers=error.headers,
+        extra=error.extra,
+    )
+
+
+async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    errors = _validation_errors(cast(RequestValidationError, exc).errors())
+    return problem_response(
+        request,
+        422,
+        code="validation_error",
+        detail=_describe(errors),
+        extra={"errors": errors},
+    )
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated"}
+
+
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    error = cast(StarletteHTTPException, exc)
+    status = HTTPStatus(error.status_code)
+    code = _HTTP_CODES.get(status, status.phrase.lower().replace(" ", "_").replace("-", "_"))
+    if isinstance(error.detail, str) and error.detail != status.phrase:
+        detail = error.detail
+    elif status == HTTPStatus.NOT_FOUND:
+        detail = f"No route matches {request.method} {request.url.path}"
+    else:
+        detail = status.description
+    return problem_response(request, status, code=code, detail=detail, headers=error.headers)
+
+
+async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    request_id = request_id_of(request)
+    logger.error(
+        "Unhandled error on %s %s (request_id=%s)",
+        request.method,
+        request.url.path,
+        request_id,
+        exc_info=exc,
+    )
+    return problem_response(
+        request,
+        500,
+        code="internal_error",
+        detail=f"An unexpected error occurred; quote request id {request_id} when reporting it",
+    )
+
+
+def register_exception_handlers(app: FastAPI) -> None:
+    """Render every error the app can raise as problem+json."""
+    app.add_exception_handler(AppError, _app_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(Exception, _unhandled_error_handler)

@@ -1,0 +1,73 @@
+"""Application factory: settings, logging, middleware, error handlers and routers."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from config import Settings, get_settings
+from dependencies import get_current_user
+from exceptions import register_exception_handlers
+from logging_config import configure_logging
+from middleware import RequestContextMiddleware
+from models import RootInfo
+from routers import auth as auth_routes
+from routers import tasks as task_routes
+
+logger = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+DESCRIPTION = (
+    "A multi-user task manager: register, log in, and manage your own tasks, tags and files. "
+    "Every error is an RFC 9457 problem document with a stable `code`."
+)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    logger.info(
+        "Task Manager API %s starting (database: %s)",
+        VERSION,
+        settings.database_url.split(":", 1)[0],
+    )
+    yield
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI application."""
+    settings = settings or get_settings()
+    configure_logging(settings)
+    app = FastAPI(
+        title="Task Manager API",
+        version=VERSION,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    register_exception_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "X-Total-Count", "Link", "Location", "X-Cache"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(auth_routes.router)
+    # Everything but auth and operations needs a token: nothing is public by accident.
+    authenticated = [Depends(get_current_user)]
+    app.include_router(task_routes.router, dependencies=authenticated)
+
+    @app.get("/", response_model=RootInfo, tags=["operations"])
+    def root() -> RootInfo:
+        """Service name, status and version."""
+        return RootInfo(message="Task Manager API", status="running", version=VERSION)
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,276 @@
+"""Pydantic request and response schemas: the shapes of the HTTP API."""
+
+import re
+from datetime import date, datetime
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StrictBool,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+from enums import Priority
+
+MAX_ID = 2**31 - 1
+MAX_TAGS_PER_TASK = 20
+MAX_TAG_LENGTH = 50
+
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
+
+
+def _storable(value: str) -> str:
+    """Reject text no database can store: NUL bytes and unpaired surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+def _title(value: str) -> str:
+    value = _storable(value).strip()
+    if not 1 <= len(value) <= 200:
+        raise ValueError("must be 1 to 200 characters after trimming whitespace")
+    return value
+
+
+def _description(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = _storable(value).strip()
+    if len(value) > 1000:
+        raise ValueError("must be at most 1000 characters after trimming whitespace")
+    return value or None
+
+
+def normalize_tag(value: str) -> str:
+    """Trim and lower-case a tag, enforcing the tag rules of the API."""
+    value = _storable(value).strip().lower()
+    if not 1 <= len(value) <= MAX_TAG_LENGTH:
+        raise ValueError(f"a tag must be 1 to {MAX_TAG_LENGTH} characters after trimming")
+    if "/" in value:
+        raise ValueError("a tag must not contain '/'")
+    return value
+
+
+def _unique_tags(values: list[str]) -> list[str]:
+    unique = list(dict.fromkeys(values))
+    if len(unique) > MAX_TAGS_PER_TASK:
+        raise ValueError(f"a task has at most {MAX_TAGS_PER_TASK} tags")
+    return unique
+
+
+def _date_from_string(value: Any) -> Any:
+    # JSON has no date type: accept an ISO string (or a date from Python callers), never a number.
+    if isinstance(value, str | date) and not isinstance(value, datetime):
+        return value
+    raise ValueError("must be a date string in YYYY-MM-DD form")
+
+
+Title = Annotated[StrictStr, AfterValidator(_title)]
+Description = Annotated[StrictStr | None, AfterValidator(_description)]
+Tag = Annotated[StrictStr, AfterValidator(normalize_tag)]
+TagList = Annotated[list[Tag], Field(max_length=100), AfterValidator(_unique_tags)]
+DueDate = Annotated[
+    date | None, BeforeValidator(lambda v: v if v is None else _date_from_string(v))
+]
+ResourceId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+class StrictBody(BaseModel):
+    """Request bodies: unknown fields are errors, JSON types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document: the body of every 4xx and 5xx response."""
+
+    type: str = Field(default="about:blank", examples=["about:blank"])
+    title: str = Field(examples=["Not Found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["Task 17 not found"])
+    code: str = Field(examples=["task_not_found"])
+    request_id: str = Field(examples=["3f1c2a9e6b7d4e0f8a1b2c3d4e5f6a7b"])
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="Every validation error at once (422 only)."
+    )
+    missing_ids: list[int] | None = Field(
+        default=None, description="Ids that do not exist or are not yours (bulk update only)."
+    )
+
+
+# --- users and tokens ---------------------------------------------------------------------
+
+
+class UserCreate(StrictBody):
+    username: StrictStr = Field(min_length=3, max_length=50, examples=["alice"])
+    email: EmailStr = Field(max_length=320, examples=["alice@example.com"])
+    password: StrictStr = Field(min_length=8, max_length=128, examples=["correct horse battery"])
+
+    @field_validator("username")
+    @classmethod
+    def _username_charset(cls, value: str) -> str:
+        if not USERNAME_PATTERN.fullmatch(value):
+            raise ValueError("must be 3 to 50 letters, digits, '_', '.' or '-'")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _lower_email(cls, value: str) -> str:
+        return _storable(value).lower()
+
+    @field_validator("password")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        return _storable(value)
+
+
+class LoginRequest(StrictBody):
+    # Deliberately unvalidated beyond type: any bad credential is a plain 401, never a 422.
+    username: StrictStr = Field(max_length=1024, examples=["alice"])
+    password: StrictStr = Field(max_length=1024, examples=["correct horse battery"])
+
+
+class UserRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    username: str
+    email: str
+    created_at: datetime
+
+
+class Token(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the OAuth2 token type)
+    expires_in: int = Field(description="Lifetime of the token in seconds.")
+
+
+# --- tasks --------------------------------------------------------------------------------
+
+
+class TaskCreate(StrictBody):
+    title: Title = Field(examples=["Write the quarterly report"])
+    description: Description = Field(default=None, examples=["Numbers from finance first"])
+    priority: Priority = Priority.MEDIUM
+    due_date: DueDate = Field(default=None, examples=["2026-12-31"])
+    tags: TagList = Field(default_factory=list, examples=[["work", "reports"]])
+    completed: StrictBool = False
+
+
+class TaskUpdate(StrictBody):
+    """Any subset of the create fields; only the fields sent are changed."""
+
+    title: Title | None = Field(default=None, examples=["Write the annual report"])
+    description: Description = None
+    priority: Priority | None = None
+    due_date: DueDate = None
+    tags: TagList | None = None
+    completed: StrictBool | None = Field(default=None, examples=[True])
+
+    @field_validator("title", "priority", "tags", "completed", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Absent means "unchanged"; an explicit null is only meaningful for nullable fields.
+        if value is None:
+            raise ValueError("may not be null")
+        return value
+
+    def changes(self) -> dict[str, Any]:
+        """The fields the client sent, with their validated values."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class BulkTaskUpdate(StrictBody):
+    task_ids: list[ResourceId] = Field(min_length=1, max_length=100, examples=[[1, 2, 3]])
+    updates: TaskUpdate
+
+    @model_validator(mode="after")
+    def _dedupe_ids(self) -> Self:
+        self.task_ids = list(dict.fromkeys(self.task_ids))
+        return self
+
+
+class TaskRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    title: str
+    description: str | None
+    completed: bool
+    priority: Priority
+    due_date: date | None
+    tags: list[str]
+    created_at: datetime
+    updated_at: datetime
+    user_id: int
+
+
+class TaskStats(BaseModel):
+    total: int
+    completed: int
+    incomplete: int
+    completion_rate: float = Field(description="completed / total, rounded to 4 places.")
+    overdue: int
+    by_priority: dict[Priority, int]
+    by_tag: dict[str, int]
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+class FileRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    task_id: int
+    original_filename: str
+    content_type: str
+    file_size: int
+    sha256: str
+    uploaded_at: datetime
+
+
+# --- operations ---------------------------------------------------------------------------
+
+
+class RootInfo(BaseModel):
+    message: str
+    status: str
+    version: str
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting problem+json errors for these statuses."""
+    return {
+        status: {
+            "model": Problem,
+            "content": {"application/problem+json": {}},
+            "description": _ERROR_DESCRIPTIONS.get(status, "Error"),
+        }
+        for status in statuses
+    }
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Bad request (`empty_update`)",
+    401: "Missing or invalid credentials (`not_authenticated`, `invalid_token`, `invalid_credentials`)",
+    404: "Not found, or not yours (`task_not_found`, `file_not_found`, `tag_not_found`)",
+    409: "Conflict (`duplicate_username`, `duplicate_email`, `too_many_files`)",
+    413: "Upload larger than the limit (`file_too_large`)",
+    415: "File type not allowed or content does not match (`unsupported_file_type`)",
+    422: "Invalid input (`validation_error`)",
+    429: "Rate limit exceeded (`rate_limited`)",
+    503: "A backing service is unavailable (`service_unavailable`)",
+}

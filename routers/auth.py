@@ -1,0 +1,82 @@
+"""Registration, login and the current user."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from dependencies import CurrentUser, DbSession, SettingsDep
+from models import LoginRequest, Token, UserCreate, UserRead, error_responses
+from services import users as user_service
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+_LOGIN_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/LoginRequest"}},
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["username", "password"],
+                    "properties": {
+                        "username": {"type": "string"},
+                        "password": {"type": "string", "format": "password"},
+                        "grant_type": {"type": "string", "enum": ["password"]},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+async def login_credentials(request: Request) -> LoginRequest:
+    """Read credentials from a JSON body or an OAuth2 password form."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type in _FORM_TYPES:
+            form = await request.form()
+            fields = {key: form.get(key) for key in ("username", "password") if key in form}
+            return LoginRequest.model_validate(fields)
+        return LoginRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserRead,
+    responses=error_responses(409, 422),
+)
+def register(data: UserCreate, session: DbSession, settings: SettingsDep) -> Any:
+    """Create an account."""
+    return user_service.register_user(session, data=data, settings=settings)
+
+
+@router.post(
+    "/login",
+    response_model=Token,
+    responses=error_responses(401, 422),
+    openapi_extra=_LOGIN_BODY,
+)
+def login(
+    credentials: Annotated[LoginRequest, Depends(login_credentials)],
+    session: DbSession,
+    settings: SettingsDep,
+) -> Token:
+    """Exchange a username and password for a bearer token (JSON body or OAuth2 form)."""
+    return user_service.login(session, credentials=credentials, settings=settings)
+
+
+@router.get("/me", response_model=UserRead, responses=error_responses(401))
+def read_me(user: CurrentUser) -> Any:
+    """The account the token belongs to."""
+    return user

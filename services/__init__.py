@@ -1,0 +1,1 @@
+"""Business rules and queries, one module per domain; services flush, never commit."""

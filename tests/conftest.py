@@ -1,0 +1,171 @@
+"""Test configuration: the backend comes from the environment, never from editing tests.
+
+With TEST_DATABASE_URL / TEST_REDIS_URL unset, tests run on the embedded default (a temporary
+SQLite file, in-process cache). With them set, the same tests run on PostgreSQL + Redis.
+"""
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="taskmanager-tests-"))
+TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "").strip()
+BACKEND = "postgresql+redis" if TEST_DATABASE_URL else "embedded"
+
+# Settings for the app under test, set before any project module reads them.
+os.environ.update(
+    {
+        "DATABASE_URL": TEST_DATABASE_URL or f"sqlite:///{_TMP / 'test.db'}",
+        "REDIS_URL": TEST_REDIS_URL if TEST_DATABASE_URL else "",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "BCRYPT_ROUNDS": "4",
+        "RATE_LIMIT_ENABLED": "false",
+        "UPLOAD_DIR": str(_TMP / "uploads"),
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "text",
+        "CORS_ORIGINS": "",
+    }
+)
+
+import config  # noqa: E402
+
+# A developer's .env must not change what the tests run against.
+config.Settings.model_config["env_file"] = None
+config.get_settings.cache_clear()
+
+from alembic.config import Config  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from sqlalchemy import Connection, text  # noqa: E402
+
+import db_config  # noqa: E402
+from alembic import command  # noqa: E402
+from main import create_app  # noqa: E402
+
+PROJECT_DIR = config.PROJECT_DIR
+
+
+def pytest_report_header() -> str:
+    return f"backend: {BACKEND} ({db_config.engine.url.render_as_string(hide_password=True)})"
+
+
+def alembic_config(connection: Connection) -> Config:
+    cfg = Config(str(PROJECT_DIR / "alembic.ini"))
+    cfg.attributes["connection"] = connection
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def reset_database(connection: Connection) -> None:
+    """Leave the test database empty: no tables, no alembic version."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    else:
+        tables = connection.execute(
+            text("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        ).scalars()
+        connection.execute(text("PRAGMA foreign_keys=OFF"))
+        for table in list(tables):
+            connection.execute(text(f'DROP TABLE "{table}"'))
+        connection.execute(text("PRAGMA foreign_keys=ON"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _schema() -> Iterator[None]:
+    """Build the schema once per run with the migrations (the only schema source)."""
+    with db_config.engine.begin() as connection:
+        reset_database(connection)
+        command.upgrade(alembic_config(connection), "head")
+    yield
+    db_config.engine.dispose()
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def db_connection() -> Iterator[Connection]:
+    """Run each test inside one outer transaction that is rolled back afterwards.
+
+    Every session the app opens (requests and background work) joins it through a
+    savepoint, so app code may commit freely and nothing survives the test.
+    """
+    connection = db_config.engine.connect()
+    transaction = connection.begin()
+    db_config.SessionLocal.configure(bind=connection, join_transaction_mode="create_savepoint")
+    try:
+        yield connection
+    finally:
+        db_config.SessionLocal.configure(
+            bind=db_config.engine, join_transaction_mode="conservative_savepoint"
+        )
+        if transaction.is_active:
+            transaction.rollback()
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def app() -> FastAPI:
+    return create_app()
+
+
+@pytest.fixture(scope="session")
+def _client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def client(_client: TestClient, app: FastAPI) -> Iterator[TestClient]:
+    yield _client
+    app.dependency_overrides.clear()
+
+
+@dataclass
+class AuthUser:
+    id: int
+    username: str
+    email: str
+    password: str
+    token: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+PASSWORD = "correct horse battery"
+
+
+def register_and_login(client: TestClient, username: str, password: str = PASSWORD) -> AuthUser:
+    """Register a user through the API and log in; returns its bearer headers."""
+    email = f"{username}@example.com"
+    response = client.post(
+        "/auth/register", json={"username": username, "email": email, "password": password}
+    )
+    assert response.status_code == 201, response.text
+    user_id = response.json()["id"]
+    response = client.post("/auth/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    token = response.json()["access_token"]
+    return AuthUser(
+        id=user_id,
+        username=username,
+        email=email,
+        password=password,
+        token=token,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+
+
+@pytest.fixture
+def alice(client: TestClient) -> AuthUser:
+    return register_and_login(client, "alice")
+
+
+@pytest.fixture
+def bob(client: TestClient) -> AuthUser:
+    return register_and_login(client, "bob")
