@@ -1,14 +1,28 @@
 """Task CRUD."""
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from dependencies import CurrentUser, DbSession, OwnedTask
-from models import TaskCreate, TaskRead, TaskUpdate, error_responses
+from models import MAX_ID, TaskCreate, TaskRead, TaskUpdate, error_responses
 from services import tasks as task_service
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=error_responses(401))
+
+
+@router.get("", response_model=list[TaskRead], responses=error_responses(422))
+def list_tasks(
+    user: CurrentUser,
+    session: DbSession,
+    response: Response,
+    skip: Annotated[int, Query(ge=0, le=MAX_ID, description="Tasks to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 100,
+) -> Any:
+    """The caller's tasks, a page at a time; `X-Total-Count` counts them all."""
+    tasks, total = task_service.list_tasks(session, owner=user, skip=skip, limit=limit)
+    response.headers["X-Total-Count"] = str(total)
+    return tasks
 
 
 @router.post(

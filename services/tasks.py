@@ -3,7 +3,7 @@
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db_models import Task, TaskTag, User, utcnow
@@ -24,6 +24,14 @@ def get_owned_task(session: Session, *, owner_id: int, task_id: int) -> Task:
     if task is None:
         raise TaskNotFoundError(task_id)
     return task
+
+
+def list_tasks(session: Session, *, owner: User, skip: int, limit: int) -> tuple[list[Task], int]:
+    """One page of the caller's tasks by id, and how many there are in all."""
+    scope = select(Task).where(Task.user_id == owner.id)
+    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
+    page = session.scalars(scope.order_by(Task.id).offset(skip).limit(limit)).all()
+    return list(page), total
 
 
 def replace_tags(task: Task, tags: Iterable[str]) -> None:
