@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Lint, then run the test suite on both backends:
+#   pass 1 "embedded"          SQLite temp file, no Redis (TEST_* variables unset)
+#   pass 2 "postgresql+redis"  TEST_DATABASE_URL / TEST_REDIS_URL exported
+# Arguments are passed to pytest in both passes (e.g. -k login, -x).
+#
+# Environment:
+#   TEST_DATABASE_URL  default postgresql://postgres@127.0.0.1:5432/test
+#   TEST_REDIS_URL     default redis://127.0.0.1:6379/15
+#   CI=true            an unreachable PostgreSQL/Redis fails the run instead of
+#                      running the embedded pass only
+#   SKIP_LINT=1        skip ruff/mypy (quick local iterations only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+
+TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/test}
+TEST_REDIS_URL=${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/test-sh.XXXXXX")
+trap 'rm -rf -- "$tmp"' EXIT
+
+# pytest options of our own. --verbosity=-1 is "-q" that also overrides any
+# -q/-qq in the project's addopts (-qq would hide the final summary line).
+pytest_opts=(--verbosity=-1 -ra)
+
+# The last "N passed ... in X.XXs" style line of a pytest log, without the
+# ===== padding and colour codes; empty when pytest never got that far.
+pytest_summary_line() {
+    sed -e 's/\x1b\[[0-9;]*[A-Za-z]//g' -- "$1" \
+        | grep -E '(^|[ =])([0-9]+ (passed|failed|errors?|skipped|xfailed|xpassed|deselected|warnings?|rerun)|no tests ran)\b.* in [0-9]+(\.[0-9]+)?s' \
+        | tail -n 1 \
+        | sed -E 's/^[ =]+//; s/[ =]+$//' || true
+}
+
+# run_pass NAME LOG [env args...] -- runs pytest, sets pass_rc and pass_line.
+run_pass() {
+    local name=$1 log=$2
+    shift 2
+    step "Tests, pass \"$name\""
+    pass_rc=0
+    env "$@" "$VENV_PY" -m pytest "${pytest_opts[@]}" "${pytest_args[@]}" 2>&1 \
+        | tee -- "$log" || pass_rc=$?
+    pass_line=$(pytest_summary_line "$log")
+    if [[ -z $pass_line ]]; then
+        pass_line="pytest exited with code $pass_rc before printing a summary line"
+    elif ((pass_rc != 0)); then
+        pass_line="$pass_line (exit code $pass_rc)"
+    fi
+}
+
+print_summary() {
+    printf '\n========== test summary ==========\n'
+    printf '%-18s %s\n' "embedded:" "$embedded_line" "postgresql+redis:" "$backend_line"
+    printf '==================================\n'
+}
+
+pytest_args=("$@")
+
+# 1. virtualenv + dev requirements
+ensure_venv
+ensure_requirements requirements-dev.txt
+
+# 2. lint
+if [[ ${SKIP_LINT:-} == 1 ]]; then
+    step "Lint skipped (SKIP_LINT=1)"
+else
+    lint
+fi
+
+# 3. pass 1: embedded (SQLite, no Redis)
+run_pass embedded "$tmp/embedded.log" -u TEST_DATABASE_URL -u TEST_REDIS_URL
+embedded_rc=$pass_rc
+embedded_line=$pass_line
+
+# 4. probe PostgreSQL + Redis
+step "Probing PostgreSQL and Redis for the postgresql+redis pass"
+export TEST_DATABASE_URL TEST_REDIS_URL
+probe_rc=0
+"$VENV_PY" scripts/check_services.py >"$tmp/probe.txt" 2>&1 || probe_rc=$?
+if ((probe_rc != 0)); then
+    # 5. a service is unreachable
+    unreachable=$(grep 'UNREACHABLE' "$tmp/probe.txt" | paste -sd ';' - | sed 's/;/; /g' || true)
+    if [[ -z $unreachable ]]; then  # the probe itself crashed: show why
+        cat -- "$tmp/probe.txt" >&2
+        unreachable="scripts/check_services.py failed with exit code $probe_rc"
+    fi
+    if [[ ${CI:-} == true ]]; then
+        printf 'ERROR: CI=true and the postgresql+redis pass cannot run: %s\n' "$unreachable" >&2
+        backend_line="NOT RUN - $unreachable"
+        print_summary
+        exit 1
+    fi
+    warn "postgresql+redis pass skipped, only the embedded pass ran: $unreachable"
+    backend_line="skipped (service unreachable; CI=true would make this a failure)"
+    print_summary
+    exit "$embedded_rc"
+fi
+sed 's/^/    /' "$tmp/probe.txt"
+
+# 6. pass 2: PostgreSQL + Redis
+run_pass postgresql+redis "$tmp/backend.log"
+backend_rc=$pass_rc
+backend_line=$pass_line
+
+# 7. summary
+print_summary
+if ((embedded_rc != 0 || backend_rc != 0)); then
+    exit 1
+fi
