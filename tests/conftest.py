@@ -56,6 +56,16 @@ def pytest_report_header() -> str:
     return f"backend: {BACKEND} ({db_config.engine.url.render_as_string(hide_password=True)})"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked postgres_redis belong to the production pass: deselect them elsewhere."""
+    if BACKEND != "embedded":
+        return
+    production_only = [item for item in items if item.get_closest_marker("postgres_redis")]
+    if production_only:
+        config.hook.pytest_deselected(items=production_only)
+        items[:] = [item for item in items if not item.get_closest_marker("postgres_redis")]
+
+
 def alembic_config(connection: Connection) -> Config:
     cfg = Config(str(PROJECT_DIR / "alembic.ini"))
     cfg.attributes["connection"] = connection

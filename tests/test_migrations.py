@@ -1,0 +1,90 @@
+"""Alembic is the only schema source: it builds an empty database and matches the models."""
+
+import os
+import subprocess
+import sys
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, create_engine, inspect, make_url, text
+
+import db_config
+from config import PROJECT_DIR
+from db_models import Base
+
+EXPECTED_TABLES = {"alembic_version", "users", "tasks", "task_tags", "task_files"}
+
+
+def _drift(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    with warnings.catch_warnings():
+        # SQLite cannot reflect expression indexes; alembic says so and skips comparing them.
+        warnings.filterwarnings("ignore", message=".*expression-based index")
+        return list(compare_metadata(context, Base.metadata))
+
+
+def _alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_models_match_the_migrated_schema(db_connection: Connection) -> None:
+    assert _drift(db_connection) == []
+
+
+def test_upgrade_head_builds_an_empty_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    result = _alembic(url, "upgrade", "head")
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert set(inspect(connection).get_table_names()) == EXPECTED_TABLES
+            assert _drift(connection) == []
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def empty_postgres_database() -> Iterator[str]:
+    name = f"tm_migrate_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(db_config.engine.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield (
+            make_url(db_config.engine.url).set(database=name).render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.mark.postgres_redis
+def test_upgrade_head_builds_an_empty_postgres_database(empty_postgres_database: str) -> None:
+    result = _alembic(empty_postgres_database, "upgrade", "head")
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(empty_postgres_database)
+    try:
+        with engine.connect() as connection:
+            assert set(inspect(connection).get_table_names()) >= EXPECTED_TABLES
+            assert _drift(connection) == []
+        result = _alembic(empty_postgres_database, "downgrade", "base")
+        assert result.returncode == 0, result.stderr
+        with engine.connect() as connection:
+            assert set(inspect(connection).get_table_names()) == {"alembic_version"}
+    finally:
+        engine.dispose()
