@@ -26,6 +26,15 @@ MAX_TAG_LENGTH = 50
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
 
 
+def is_storable(value: str) -> bool:
+    """Whether every database can store and compare this text."""
+    try:
+        _storable(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _storable(value: str) -> str:
     """Reject text no database can store: NUL bytes and unpaired surrogates."""
     if "\x00" in value:

@@ -8,7 +8,7 @@ import auth
 from config import Settings
 from db_models import User
 from exceptions import AuthenticationError, ConflictError
-from models import LoginRequest, Token, UserCreate
+from models import LoginRequest, Token, UserCreate, is_storable
 
 
 def _conflict(session: Session, data: UserCreate) -> ConflictError | None:
@@ -49,7 +49,9 @@ def register_user(session: Session, *, data: UserCreate, settings: Settings) -> 
 
 def authenticate(session: Session, *, username: str, password: str, settings: Settings) -> User:
     """The user these credentials belong to; any mismatch is the same 401."""
-    user = session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+    user = None
+    if is_storable(username):
+        user = session.scalar(select(User).where(func.lower(User.username) == username.lower()))
     hashed = user.hashed_password if user is not None else None
     if not auth.verify_password(password, hashed, settings) or user is None:
         raise AuthenticationError("Incorrect username or password", code="invalid_credentials")

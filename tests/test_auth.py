@@ -22,7 +22,12 @@ def _register(client: TestClient, **fields: object) -> dict[str, object]:
 
 
 def _login(client: TestClient, username: str, password: str) -> tuple[int, dict[str, object]]:
-    response = client.post("/auth/login", json={"username": username, "password": password})
+    # json.dumps escapes to ASCII, so even a lone surrogate travels as JSON would carry it.
+    response = client.post(
+        "/auth/login",
+        content=json.dumps({"username": username, "password": password}),
+        headers={"Content-Type": "application/json"},
+    )
     return response.status_code, response.json()
 
 
@@ -175,6 +180,14 @@ class TestLogin:
         self, client: TestClient, alice: AuthUser, password: str
     ) -> None:
         status, body = _login(client, "alice", password)
+        assert status == 401
+        assert body["code"] == "invalid_credentials"
+
+    @pytest.mark.parametrize("username", ["ali\x00ce", "\ud800alice", "alice\U0001f600"])
+    def test_unstorable_username_is_a_plain_401(
+        self, client: TestClient, alice: AuthUser, username: str
+    ) -> None:
+        status, body = _login(client, username, PASSWORD)
         assert status == 401
         assert body["code"] == "invalid_credentials"
 
