@@ -82,11 +82,14 @@ def delete_task(session: Session, *, task: Task) -> list[str]:
 
     Returns the stored names of its files, whose bytes the caller removes after the commit.
     """
-    # Locked like an upload locks it, so no file can be attached between the two statements.
-    session.execute(select(Task.id).where(Task.id == task.id).with_for_update())
-    stored = session.scalars(
-        select(TaskFile.stored_filename).where(TaskFile.task_id == task.id)
+    # The task row is locked as an upload locks it, so no file is attached after this read.
+    names = session.scalars(
+        select(TaskFile.stored_filename)
+        .select_from(Task)
+        .outerjoin(TaskFile, TaskFile.task_id == Task.id)
+        .where(Task.id == task.id)
+        .with_for_update(of=Task)
     ).all()
     session.delete(task)
     session.flush()
-    return list(stored)
+    return [name for name in names if name is not None]
