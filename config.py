@@ -2,9 +2,9 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -61,6 +61,16 @@ class Settings(BaseSettings):
 
     upload_dir: Path = PROJECT_DIR / "uploads"
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024)
+    max_files_per_task: int = Field(default=20, ge=1, le=10_000)
+
+    notifier: Literal["log", "smtp"] | None = None
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_from: str | None = None
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    smtp_timeout_seconds: float = Field(default=10, gt=0, le=120)
 
     cors_origins: Annotated[list[str], NoDecode] = []
 
@@ -82,6 +92,19 @@ class Settings(BaseSettings):
     @classmethod
     def _upload_dir_in_project(cls, value: Path) -> Path:
         return value if value.is_absolute() else PROJECT_DIR / value
+
+    @field_validator(
+        "notifier", "smtp_host", "smtp_from", "smtp_username", "smtp_password", mode="before"
+    )
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _smtp_needs_a_server(self) -> Self:
+        if self.notifier == "smtp" and not (self.smtp_host and self.smtp_from):
+            raise ValueError("NOTIFIER=smtp needs SMTP_HOST and SMTP_FROM")
+        return self
 
     @field_validator("redis_url", mode="before")
     @classmethod

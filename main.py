@@ -4,9 +4,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+import background_tasks
 from config import Settings, get_settings
 from dependencies import get_current_user
 from exceptions import register_exception_handlers
@@ -14,6 +16,7 @@ from logging_config import configure_logging
 from middleware import RequestContextMiddleware
 from models import RootInfo
 from routers import auth as auth_routes
+from routers import files as file_routes
 from routers import tasks as task_routes
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         VERSION,
         settings.database_url.split(":", 1)[0],
     )
+    await anyio.to_thread.run_sync(background_tasks.sweep_at_startup, settings.upload_dir)
     yield
 
 
@@ -61,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Everything but auth and operations needs a token: nothing is public by accident.
     authenticated = [Depends(get_current_user)]
     app.include_router(task_routes.router, dependencies=authenticated)
+    app.include_router(file_routes.router, dependencies=authenticated)
 
     @app.get("/", response_model=RootInfo, tags=["operations"])
     def root() -> RootInfo:

@@ -2,8 +2,9 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Query, Response, status
 
+import background_tasks
 from dependencies import CurrentUser, DbSession, OwnedTask
 from models import MAX_ID, TaskCreate, TaskRead, TaskUpdate, error_responses
 from services import tasks as task_service
@@ -45,8 +46,13 @@ def get_task(task: OwnedTask) -> Any:
 
 
 @router.patch("/{task_id}", response_model=TaskRead, responses=error_responses(400, 404, 422))
-def update_task(task: OwnedTask, data: TaskUpdate, session: DbSession) -> Any:
+def update_task(
+    task: OwnedTask, data: TaskUpdate, session: DbSession, background: BackgroundTasks
+) -> Any:
     """Change some fields of a task; only the fields sent are changed."""
+    # Background tasks run only after a successful response, so never for a failed update.
+    if data.completed and not task.completed:
+        background.add_task(background_tasks.notify_task_completed, task.id)
     return task_service.update_task(session, task=task, data=data)
 
 
@@ -56,6 +62,7 @@ def update_task(task: OwnedTask, data: TaskUpdate, session: DbSession) -> Any:
     response_class=Response,
     responses=error_responses(404, 422),
 )
-def delete_task(task: OwnedTask, session: DbSession) -> None:
-    """Delete a task with its tags and files."""
-    task_service.delete_task(session, task=task)
+def delete_task(task: OwnedTask, session: DbSession, background: BackgroundTasks) -> None:
+    """Delete a task with its tags and files; the files' bytes are removed after the response."""
+    stored = task_service.delete_task(session, task=task)
+    background.add_task(background_tasks.remove_stored_files, stored)

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db_models import Task, TaskTag, User, utcnow
+from db_models import Task, TaskFile, TaskTag, User, utcnow
 from exceptions import EmptyUpdateError, NotFoundError
 from models import TaskCreate, TaskUpdate
 
@@ -77,7 +77,19 @@ def update_task(session: Session, *, task: Task, data: TaskUpdate) -> Task:
     return task
 
 
-def delete_task(session: Session, *, task: Task) -> None:
-    """Delete a task; its tags and file rows go with it by database cascade."""
+def delete_task(session: Session, *, task: Task) -> list[str]:
+    """Delete a task; its tags and file rows go with it by database cascade.
+
+    Returns the stored names of its files, whose bytes the caller removes after the commit.
+    """
+    # The task row is locked as an upload locks it, so no file is attached after this read.
+    names = session.scalars(
+        select(TaskFile.stored_filename)
+        .select_from(Task)
+        .outerjoin(TaskFile, TaskFile.task_id == Task.id)
+        .where(Task.id == task.id)
+        .with_for_update(of=Task)
+    ).all()
     session.delete(task)
     session.flush()
+    return [name for name in names if name is not None]

@@ -1,0 +1,636 @@
+"""Files: uploads streamed to disk, owner-scoped queries, and the life of the stored bytes.
+
+The bytes of a file live in UPLOAD_DIR under a generated name; its row in `task_files` is the
+only thing that makes them reachable. An upload is written to a temporary file next to the
+final location, checked, and renamed into place only after its row is flushed; if that
+transaction does not commit, the renamed file is removed again (see `_discard_uncommitted`).
+"""
+
+import codecs
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import time
+import unicodedata
+import uuid
+import zipfile
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import anyio
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy import delete, event, func, select
+from sqlalchemy.orm import Session, SessionTransaction
+from starlette.requests import ClientDisconnect
+
+from db_models import Task, TaskFile
+from exceptions import (
+    AppError,
+    BadRequestError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from services.tasks import TaskNotFoundError
+
+logger = logging.getLogger(__name__)
+
+DOCX_CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+# Extension -> the content type stored and served for it, and the leading bytes it must have.
+_TYPES: dict[str, tuple[str, tuple[bytes, ...]]] = {
+    ".jpg": ("image/jpeg", (b"\xff\xd8\xff",)),
+    ".jpeg": ("image/jpeg", (b"\xff\xd8\xff",)),
+    ".png": ("image/png", (b"\x89PNG\r\n\x1a\n",)),
+    ".gif": ("image/gif", (b"GIF87a", b"GIF89a")),
+    ".pdf": ("application/pdf", (b"%PDF-",)),
+    ".doc": ("application/msword", (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",)),
+    ".docx": (DOCX_CONTENT_TYPE, (b"PK\x03\x04",)),
+    # An empty archive is only an end-of-directory record.
+    ".zip": ("application/zip", (b"PK\x03\x04", b"PK\x05\x06")),
+    ".txt": ("text/plain; charset=utf-8", ()),
+}
+ALLOWED_EXTENSIONS = tuple(_TYPES)
+_SNIFF_BYTES = 8
+
+MAX_FILENAME_LENGTH = 255
+DEFAULT_FILENAME = "file"
+# Room for the multipart framing around the file: boundaries, part headers, a long file name.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# Request bytes gathered before handing them to a worker thread: fewer thread hops, bounded memory.
+_FEED_BYTES = 256 * 1024
+
+STORED_NAME = re.compile(r"^[0-9a-f]{32}$")
+TEMP_PREFIX = ".upload-"
+TEMP_SUFFIX = ".part"
+_PENDING_KEY = "files_pending_commit"
+
+
+class StoredFileNotFoundError(NotFoundError):
+    code = "file_not_found"
+
+    def __init__(self, file_id: int) -> None:
+        super().__init__(f"File {file_id} not found")
+
+
+class TooManyFilesError(ConflictError):
+    code = "too_many_files"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"A task holds at most {limit} files; delete one first")
+
+
+class FileTooLargeError(PayloadTooLargeError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The file is larger than the limit of {limit} bytes")
+
+
+class UnsupportedFileTypeError(UnsupportedMediaTypeError):
+    pass
+
+
+class UploadInvalidError(AppError):
+    """A malformed upload request: rendered like every other 422."""
+
+    status_code = 422
+    code = "validation_error"
+
+    def __init__(self, message: str, *, error_type: str = "value_error") -> None:
+        super().__init__(
+            f"body.file: {message}",
+            extra={"errors": [{"loc": ["body", "file"], "msg": message, "type": error_type}]},
+        )
+
+
+# --- names --------------------------------------------------------------------------------
+
+
+def safe_filename(raw: str) -> str:
+    """Reduce a client's file name to a base name that is safe to store and show."""
+    name = unicodedata.normalize("NFC", raw)
+    name = re.split(r"[/\\]", name)[-1]
+    # Control, format (e.g. right-to-left override) and unassigned characters go; a run of
+    # whitespace (tabs, line breaks) becomes one plain space.
+    name = "".join(char for char in name if char.isspace() or unicodedata.category(char)[0] != "C")
+    name = " ".join(name.split()).rstrip(" .")
+    stem, dot, extension = name.rpartition(".")
+    if not dot or len(extension) > 16 or " " in extension:
+        stem, extension = name, ""
+    else:
+        extension = "." + extension
+    stem = stem.strip(" .") or DEFAULT_FILENAME
+    return stem[: MAX_FILENAME_LENGTH - len(extension)].rstrip(" .") + extension
+
+
+def extension_of(filename: str) -> str:
+    return os.path.splitext(filename)[1].lower()
+
+
+def _new_stored_name() -> str:
+    return uuid.uuid4().hex
+
+
+def stored_path(upload_dir: Path, stored_filename: str) -> Path:
+    """Where the bytes of a stored file live; refuses anything but a generated name."""
+    if not STORED_NAME.fullmatch(stored_filename):
+        raise ValueError("not a stored file name")
+    return upload_dir / stored_filename
+
+
+# --- disk and transaction -----------------------------------------------------------------
+
+
+def _unlink_quietly(path: Path) -> bool:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        logger.warning("Could not remove %s", path.name, exc_info=True)
+        return False
+    return True
+
+
+def _remove_unless_committed(session: Session, path: Path) -> None:
+    session.info.setdefault(_PENDING_KEY, []).append(path)
+
+
+@event.listens_for(Session, "after_commit")
+def _keep_committed(session: Session) -> None:
+    session.info.pop(_PENDING_KEY, None)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _discard_uncommitted(session: Session, transaction: SessionTransaction) -> None:
+    # The outermost transaction ended without `after_commit` (rollback, failed commit, or a
+    # close without commit): the rows are gone, so their bytes must go too.
+    if transaction.parent is not None:
+        return
+    for path in session.info.pop(_PENDING_KEY, ()):
+        _unlink_quietly(path)
+
+
+def remove_stored_files(upload_dir: Path, stored_filenames: list[str]) -> int:
+    """Remove the bytes of deleted files; returns how many were removed. Never raises."""
+    removed = 0
+    for name in stored_filenames:
+        try:
+            path = stored_path(upload_dir, name)
+        except ValueError:
+            logger.warning("Refusing to remove %r: not a stored file name", name)
+            continue
+        removed += _unlink_quietly(path)
+    return removed
+
+
+# --- receiving an upload ------------------------------------------------------------------
+
+
+@dataclass
+class ReceivedUpload:
+    """A complete, checked upload in a temporary file, waiting for its row."""
+
+    temp_path: Path
+    original_filename: str
+    content_type: str
+    file_size: int
+    sha256: str
+
+
+@dataclass
+class _FileSink:
+    """The bytes of the file part: written to a temporary file, hashed, sized and sniffed."""
+
+    extension: str
+    limit: int
+    temp_path: Path
+    stream: BinaryIO
+    size: int = 0
+    head: bytes = b""
+    digest: Any = field(default_factory=hashlib.sha256)
+    text: codecs.IncrementalDecoder | None = None
+
+    @classmethod
+    def open(cls, upload_dir: Path, extension: str, limit: int) -> "_FileSink":
+        upload_dir.mkdir(parents=True, exist_ok=True)
+        # Same directory as the final name, so putting it in place is an atomic rename.
+        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=upload_dir)
+        text = codecs.getincrementaldecoder("utf-8")() if extension == ".txt" else None
+        return cls(extension, limit, Path(name), os.fdopen(fd, "wb"), text=text)
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise FileTooLargeError(self.limit)
+        if len(self.head) < _SNIFF_BYTES:
+            self.head += data[: _SNIFF_BYTES - len(self.head)]
+            if len(self.head) == _SNIFF_BYTES:
+                self._check_magic()
+        if self.text is not None:
+            self._check_text(self.text, data, final=False)
+        self.digest.update(data)
+        self.stream.write(data)
+
+    def _check_magic(self) -> None:
+        content_type, signatures = _TYPES[self.extension]
+        if signatures and not self.head.startswith(signatures):
+            raise UnsupportedFileTypeError(
+                f"The content is not a valid {self.extension} file ({content_type})"
+            )
+
+    @staticmethod
+    def _check_text(decoder: codecs.IncrementalDecoder, data: bytes, *, final: bool) -> None:
+        try:
+            decoder.decode(data, final=final)
+        except UnicodeDecodeError:
+            raise UnsupportedFileTypeError("A .txt file must be UTF-8 text") from None
+        if b"\x00" in data:
+            raise UnsupportedFileTypeError("A .txt file must not contain NUL bytes")
+
+    def finish(self, original_filename: str) -> ReceivedUpload:
+        if self.size == 0:
+            raise UploadInvalidError("The file is empty", error_type="empty_file")
+        self._check_magic()
+        if self.text is not None:
+            self._check_text(self.text, b"", final=True)
+        self.stream.flush()
+        # Durable before its row can commit: a crash must not leave a row with no bytes.
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+        if self.extension == ".docx" and not _is_docx(self.temp_path):
+            raise UnsupportedFileTypeError("The content is not a valid .docx document")
+        return ReceivedUpload(
+            temp_path=self.temp_path,
+            original_filename=original_filename,
+            content_type=_TYPES[self.extension][0],
+            file_size=self.size,
+            sha256=self.digest.hexdigest(),
+        )
+
+    def discard(self) -> None:
+        self.stream.close()
+        _unlink_quietly(self.temp_path)
+
+
+def _is_docx(path: Path) -> bool:
+    # Reads only the central directory, never decompresses: safe against zip bombs.
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.startswith("word/") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
+
+
+class _MultipartReceiver:
+    """Feeds request bytes through a streaming multipart parser into one `_FileSink`.
+
+    Runs in a worker thread: parsing, hashing and writing are all blocking work.
+    """
+
+    def __init__(self, boundary: bytes, upload_dir: Path, limit: int) -> None:
+        self.upload_dir = upload_dir
+        self.limit = limit
+        self.sink: _FileSink | None = None
+        self.original_filename = ""
+        self.file_parts = 0
+        self.finished_file = False
+        self.ended = False
+        self._in_file_part = False
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        try:
+            self.parser = MultipartParser(
+                boundary,
+                callbacks={
+                    "on_part_begin": self._on_part_begin,
+                    "on_header_field": self._on_header_field,
+                    "on_header_value": self._on_header_value,
+                    "on_header_end": self._on_header_end,
+                    "on_headers_finished": self._on_headers_finished,
+                    "on_part_data": self._on_part_data,
+                    "on_part_end": self._on_part_end,
+                    "on_end": self._on_end,
+                },
+            )
+        except FormParserError:
+            raise UploadInvalidError("The multipart boundary is invalid") from None
+
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+        self._in_file_part = False
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers[bytes(self._header_name).strip().lower()] = bytes(self._header_value)
+        self._header_name.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        disposition, options = parse_options_header(self._headers.get(b"content-disposition"))
+        if disposition != b"form-data" or options.get(b"name") != b"file":
+            return
+        self.file_parts += 1
+        if self.file_parts > 1:
+            raise UploadInvalidError("Send exactly one part named 'file'")
+        raw_name = options.get(b"filename")
+        if raw_name is None:
+            raise UploadInvalidError("The 'file' part must be a file upload")
+        self.original_filename = safe_filename(_decode_header(raw_name))
+        extension = extension_of(self.original_filename)
+        if extension not in _TYPES:
+            raise UnsupportedFileTypeError(
+                f"File type not allowed; allowed: {', '.join(ALLOWED_EXTENSIONS)}"
+            )
+        self.sink = _FileSink.open(self.upload_dir, extension, self.limit)
+        self._in_file_part = True
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file_part and self.sink is not None:
+            self.sink.write(data[start:end])
+
+    def _on_part_end(self) -> None:
+        if self._in_file_part:
+            self.finished_file = True
+            self._in_file_part = False
+
+    def _on_end(self) -> None:
+        self.ended = True
+
+    def feed(self, chunks: list[bytes]) -> None:
+        try:
+            for chunk in chunks:
+                self.parser.write(chunk)
+        except FormParserError:
+            raise UploadInvalidError("The multipart body is malformed") from None
+
+    def finish(self) -> ReceivedUpload:
+        if not self.ended:
+            raise UploadInvalidError("The multipart body ended early")
+        if self.sink is None or not self.finished_file:
+            raise UploadInvalidError("Field required", error_type="missing")
+        return self.sink.finish(self.original_filename)
+
+    def discard(self) -> None:
+        if self.sink is not None:
+            self.sink.discard()
+
+
+def _decode_header(value: bytes) -> str:
+    # Browsers send file names as raw UTF-8; anything else is taken as Latin-1.
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
+def _boundary(content_type: str | None) -> bytes:
+    media_type, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if media_type != b"multipart/form-data" or not boundary:
+        raise UploadInvalidError("Send the file as multipart/form-data in a part named 'file'")
+    return boundary
+
+
+def _declared_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("content-length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+async def receive_upload(
+    *, headers: Mapping[str, str], body: AsyncIterator[bytes], upload_dir: Path, limit: int
+) -> ReceivedUpload:
+    """Stream a multipart upload into a checked temporary file, never holding it in memory."""
+    max_body = limit + MULTIPART_OVERHEAD_BYTES
+    declared = _declared_length(headers)
+    if declared is not None and declared > max_body:
+        # Refused before a byte of the body is read.
+        raise FileTooLargeError(limit)
+    receiver = _MultipartReceiver(_boundary(headers.get("content-type")), upload_dir, limit)
+    try:
+        received = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        async for chunk in body:
+            received += len(chunk)
+            if received > max_body:
+                raise FileTooLargeError(limit)
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= _FEED_BYTES:
+                await anyio.to_thread.run_sync(receiver.feed, pending)
+                pending, pending_size = [], 0
+        await anyio.to_thread.run_sync(receiver.feed, pending)
+        return await anyio.to_thread.run_sync(receiver.finish)
+    except ClientDisconnect:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(receiver.discard)
+        raise BadRequestError("The upload was interrupted", code="upload_incomplete") from None
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(receiver.discard)
+        raise
+
+
+# --- queries ------------------------------------------------------------------------------
+
+
+def _count_files(session: Session, task_id: int) -> int:
+    return session.scalar(select(func.count()).where(TaskFile.task_id == task_id)) or 0
+
+
+def check_room_for_file(session: Session, *, task: Task, max_files: int) -> None:
+    """409 before the body is read when the task already holds its limit of files."""
+    if _count_files(session, task.id) >= max_files:
+        raise TooManyFilesError(max_files)
+    # Hand the pooled connection back while the client sends the body, however slowly:
+    # nothing has been written, and `attach_file` re-checks everything under a lock.
+    session.rollback()
+
+
+def attach_file(
+    session: Session,
+    *,
+    owner_id: int,
+    task_id: int,
+    upload: ReceivedUpload,
+    upload_dir: Path,
+    max_files: int,
+) -> TaskFile:
+    """Add the row for a received upload and move its bytes into place with it."""
+    # The row lock serializes uploads to one task (the count stays exact) and orders them
+    # against a concurrent delete of the task (which collects file names under the same lock).
+    locked = session.scalar(
+        select(Task.id).where(Task.id == task_id, Task.user_id == owner_id).with_for_update()
+    )
+    if locked is None:
+        raise TaskNotFoundError(task_id)
+    if _count_files(session, task_id) >= max_files:
+        raise TooManyFilesError(max_files)
+    row = TaskFile(
+        task_id=task_id,
+        user_id=owner_id,
+        original_filename=upload.original_filename,
+        stored_filename=_new_stored_name(),
+        content_type=upload.content_type,
+        file_size=upload.file_size,
+        sha256=upload.sha256,
+    )
+    session.add(row)
+    session.flush()
+    final_path = stored_path(upload_dir, row.stored_filename)
+    os.replace(upload.temp_path, final_path)
+    _remove_unless_committed(session, final_path)
+    return row
+
+
+async def upload_file(
+    session: Session,
+    *,
+    task: Task,
+    headers: Mapping[str, str],
+    body: AsyncIterator[bytes],
+    upload_dir: Path,
+    max_bytes: int,
+    max_files: int,
+) -> TaskFile:
+    """Receive one file for the caller's task and attach it to the task."""
+    owner_id, task_id = task.user_id, task.id
+    await anyio.to_thread.run_sync(
+        partial(check_room_for_file, session, task=task, max_files=max_files)
+    )
+    upload = await receive_upload(
+        headers=headers, body=body, upload_dir=upload_dir, limit=max_bytes
+    )
+    try:
+        return await anyio.to_thread.run_sync(
+            partial(
+                attach_file,
+                session,
+                owner_id=owner_id,
+                task_id=task_id,
+                upload=upload,
+                upload_dir=upload_dir,
+                max_files=max_files,
+            )
+        )
+    finally:
+        # Gone already once renamed into place; otherwise it must not linger.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_unlink_quietly, upload.temp_path)
+
+
+def list_files(session: Session, *, task: Task) -> list[TaskFile]:
+    """The files of one of the caller's tasks, oldest first."""
+    query = select(TaskFile).where(TaskFile.task_id == task.id, TaskFile.user_id == task.user_id)
+    return list(session.scalars(query.order_by(TaskFile.id)).all())
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    stat: os.stat_result
+    content_type: str
+    filename: str
+
+
+def prepare_download(
+    session: Session, *, owner_id: int, file_id: int, upload_dir: Path
+) -> Download:
+    """The caller's file, checked to be on disk; another user's file is a 404."""
+    row = session.scalar(
+        select(TaskFile).where(TaskFile.id == file_id, TaskFile.user_id == owner_id)
+    )
+    if row is None:
+        raise StoredFileNotFoundError(file_id)
+    path = stored_path(upload_dir, row.stored_filename)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        logger.error("File %s has a row but no bytes on disk (%s)", file_id, row.stored_filename)
+        raise StoredFileNotFoundError(file_id) from None
+    return Download(
+        path=path, stat=stat, content_type=row.content_type, filename=row.original_filename
+    )
+
+
+def delete_file(session: Session, *, owner_id: int, file_id: int) -> str:
+    """Delete the caller's file row; returns the stored name whose bytes the caller removes."""
+    stored: str | None = session.scalar(
+        delete(TaskFile)
+        .where(TaskFile.id == file_id, TaskFile.user_id == owner_id)
+        .returning(TaskFile.stored_filename)
+    )
+    if stored is None:
+        raise StoredFileNotFoundError(file_id)
+    return stored
+
+
+# --- the orphan sweep ---------------------------------------------------------------------
+
+
+@dataclass
+class SweepReport:
+    """What a sweep found and removed from UPLOAD_DIR."""
+
+    orphans_removed: list[str] = field(default_factory=list)
+    temp_files_removed: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+    recent_orphans_kept: int = 0
+
+    @property
+    def removed(self) -> int:
+        return len(self.orphans_removed) + len(self.temp_files_removed)
+
+
+def sweep_orphans(
+    session: Session, *, upload_dir: Path, min_age_seconds: float, dry_run: bool = False
+) -> SweepReport:
+    """Remove stored files no row points to, and abandoned temporary files.
+
+    Only names this service generates are touched. Files younger than `min_age_seconds` are
+    kept: they may belong to an upload whose transaction has not committed yet.
+    """
+    report = SweepReport()
+    upload_dir.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - min_age_seconds
+    candidates: dict[str, os.stat_result] = {}
+    with os.scandir(upload_dir) as entries:
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            stat = entry.stat(follow_symlinks=False)
+            if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
+                if stat.st_mtime < cutoff and (dry_run or _unlink_quietly(Path(entry.path))):
+                    report.temp_files_removed.append(entry.name)
+                    report.bytes_freed += stat.st_size
+            elif STORED_NAME.fullmatch(entry.name):
+                candidates[entry.name] = stat
+    names = sorted(candidates)
+    for start in range(0, len(names), 500):
+        batch = names[start : start + 500]
+        known = set(
+            session.scalars(
+                select(TaskFile.stored_filename).where(TaskFile.stored_filename.in_(batch))
+            )
+        )
+        for name in batch:
+            if name in known:
+                continue
+            if candidates[name].st_mtime >= cutoff:
+                report.recent_orphans_kept += 1
+            elif dry_run or _unlink_quietly(upload_dir / name):
+                report.orphans_removed.append(name)
+                report.bytes_freed += candidates[name].st_size
+    return report
