@@ -144,7 +144,7 @@ class TestStartupSweep:
 class TestCommandLine:
     def run(self, directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "UPLOAD_DIR": str(directory), "LOG_LEVEL": "WARNING"}
-        return subprocess.run(  # noqa: S603 (our own interpreter and module)
+        return subprocess.run(
             [sys.executable, "-m", "background_tasks", "sweep", *args],
             cwd=PROJECT_DIR,
             env=env,
