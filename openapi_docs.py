@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from exceptions import PROBLEM_MEDIA_TYPE
+from models import Problem
 
 DOCS_URL = "/docs"
 REDOC_URL = "/redoc"
@@ -214,6 +215,12 @@ def complete_openapi(schema: dict[str, Any]) -> None:
     """Give every operation a summary, a tag, examples and documented problem+json errors."""
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
+    schemas.setdefault(
+        "Problem",
+        Problem.model_json_schema(
+            ref_template="#/components/schemas/{model}", mode="serialization"
+        ),
+    )
     for path, method, operation in _operations(schema):
         _summarize(operation, path, method)
         _tag(operation, path)
@@ -294,14 +301,14 @@ def _document_errors(operation: dict[str, Any], path: str) -> None:
         response["content"] = {
             PROBLEM_MEDIA_TYPE: {
                 "schema": {"$ref": _PROBLEM_REF},
-                "examples": {code: _problem_example(status, code) for code in codes},
+                "examples": {code: _problem_example(status, code, path) for code in codes},
             }
         }
         if status in _ERROR_HEADERS:
             response.setdefault("headers", {}).update(_ERROR_HEADERS[status])
 
 
-def _problem_example(status: int, code: str) -> dict[str, Any]:
+def _problem_example(status: int, code: str, path: str) -> dict[str, Any]:
     phrase = HTTPStatus(status).phrase
     value: dict[str, Any] = {
         "type": "about:blank",
@@ -311,6 +318,9 @@ def _problem_example(status: int, code: str) -> dict[str, Any]:
         "code": code,
         "request_id": "3f1c2a9e6b7d4e0f8a1b2c3d4e5f6a7b",
     }
+    if code == "task_not_found" and path.endswith("/bulk"):
+        value["detail"] = "Tasks 4, 9 not found"
+        value["missing_ids"] = [4, 9]
     if code == "validation_error":
         value["errors"] = [
             {

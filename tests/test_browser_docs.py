@@ -88,6 +88,12 @@ def network_log(driver: webdriver.Chrome) -> tuple[list[str], list[str]]:
     return list(urls.values()), [urls.get(request_id, request_id) for request_id in blocked]
 
 
+def security_errors(driver: webdriver.Chrome) -> list[str]:
+    """Console messages about anything the page's security policy refused."""
+    console = driver.get_log("browser")  # type: ignore[no-untyped-call]  # untyped in Selenium
+    return [str(entry["message"]) for entry in console if entry.get("source") == "security"]
+
+
 # Schemes the browser answers itself (inline data, its own start page): no network involved.
 LOCAL_SCHEMES = ("data:", "blob:", "about:", "chrome:")
 
@@ -171,6 +177,7 @@ def test_docs_authorize_create_and_list_a_task(live_server: str, browser: webdri
     assert f"{live_server}/auth/login" in urls
     assert f"{live_server}/tasks" in urls
     assert not blocked, f"Swagger UI tried to reach outside the service: {blocked}"
+    assert not security_errors(browser)
     assert_only_loopback(urls, blocked, live_server)
 
 

@@ -2,15 +2,17 @@
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from fastapi import Body, Depends, FastAPI
+from fastapi.security import OAuth2PasswordBearer
 from fastapi.testclient import TestClient
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from main import VERSION
-from openapi_docs import DOCS_CONTENT_SECURITY_POLICY
+from openapi_docs import DOCS_CONTENT_SECURITY_POLICY, OPENAPI_TAGS, install_docs
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 TAG_ORDER = ["auth", "tasks", "tags", "files", "operations"]
@@ -179,6 +181,42 @@ def test_error_codes_are_specific_to_the_operation(spec: dict[str, Any]) -> None
     assert codes("/tasks/{task_id}", "get", "404") == ["task_not_found"]
     assert codes("/tasks/{task_id}", "patch", "400") == ["empty_update"]
     assert codes("/tasks", "post", "422") == ["validation_error"]
+
+
+def test_routes_added_later_are_completed_the_same_way() -> None:
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_tags=OPENAPI_TAGS)
+    install_docs(app)
+    token = OAuth2PasswordBearer(tokenUrl="/auth/login")
+
+    @app.post("/tasks/{task_id}/tags", tags=["tasks"])
+    def add_tags(
+        task_id: int,
+        tags: Annotated[list[str], Body(examples=[["home"]])],
+        _: Annotated[str, Depends(token)],
+    ) -> list[str]:
+        """Add tags to a task; tags it has already stay."""
+        return tags
+
+    @app.get("/health")
+    def health() -> int:
+        return 1
+
+    spec = app.openapi()
+    validate(spec)
+    tags = spec["paths"]["/tasks/{task_id}/tags"]["post"]
+    assert tags["tags"] == ["tags"]
+    assert tags["summary"] == "Add tags to a task"
+    assert tags["description"].startswith("Add tags to a task; tags it has already stay.")
+    assert tags["requestBody"]["content"]["application/json"]["example"] == ["home"]
+    assert sorted(tags["responses"]) == ["200", "401", "422", "429", "500"]
+    for status in ("401", "422"):
+        assert list(tags["responses"][status]["content"]) == ["application/problem+json"]
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    probe = spec["paths"]["/health"]["get"]
+    assert probe["tags"] == ["operations"]
+    assert probe["summary"] == "Health"
+    assert probe["description"].startswith("Health\n\n**Errors**")
+    assert sorted(probe["responses"]) == ["200", "500"]
 
 
 def test_fastapi_validation_error_schema_is_gone(spec: dict[str, Any]) -> None:
