@@ -187,6 +187,8 @@ def test_redoc_renders_offline(live_server: str, browser: webdriver.Chrome) -> N
         ec.text_to_be_present_in_element((By.CSS_SELECTOR, "h1"), "Task Manager API")
     )
     assert browser.find_elements(By.XPATH, "//*[text()='Create a task owned by the caller']")
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "redoc-browser.png"))
     urls, blocked = network_log(browser)
     # ReDoc shows its vendor's logo from a CDN; the docs' security policy blocks it unsent.
     assert all(url.startswith("https://cdn.redoc.ly/") for url in blocked), blocked
