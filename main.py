@@ -15,6 +15,7 @@ from exceptions import register_exception_handlers
 from logging_config import configure_logging
 from middleware import RequestContextMiddleware
 from models import RootInfo
+from openapi_docs import OPENAPI_TAGS, install_docs
 from routers import auth as auth_routes
 from routers import files as file_routes
 from routers import tasks as task_routes
@@ -48,6 +49,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Task Manager API",
         version=VERSION,
         description=DESCRIPTION,
+        openapi_tags=OPENAPI_TAGS,
+        # Served by install_docs from bundled assets: FastAPI's own pages need a CDN.
+        docs_url=None,
+        redoc_url=None,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -72,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Service name, status and version."""
         return RootInfo(message="Task Manager API", status="running", version=VERSION)
 
+    install_docs(app)
     return app
 
 

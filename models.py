@@ -123,6 +123,18 @@ class Problem(BaseModel):
 
 
 class UserCreate(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "username": "alice",
+                    "email": "alice@example.com",
+                    "password": "correct horse battery",
+                }
+            ]
+        }
+    )
+
     username: StrictStr = Field(min_length=3, max_length=50, examples=["alice"])
     email: EmailStr = Field(max_length=320, examples=["alice@example.com"])
     password: StrictStr = Field(min_length=8, max_length=128, examples=["correct horse battery"])
@@ -146,13 +158,29 @@ class UserCreate(StrictBody):
 
 
 class LoginRequest(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"username": "alice", "password": "correct horse battery"}]}
+    )
+
     # Deliberately unvalidated beyond type: any bad credential is a plain 401, never a 422.
     username: StrictStr = Field(max_length=1024, examples=["alice"])
     password: StrictStr = Field(max_length=1024, examples=["correct horse battery"])
 
 
 class UserRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 1,
+                    "username": "alice",
+                    "email": "alice@example.com",
+                    "created_at": "2026-01-15T09:30:00Z",
+                }
+            ]
+        },
+    )
 
     id: int
     username: str
@@ -161,6 +189,18 @@ class UserRead(BaseModel):
 
 
 class Token(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+                    "token_type": "bearer",
+                    "expires_in": 3600,
+                }
+            ]
+        }
+    )
+
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the OAuth2 token type)
     expires_in: int = Field(description="Lifetime of the token in seconds.")
@@ -170,6 +210,21 @@ class Token(BaseModel):
 
 
 class TaskCreate(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Write the quarterly report",
+                    "description": "Numbers from finance first",
+                    "priority": "high",
+                    "due_date": "2026-12-31",
+                    "tags": ["work", "reports"],
+                    "completed": False,
+                }
+            ]
+        }
+    )
+
     title: Title = Field(examples=["Write the quarterly report"])
     description: Description = Field(default=None, examples=["Numbers from finance first"])
     priority: Priority = Priority.MEDIUM
@@ -180,6 +235,10 @@ class TaskCreate(StrictBody):
 
 class TaskUpdate(StrictBody):
     """Any subset of the create fields; only the fields sent are changed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"completed": True, "priority": "low"}]}
+    )
 
     title: Title | None = Field(default=None, examples=["Write the annual report"])
     description: Description = None
@@ -202,6 +261,10 @@ class TaskUpdate(StrictBody):
 
 
 class BulkTaskUpdate(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"task_ids": [1, 2, 3], "updates": {"completed": True}}]}
+    )
+
     task_ids: list[ResourceId] = Field(min_length=1, max_length=100, examples=[[1, 2, 3]])
     updates: TaskUpdate
 
@@ -212,7 +275,25 @@ class BulkTaskUpdate(StrictBody):
 
 
 class TaskRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 17,
+                    "title": "Write the quarterly report",
+                    "description": "Numbers from finance first",
+                    "completed": False,
+                    "priority": "high",
+                    "due_date": "2026-12-31",
+                    "tags": ["reports", "work"],
+                    "created_at": "2026-01-15T09:30:00Z",
+                    "updated_at": "2026-01-15T09:30:00Z",
+                    "user_id": 1,
+                }
+            ]
+        },
+    )
 
     id: int
     title: str
@@ -227,6 +308,22 @@ class TaskRead(BaseModel):
 
 
 class TaskStats(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "total": 8,
+                    "completed": 3,
+                    "incomplete": 5,
+                    "completion_rate": 0.375,
+                    "overdue": 1,
+                    "by_priority": {"low": 2, "medium": 4, "high": 2},
+                    "by_tag": {"work": 5, "home": 2},
+                }
+            ]
+        }
+    )
+
     total: int
     completed: int
     incomplete: int
@@ -240,7 +337,22 @@ class TaskStats(BaseModel):
 
 
 class FileRead(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 5,
+                    "task_id": 17,
+                    "original_filename": "report.pdf",
+                    "content_type": "application/pdf",
+                    "file_size": 48213,
+                    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "uploaded_at": "2026-01-15T09:45:00Z",
+                }
+            ]
+        },
+    )
 
     id: int
     task_id: int
@@ -255,6 +367,12 @@ class FileRead(BaseModel):
 
 
 class RootInfo(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"message": "Task Manager API", "status": "running", "version": "1.0.0"}]
+        }
+    )
+
     message: str
     status: str
     version: str

@@ -18,7 +18,8 @@ _LOGIN_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/LoginRequest"}},
+            # Inline: the body is parsed by a dependency, so FastAPI never lists the model.
+            "application/json": {"schema": LoginRequest.model_json_schema()},
             "application/x-www-form-urlencoded": {
                 "schema": {
                     "type": "object",
@@ -28,7 +29,8 @@ _LOGIN_BODY: dict[str, Any] = {
                         "password": {"type": "string", "format": "password"},
                         "grant_type": {"type": "string", "enum": ["password"]},
                     },
-                }
+                },
+                "example": {"username": "alice", "password": "correct horse battery"},
             },
         },
     }

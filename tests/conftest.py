@@ -179,3 +179,40 @@ def alice(client: TestClient) -> AuthUser:
 @pytest.fixture
 def bob(client: TestClient) -> AuthUser:
     return register_and_login(client, "bob")
+
+
+@pytest.fixture
+def live_server(db_connection: Connection) -> Iterator[str]:
+    """The app served by uvicorn on a free loopback port; yields its base URL.
+
+    Its sessions join this test's rolled-back transaction like the TestClient's do, so
+    nothing it writes survives the test. They share the test's one connection, so send
+    requests one at a time (a browser clicking through the docs does).
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(), log_config=None, access_log=False, lifespan="on", loop="asyncio"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
+            pytest.fail("the live server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
