@@ -62,6 +62,13 @@ pytest_args=("$@")
 ensure_venv
 ensure_requirements requirements-dev.txt
 
+# The docs browser test drives Debian's Chromium: install it when missing.
+step "Browser for the docs test (chromium, chromium-driver)"
+if ! scripts/install-browser.sh; then
+    [[ ${CI:-} == true ]] && die "CI=true and the browser for the docs test cannot be installed"
+    warn "chromium could not be installed; the docs browser test will skip"
+fi
+
 # 2. lint
 if [[ ${SKIP_LINT:-} == 1 ]]; then
     step "Lint skipped (SKIP_LINT=1)"

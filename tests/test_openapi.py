@@ -60,6 +60,8 @@ def schema_validator(spec: dict[str, Any], schema: dict[str, Any]) -> Draft20201
 
 
 def is_binary_upload(spec: dict[str, Any], media_type: str, media: dict[str, Any]) -> bool:
+    if resolve(spec, media.get("schema", {})).get("format") == "binary":
+        return True  # raw bytes, e.g. a download
     if media_type != "multipart/form-data":
         return False
     properties = resolve(spec, media.get("schema", {})).get("properties", {}).values()
