@@ -94,9 +94,6 @@ def logging_config(settings: Settings) -> dict[str, Any]:
             "uvicorn.access": {"handlers": [], "propagate": False, "level": "WARNING"},
             # Statement logging costs a third of throughput and can leak data: never on.
             "sqlalchemy.engine": {"level": "WARNING"},
-            # Form parsing at DEBUG would log request bodies (passwords, file contents).
-            "multipart": {"level": "INFO"},
-            "python_multipart": {"level": "INFO"},
         },
     }
 

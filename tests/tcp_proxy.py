@@ -84,7 +84,9 @@ class TcpProxy:
     def _reset(sock: socket.socket) -> None:
         with contextlib.suppress(OSError):
             # SO_LINGER 0: close with RST, as a crashed server's kernel would.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
         with contextlib.suppress(OSError):
             sock.close()
 
