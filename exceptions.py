@@ -173,6 +173,16 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "not_authentica
 
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     error = cast(StarletteHTTPException, exc)
+    if error.status_code == 400 and isinstance(error.__cause__, UnicodeDecodeError):
+        # A JSON body that is not UTF-8 is invalid input like any other malformed JSON.
+        errors = [{"loc": ["body"], "msg": "The body is not valid UTF-8", "type": "json_invalid"}]
+        return problem_response(
+            request,
+            422,
+            code="validation_error",
+            detail=_describe(errors),
+            extra={"errors": errors},
+        )
     status = HTTPStatus(error.status_code)
     code = _HTTP_CODES.get(status, status.phrase.lower().replace(" ", "_").replace("-", "_"))
     if isinstance(error.detail, str) and error.detail != status.phrase:

@@ -27,13 +27,20 @@ def _shared_statuses(route: RouteContext, operation: dict[str, Any]) -> list[int
         statuses.append(429)
     if operation.get("parameters") or operation.get("requestBody"):
         statuses.append(422)
+    if operation.get("requestBody"):
+        # A body the server cannot even parse (a broken multipart stream, say).
+        statuses.append(400)
     if get_db in calls:
         statuses.append(503)
     return statuses
 
 
+# For routes without a 400 of their own, the only one left is a body that cannot be parsed.
+_DESCRIPTIONS = {400: "The body could not be parsed (`bad_request`)"}
+
+
 def _problem_response(status: int) -> dict[str, Any]:
-    description: str = error_responses(status)[status]["description"]
+    description: str = _DESCRIPTIONS.get(status) or error_responses(status)[status]["description"]
     return {
         "description": description,
         "content": {_PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_SCHEMA}},
