@@ -16,7 +16,8 @@ user_id_var: ContextVar[int | None] = ContextVar("user_id", default=None)
 # from the shared dict rather than from a context variable.
 request_state_var: ContextVar[dict[str, Any] | None] = ContextVar("request_state", default=None)
 
-_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# uvicorn adds `color_message` (the message with terminal colour codes) to its records.
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 class RequestContextFilter(logging.Filter):

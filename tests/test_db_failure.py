@@ -12,6 +12,8 @@ from sqlalchemy import Engine, text
 
 import db_config
 from config import Settings
+from dependencies import DbSession
+from main import create_app
 from tests.conftest import BACKEND, PASSWORD, TEST_DATABASE_URL, AuthUser
 from tests.tcp_proxy import TcpProxy
 
@@ -110,3 +112,24 @@ def test_postgresql_outage_is_503_with_retry_after_and_served_right_after(
         proxy.reopen()
         with engine.begin() as connection:
             connection.execute(text("DELETE FROM users WHERE username = :u"), {"u": username})
+
+
+@pytest.mark.postgres_redis
+@pytest.mark.skipif(BACKEND == "embedded", reason="statement_timeout is PostgreSQL's")
+def test_a_statement_over_the_timeout_is_cut_off_with_a_503() -> None:
+    engine = db_config.build_engine(
+        Settings(database_url=TEST_DATABASE_URL, db_statement_timeout_ms=200)
+    )
+    _use_engine(engine)
+    slow = create_app(Settings(database_url=TEST_DATABASE_URL))
+
+    @slow.get("/slow")
+    def slow_query(session: DbSession) -> None:
+        session.execute(text("SELECT pg_sleep(30)"))
+
+    try:
+        started = time.monotonic()
+        _assert_unavailable(TestClient(slow).get("/slow"))
+        assert time.monotonic() - started < 10  # cut at 200 ms, not after 30 s
+    finally:
+        engine.dispose()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -118,3 +119,21 @@ def test_workflows_conform_and_never_leak_another_users_objects(
             suppress_health_check=list(HealthCheck),
         )
     )
+
+
+# --- faults the fuzzer found, pinned ---------------------------------------------------------
+
+
+def test_a_json_body_that_is_not_utf8_is_a_422_not_an_undocumented_400(
+    db_connection: Connection,
+) -> None:
+    token, _ = auth.create_access_token(USERS["owner"], get_settings())
+    with TestClient(app) as client:
+        response = client.post(
+            "/tasks",
+            content=b'{"title": "\xff\xfe"}',
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+    assert response.status_code == 422
+    assert response.json()["code"] == "validation_error"
+    assert response.json()["errors"][0]["loc"] == ["body"]
