@@ -1,45 +1,43 @@
 #!/usr/bin/env bash
-# Serve in production: validate the settings, apply the migrations once, then start uvicorn
-# with several worker processes. Configuration comes from the environment or .env (see
-# .env.example); extra arguments are passed to uvicorn.
+# Serve in production: venv + runtime deps, the settings checked once, the migrations applied
+# once, then uvicorn with several worker processes. Configuration comes from the environment
+# or .env (see .env.example); unlike `make run`, no .env is created: every worker and every
+# instance must share one SECRET_KEY, so it is yours to provide. Extra arguments go to uvicorn.
 #     HOST (default 0.0.0.0), PORT (default 8000), WORKERS (default: the number of CPUs)
-# Every worker must see the same settings: the same SECRET_KEY (tokens from one worker are
-# checked by another), DATABASE_URL and REDIS_URL (rate-limit counters and the stats cache
-# are shared through Redis; without it each worker keeps its own).
+# Shared by all workers: SECRET_KEY (a token from one worker is checked by another),
+# DATABASE_URL, and REDIS_URL (rate-limit counters and the stats cache; without it each worker
+# counts and caches on its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
-VENV_BIN=${VENV:-.venv}/bin
-[[ -x $VENV_BIN/uvicorn ]] || {
-    echo "ERROR: $VENV_BIN/uvicorn not found; install requirements.txt into ${VENV:-.venv} first" >&2
-    exit 1
-}
+ensure_venv
+ensure_requirements requirements.txt
 
 host=${HOST:-0.0.0.0}
 port=${PORT:-8000}
 workers=${WORKERS:-$(nproc)}
 
 # Fails here, once, with the reason (e.g. a missing SECRET_KEY), not in every worker.
-readarray -t setting < <("$VENV_BIN/python" -c '
+step "Checking the settings"
+settings=$("$VENV_PY" -c '
 from config import get_settings
 s = get_settings()
-print(s.forwarded_allow_ips)
-print("redis" if s.redis_url else "")
-print(s.log_file or "")
-')
-forwarded_allow_ips=${setting[0]}
-if ((workers > 1)) && [[ -z ${setting[1]} ]]; then
-    echo "!!  REDIS_URL is not set: each of the $workers workers counts rate limits on its own" >&2
+print(s.forwarded_allow_ips, "redis" if s.redis_url else "-", "file" if s.log_file else "-")
+') || die "the settings are invalid (see above); .env.example documents each one"
+read -r forwarded_allow_ips redis log_file <<<"$settings"
+if ((workers > 1)) && [[ $redis == - ]]; then
+    warn "REDIS_URL is not set: each of the $workers workers counts rate limits on its own"
 fi
-if ((workers > 1)) && [[ -n ${setting[2]} ]]; then
-    echo "!!  LOG_FILE with $workers workers: rotation is per process; prefer stderr" >&2
+if ((workers > 1)) && [[ $log_file == file ]]; then
+    warn "LOG_FILE with $workers workers: each rotates the file on its own; prefer stderr"
 fi
 
 # Once, before any worker starts: workers never race each other migrating the schema.
-echo "==> Applying database migrations (alembic upgrade head)"
-"$VENV_BIN/alembic" upgrade head
+migrate
 
-echo "==> Serving main:app on $host:$port with $workers workers"
+step "Serving main:app on $host:$port with $workers workers (Ctrl-C to stop)"
 # --proxy-headers: the client address comes from X-Forwarded-For only when the peer is one of
 # FORWARDED_ALLOW_IPS (the reverse proxy); our access line replaces uvicorn's; no server banner.
 exec "$VENV_BIN/uvicorn" main:app \
