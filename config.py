@@ -4,6 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
+from limits import parse_many
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -55,9 +56,20 @@ class Settings(BaseSettings):
     bcrypt_rounds: int = Field(default=12, ge=4, le=31)
 
     rate_limit_enabled: bool = True
+    rate_limit_register: str = "10/hour"
+    rate_limit_login: str = "5/minute"
+    rate_limit_login_username: str = "10/minute"
+    rate_limit_create_task: str = "100/hour"
+    rate_limit_upload: str = "20/hour"
+    rate_limit_default: str = "300/minute"
+    # Read by uvicorn itself (--forwarded-allow-ips); kept here so .env documents it too.
+    forwarded_allow_ips: str = "127.0.0.1"
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    log_file: Path | None = None
+    log_file_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=1024**3)
+    log_file_backup_count: int = Field(default=5, ge=0, le=100)
 
     upload_dir: Path = PROJECT_DIR / "uploads"
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024)
@@ -87,6 +99,35 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_database_is_default(cls, value: object) -> object:
         return _DEFAULT_DATABASE_URL if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "rate_limit_register",
+        "rate_limit_login",
+        "rate_limit_login_username",
+        "rate_limit_create_task",
+        "rate_limit_upload",
+        "rate_limit_default",
+    )
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        # A typo must stop the service at start, not silently disable the limit.
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(
+                f"not a rate limit like '10/hour' or '5 per minute': {value!r}"
+            ) from None
+        return value
+
+    @field_validator("log_file", mode="before")
+    @classmethod
+    def _blank_log_file_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_file")
+    @classmethod
+    def _log_file_in_project(cls, value: Path | None) -> Path | None:
+        return value if value is None or value.is_absolute() else PROJECT_DIR / value
 
     @field_validator("upload_dir")
     @classmethod

@@ -33,6 +33,7 @@ def build_engine(settings: Settings) -> Engine:
         engine = create_engine(
             settings.database_url,
             connect_args={"check_same_thread": False, "timeout": 5},
+            hide_parameters=True,
         )
         _install_sqlite_hooks(engine)
         return engine
@@ -41,8 +42,11 @@ def build_engine(settings: Settings) -> Engine:
         # Sized to the request concurrency: an overflow connection per request costs a connect.
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
+        # A connection that died while pooled (a database restart) is replaced, not served.
         pool_pre_ping=True,
         pool_timeout=settings.db_connect_timeout_seconds,
+        # Error messages (and so logs) must never carry bound values: password hashes, user text.
+        hide_parameters=True,
         connect_args={
             "connect_timeout": settings.db_connect_timeout_seconds,
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",

@@ -9,11 +9,17 @@ from typing import Any, cast
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from slowapi.errors import RateLimitExceeded
+from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+# How long a client should wait before retrying while the database is unreachable.
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 class AppError(Exception):
@@ -167,6 +173,16 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "not_authentica
 
 async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     error = cast(StarletteHTTPException, exc)
+    if error.status_code == 400 and isinstance(error.__cause__, UnicodeDecodeError):
+        # A JSON body that is not UTF-8 is invalid input like any other malformed JSON.
+        errors = [{"loc": ["body"], "msg": "The body is not valid UTF-8", "type": "json_invalid"}]
+        return problem_response(
+            request,
+            422,
+            code="validation_error",
+            detail=_describe(errors),
+            extra={"errors": errors},
+        )
     status = HTTPStatus(error.status_code)
     code = _HTTP_CODES.get(status, status.phrase.lower().replace(" ", "_").replace("-", "_"))
     if isinstance(error.detail, str) and error.detail != status.phrase:
@@ -178,7 +194,40 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, status, code=code, detail=detail, headers=error.headers)
 
 
-async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+async def _rate_limited_handler(request: Request, exc: Exception) -> JSONResponse:
+    error = cast(RateLimitExceeded, exc)
+    headers = dict(error.headers or {})
+    # Retry-After in whole seconds; the limiter sets it, this is only the floor.
+    headers.setdefault("Retry-After", "1")
+    return problem_response(
+        request,
+        429,
+        code="rate_limited",
+        detail=f"Rate limit exceeded ({error.detail}); retry after {headers['Retry-After']} s",
+        headers=headers,
+    )
+
+
+async def _database_unavailable_handler(request: Request, exc: Exception) -> JSONResponse:
+    # Never the exception text: it carries SQL, and with it possibly user data.
+    cause = getattr(exc, "orig", None) or exc
+    logger.warning(
+        "Database unavailable on %s %s: %s",
+        request.method,
+        request.url.path,
+        type(cause).__name__,
+    )
+    return problem_response(
+        request,
+        503,
+        code="service_unavailable",
+        detail="The database is unavailable; retry shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+def unhandled_error_response(request: Request, exc: BaseException) -> JSONResponse:
+    """Log an unexpected error with its traceback and request id; answer a bare 500 problem."""
     request_id = request_id_of(request)
     logger.error(
         "Unhandled error on %s %s (request_id=%s)",
@@ -186,6 +235,7 @@ async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResp
         request.url.path,
         request_id,
         exc_info=exc,
+        extra={"request_id": request_id},
     )
     return problem_response(
         request,
@@ -195,9 +245,16 @@ async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResp
     )
 
 
+async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    return unhandled_error_response(request, exc)
+
+
 def register_exception_handlers(app: FastAPI) -> None:
     """Render every error the app can raise as problem+json."""
     app.add_exception_handler(AppError, _app_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(RateLimitExceeded, _rate_limited_handler)
+    for database_down in (OperationalError, DisconnectionError, PoolTimeoutError):
+        app.add_exception_handler(database_down, _database_unavailable_handler)
     app.add_exception_handler(Exception, _unhandled_error_handler)

@@ -16,8 +16,11 @@ from logging_config import configure_logging
 from middleware import RequestContextMiddleware
 from models import RootInfo
 from openapi_docs import OPENAPI_TAGS, install_docs
+from openapi_errors import install_openapi
+from rate_limit_config import RATE_LIMIT_HEADERS, build_rate_limiter, enforce_rate_limits
 from routers import auth as auth_routes
 from routers import files as file_routes
+from routers import health as health_routes
 from routers import tasks as task_routes
 
 logger = logging.getLogger(__name__)
@@ -54,8 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # First of every route's dependencies: a spent budget costs no query and no hash.
+        dependencies=[Depends(enforce_rate_limits)],
     )
     app.state.settings = settings
+    app.state.limiter = build_rate_limiter(settings)
     register_exception_handlers(app)
     if settings.cors_origins:
         app.add_middleware(
@@ -63,7 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "X-Total-Count", "Link", "Location", "X-Cache"],
+            expose_headers=[
+                *("X-Request-ID", "X-Total-Count", "Link", "Location", "X-Cache"),
+                *RATE_LIMIT_HEADERS,
+                "Retry-After",
+            ],
         )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(auth_routes.router)
@@ -71,12 +81,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     authenticated = [Depends(get_current_user)]
     app.include_router(task_routes.router, dependencies=authenticated)
     app.include_router(file_routes.router, dependencies=authenticated)
+    app.include_router(health_routes.router)
 
     @app.get("/", response_model=RootInfo, tags=["operations"])
     def root() -> RootInfo:
         """Service name, status and version."""
         return RootInfo(message="Task Manager API", status="running", version=VERSION)
 
+    # Order matters: shared error responses first, then the docs pass completes every one.
+    install_openapi(app)
     install_docs(app)
     return app
 

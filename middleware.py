@@ -1,14 +1,17 @@
-"""ASGI middleware: request ids and the access log."""
+"""ASGI middleware: request ids, security and rate-limit headers, the access log, last-resort 500s."""
 
 import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from logging_config import request_id_var
+from exceptions import unhandled_error_response
+from logging_config import request_id_var, request_state_var
 
 logger = logging.getLogger("access")
 
@@ -26,7 +29,13 @@ def _request_id_from(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Give every request an id (the client's, if well-formed), echo it, log one access line."""
+    """Give every request an id (the client's, if well-formed), echo it, log one access line.
+
+    Also the one place that stamps headers every response carries (`X-Content-Type-Options`,
+    the rate-limit headers the limiter recorded), and the last resort for unexpected errors:
+    handled here, the 500 still passes through the header stamping and the access line, and
+    its traceback is logged once, with the request id.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -36,34 +45,49 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = _request_id_from(scope)
-        state = scope.setdefault("state", {})
+        state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         token = request_id_var.set(request_id)
+        state_token = request_state_var.set(state)
         started = time.perf_counter()
         status_code = 500
+        response_started = False
 
-        async def send_with_request_id(message: Message) -> None:
-            nonlocal status_code
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status_code, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status_code = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                headers["X-Content-Type-Options"] = "nosniff"
+                for name, value in state.get("rate_limit_headers", {}).items():
+                    headers[name] = value
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_request_id)
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if response_started:
+                raise
+            response = unhandled_error_response(Request(scope), exc)
+            await response(scope, receive, send_with_headers)
         finally:
+            duration_ms = (time.perf_counter() - started) * 1000
             logger.info(
-                "%s %s %s %.1fms",
+                "%s %s %s %.1fms user=%s",
                 scope["method"],
                 scope["path"],
                 status_code,
-                (time.perf_counter() - started) * 1000,
+                duration_ms,
+                state.get("user_id"),
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(duration_ms, 2),
                     "user_id": state.get("user_id"),
                 },
             )
+            request_state_var.reset(state_token)
             request_id_var.reset(token)

@@ -378,6 +378,35 @@ class RootInfo(BaseModel):
     version: str
 
 
+class Liveness(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessChecks(BaseModel):
+    database: Literal["ok", "error"]
+    cache: Literal["ok", "error", "disabled"]
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "degraded", "checks": {"database": "ok", "cache": "error"}}]
+        }
+    )
+
+    status: Literal["ok", "degraded", "unavailable"]
+    checks: ReadinessChecks
+
+    @classmethod
+    def of(cls, checks: ReadinessChecks) -> Self:
+        """Unavailable without the database; degraded (still serving) without Redis."""
+        if checks.database == "error":
+            return cls(status="unavailable", checks=checks)
+        return cls(status="degraded" if checks.cache == "error" else "ok", checks=checks)
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries documenting problem+json errors for these statuses."""
     return {

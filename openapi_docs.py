@@ -194,11 +194,13 @@ def install_docs(app: FastAPI) -> None:
             )
         )
 
+    generate = app.openapi
+
     def openapi() -> dict[str, Any]:
         schema = app.openapi_schema
         if schema is None:
-            # Builds the document once and caches it on the app; completed in place.
-            schema = FastAPI.openapi(app)
+            # Builds the document once (the generator caches it on the app); completed in place.
+            schema = generate()
             complete_openapi(schema)
         return schema
 

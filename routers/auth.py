@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+import rate_limit_config as rate_limits
 from dependencies import CurrentUser, DbSession, SettingsDep
 from models import LoginRequest, Token, UserCreate, UserRead, error_responses
 from services import users as user_service
@@ -58,6 +59,7 @@ async def login_credentials(request: Request) -> LoginRequest:
     response_model=UserRead,
     responses=error_responses(409, 422),
 )
+@rate_limits.rate_limited(rate_limits.REGISTER)
 def register(data: UserCreate, session: DbSession, settings: SettingsDep) -> Any:
     """Create an account."""
     return user_service.register_user(session, data=data, settings=settings)
@@ -69,6 +71,7 @@ def register(data: UserCreate, session: DbSession, settings: SettingsDep) -> Any
     responses=error_responses(401, 422),
     openapi_extra=_LOGIN_BODY,
 )
+@rate_limits.rate_limited(rate_limits.LOGIN, rate_limits.LOGIN_USERNAME)
 def login(
     credentials: Annotated[LoginRequest, Depends(login_credentials)],
     session: DbSession,

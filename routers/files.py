@@ -10,6 +10,7 @@ from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
 from fastapi.responses import FileResponse
 
 import background_tasks
+import rate_limit_config as rate_limits
 from dependencies import CurrentUser, DbSession, OwnedTask, SettingsDep
 from models import MAX_ID, FileRead, error_responses
 from services import files as file_service
@@ -36,7 +37,10 @@ _UPLOAD_BODY: dict[str, Any] = {
 _DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The file's bytes, as an attachment, in the type checked at upload.",
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        "content": {
+            content_type: {"schema": {"type": "string", "format": "binary"}}
+            for content_type in file_service.CONTENT_TYPES
+        },
     }
 }
 _UNSAFE_IN_QUOTES = re.compile(r'[^\x20-\x7e]|["\\]')
@@ -64,6 +68,7 @@ def content_disposition(filename: str) -> str:
     responses=error_responses(404, 409, 413, 415, 422),
     openapi_extra=_UPLOAD_BODY,
 )
+@rate_limits.rate_limited(rate_limits.UPLOAD)
 async def upload_file(
     request: Request, task: OwnedTask, session: DbSession, settings: SettingsDep, response: Response
 ) -> Any:

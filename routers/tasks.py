@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Query, Response, status
 
 import background_tasks
+import rate_limit_config as rate_limits
 from dependencies import CurrentUser, DbSession, OwnedTask
 from models import MAX_ID, TaskCreate, TaskRead, TaskUpdate, error_responses
 from services import tasks as task_service
@@ -32,6 +33,7 @@ def list_tasks(
     response_model=TaskRead,
     responses=error_responses(422),
 )
+@rate_limits.rate_limited(rate_limits.CREATE_TASK)
 def create_task(data: TaskCreate, user: CurrentUser, session: DbSession, response: Response) -> Any:
     """Create a task owned by the caller."""
     task = task_service.create_task(session, owner=user, data=data)

@@ -57,6 +57,7 @@ _TYPES: dict[str, tuple[str, tuple[bytes, ...]]] = {
     ".txt": ("text/plain; charset=utf-8", ()),
 }
 ALLOWED_EXTENSIONS = tuple(_TYPES)
+CONTENT_TYPES = tuple(dict.fromkeys(content_type for content_type, _ in _TYPES.values()))
 _SNIFF_BYTES = 8
 
 MAX_FILENAME_LENGTH = 255

@@ -113,7 +113,7 @@ def db_connection() -> Iterator[Connection]:
         yield connection
     finally:
         db_config.SessionLocal.configure(
-            bind=db_config.engine, join_transaction_mode="conservative_savepoint"
+            bind=db_config.engine, join_transaction_mode="conditional_savepoint"
         )
         if transaction.is_active:
             transaction.rollback()

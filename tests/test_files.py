@@ -769,7 +769,7 @@ class TestConsistency:
         before = stored_files()
         failing_commit()
         response = upload(server_errors_client, alice, task_id, "a.pdf", PDF)
-        assert_problem(response, 500, "internal_error")
+        assert_problem(response, 503, "service_unavailable")
         assert stored_files() == before
         assert temp_files() == []
 
@@ -787,7 +787,7 @@ class TestConsistency:
         path = upload_dir() / stored_name(db_connection, file_id)
         failing_commit()
         response = server_errors_client.delete(f"/files/{file_id}", headers=alice.headers)
-        assert_problem(response, 500, "internal_error")
+        assert_problem(response, 503, "service_unavailable")
         assert path.read_bytes() == PDF
         monkeypatch.undo()
         assert client.get(f"/files/{file_id}", headers=alice.headers).content == PDF
@@ -806,7 +806,7 @@ class TestConsistency:
         path = upload_dir() / stored_name(db_connection, file_id)
         failing_commit()
         response = server_errors_client.delete(f"/tasks/{task_id}", headers=alice.headers)
-        assert_problem(response, 500, "internal_error")
+        assert_problem(response, 503, "service_unavailable")
         assert path.exists()
         monkeypatch.undo()
         assert client.get(f"/files/{file_id}", headers=alice.headers).content == PDF

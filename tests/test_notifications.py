@@ -234,7 +234,7 @@ class TestLogNotifier:
         monkeypatch.setattr(Session, "commit", commit)
         caplog.set_level(logging.INFO, logger="background_tasks")
         response = complete(TestClient(app, raise_server_exceptions=False), alice, task["id"])
-        assert response.status_code == 500
+        assert response.status_code == 503
         assert notices_logged(caplog) == []
 
 

@@ -1,0 +1,302 @@
+"""Rate limits: slowapi's Limiter, named budgets per route, counters shared through Redis.
+
+Routes opt into their own budget with `@rate_limited(...)`; every other request that carries a
+valid bearer token draws from the default per-user budget of its endpoint. One app-wide
+dependency, `enforce_rate_limits`, does the counting before any other dependency runs, so a
+spent budget costs neither a database query nor a password hash.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.dependencies.models import Dependant
+from fastapi.security.base import SecurityBase
+from limits import RateLimitItem
+from slowapi import Limiter
+from slowapi.errors import RateLimitExceeded
+from starlette.concurrency import run_in_threadpool
+
+import auth
+from config import Settings
+
+logger = logging.getLogger(__name__)
+
+# A healthy Redis answers in well under a millisecond; one slower than this counts as down, and
+# the limiter falls back to counting in memory rather than stalling requests.
+REDIS_TIMEOUT_SECONDS = 0.5
+
+_ROUTE_LIMITS_ATTRIBUTE = "__rate_limits__"
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_MAX_USERNAME_BODY = 64 * 1024
+
+RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
+# --- keys: who a request is counted against ------------------------------------------------
+
+
+def client_ip(request: Request) -> str:
+    """The client address as the server saw it.
+
+    Behind a proxy, uvicorn's `--proxy-headers` has already replaced the peer with the forwarded
+    client, and only for the proxies in FORWARDED_ALLOW_IPS; a header any client can send
+    (X-Forwarded-For) is never read here.
+    """
+    host = request.client.host if request.client else None
+    return f"ip:{host or 'unknown'}"
+
+
+def _user_id_from_token(request: Request) -> int | None:
+    # The key is needed before the user is loaded: the token's signature alone decides.
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    settings: Settings = request.app.state.settings
+    try:
+        return auth.decode_access_token(token.strip(), settings)
+    except auth.InvalidTokenError:
+        return None
+
+
+def authenticated_user(request: Request) -> int | None:
+    """The user a request authenticates as, without touching the database."""
+    user_id = getattr(request.state, "user_id", None)
+    return user_id if isinstance(user_id, int) else _user_id_from_token(request)
+
+
+def user_or_ip(request: Request) -> str:
+    """The authenticated user, else the client address."""
+    user_id = authenticated_user(request)
+    return f"user:{user_id}" if user_id is not None else client_ip(request)
+
+
+def login_username(request: Request) -> str:
+    """The account a login attempt targets, case-folded and hashed to a fixed-size key."""
+    username: str = getattr(request.state, "login_username", "")
+    digest = hashlib.sha256(username.casefold().encode("utf-8", "replace")).hexdigest()
+    return f"username:{digest[:32]}"
+
+
+async def _read_login_username(request: Request) -> str | None:
+    """The username of a login body (JSON or form), or None when there is none to read.
+
+    The body is cached on the request, so the login route's own parser reads the same bytes.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        if content_type in _FORM_TYPES:
+            value: object = (await request.form()).get("username")
+        else:
+            body = await request.body()
+            if len(body) > _MAX_USERNAME_BODY:
+                return None
+            data = json.loads(body)
+            value = data.get("username") if isinstance(data, dict) else None
+    except Exception:
+        # Any unreadable body is the login route's own 422 to give.
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+# --- named budgets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteLimit:
+    """A named budget: every route carrying it draws from one counter per key, whatever its URL."""
+
+    name: str
+    setting: str
+    key_func: Callable[[Request], str]
+
+
+REGISTER = RouteLimit("register", "rate_limit_register", client_ip)
+LOGIN = RouteLimit("login", "rate_limit_login", client_ip)
+LOGIN_USERNAME = RouteLimit("login_username", "rate_limit_login_username", login_username)
+CREATE_TASK = RouteLimit("create_task", "rate_limit_create_task", user_or_ip)
+UPLOAD = RouteLimit("upload", "rate_limit_upload", user_or_ip)
+ROUTE_LIMITS = (REGISTER, LOGIN, LOGIN_USERNAME, CREATE_TASK, UPLOAD)
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def rate_limited(*limits: RouteLimit) -> Callable[[Endpoint], Endpoint]:
+    """Give a route its own budgets in place of the default per-user one.
+
+    The endpoint is returned unchanged (no wrapper, no extra parameters); the app-wide
+    `enforce_rate_limits` dependency reads the mark.
+    """
+
+    def mark(endpoint: Endpoint) -> Endpoint:
+        setattr(endpoint, _ROUTE_LIMITS_ATTRIBUTE, limits)
+        return endpoint
+
+    return mark
+
+
+def route_limits_of(endpoint: object) -> tuple[RouteLimit, ...] | None:
+    limits: tuple[RouteLimit, ...] | None = getattr(endpoint, _ROUTE_LIMITS_ATTRIBUTE, None)
+    return limits
+
+
+def dependency_calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
+    """Every callable a route depends on, however deeply nested."""
+    for dependency in dependant.dependencies:
+        if dependency.call is not None:
+            yield dependency.call
+        yield from dependency_calls(dependency)
+
+
+def requires_auth(dependant: Dependant) -> bool:
+    """Whether a route demands credentials: it depends on a security scheme (the bearer token)."""
+    return any(isinstance(call, SecurityBase) for call in dependency_calls(dependant))
+
+
+# --- the limiter -----------------------------------------------------------------------------
+
+
+def _budget_marker(name: str) -> Callable[[Request], None]:
+    # slowapi registers limits against a function; one per budget gives the budget a fixed
+    # scope ("endpoint" key style), so the upload budget is per user, not per task URL.
+    def budget(request: Request) -> None:  # pragma: no cover - never called, only named
+        del request
+
+    budget.__name__ = budget.__qualname__ = name
+    return budget
+
+
+class RateLimiter:
+    """slowapi's Limiter with the service's budgets, Redis counters and in-memory fallback."""
+
+    def __init__(self, settings: Settings, *, key_prefix: str = "taskmanager") -> None:
+        storage_options: dict[str, Any] = {}
+        if settings.redis_url:
+            storage_options = {
+                "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
+                "socket_timeout": REDIS_TIMEOUT_SECONDS,
+            }
+        self.uses_network = settings.redis_url is not None
+        self.limiter = Limiter(
+            key_func=user_or_ip,
+            default_limits=[settings.rate_limit_default],
+            key_style="endpoint",
+            strategy="fixed-window",
+            storage_uri=settings.redis_url or "memory://",
+            storage_options=storage_options,
+            # A Redis outage must never turn into 500s: count in this process until it is back.
+            in_memory_fallback_enabled=True,
+            key_prefix=key_prefix,
+            headers_enabled=False,
+        )
+        self._markers: dict[RouteLimit, Callable[[Request], None]] = {}
+        for limit in ROUTE_LIMITS:
+            marker = _budget_marker(limit.name)
+            self.limiter.limit(getattr(settings, limit.setting), key_func=limit.key_func)(marker)
+            self._markers[limit] = marker
+
+    @property
+    def storage_dead(self) -> bool:
+        """Whether counting has fallen back to this process's memory."""
+        dead: bool = self.limiter._storage_dead
+        return dead
+
+    def check(
+        self, request: Request, endpoint: Callable[..., Any], limits: tuple[RouteLimit, ...] | None
+    ) -> None:
+        """Count the request against its budgets and record the headers to send.
+
+        Raises:
+            RateLimitExceeded: a budget is spent; its headers carry `Retry-After`.
+        """
+        targets = [endpoint] if limits is None else [self._markers[limit] for limit in limits]
+        tightest: tuple[RateLimitItem, list[str], float, int] | None = None
+        for target in targets:
+            try:
+                # Route budgets are registered on their marker; any other endpoint gets the
+                # default limits, scoped to that endpoint.
+                self.limiter._check_request_limit(request, target, False)
+            except RateLimitExceeded as exc:
+                exc.headers = self._exceeded_headers(request)
+                request.state.rate_limit_headers = {
+                    name: exc.headers[name] for name in RATE_LIMIT_HEADERS if name in exc.headers
+                }
+                raise
+            stats = self._stats(request)
+            if stats is not None and (tightest is None or stats[3] < tightest[3]):
+                tightest = stats
+        if tightest is not None:
+            item, _, reset, remaining = tightest
+            request.state.rate_limit_headers = {
+                "X-RateLimit-Limit": str(item.amount),
+                "X-RateLimit-Remaining": str(max(remaining, 0)),
+                "X-RateLimit-Reset": str(math.ceil(reset)),
+            }
+
+    def _stats(self, request: Request) -> tuple[RateLimitItem, list[str], float, int] | None:
+        current: tuple[RateLimitItem, list[str]] | None = getattr(
+            request.state, "view_rate_limit", None
+        )
+        if current is None:
+            return None
+        item, identifiers = current
+        try:
+            reset, remaining = self.limiter.limiter.get_window_stats(item, *identifiers)
+        except Exception:
+            # Headers are a courtesy; the hit itself has already been counted.
+            logger.warning("Rate limit storage failed while reading the window; no headers sent")
+            return None
+        return item, identifiers, float(reset), int(remaining)
+
+    def _exceeded_headers(self, request: Request) -> dict[str, str]:
+        stats = self._stats(request)
+        now = time.time()
+        if stats is None:
+            current: tuple[RateLimitItem, list[str]] = request.state.view_rate_limit
+            item, reset = current[0], now + current[0].get_expiry()
+        else:
+            item, _, reset, _ = stats
+        return {
+            "Retry-After": str(max(1, math.ceil(reset - now))),
+            "X-RateLimit-Limit": str(item.amount),
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(math.ceil(reset)),
+        }
+
+
+def build_rate_limiter(settings: Settings) -> RateLimiter | None:
+    """The app's limiter, or None when RATE_LIMIT_ENABLED is off."""
+    return RateLimiter(settings) if settings.rate_limit_enabled else None
+
+
+async def enforce_rate_limits(request: Request) -> None:
+    """Count the request against its route's budgets (or the default one); 429 once spent."""
+    limiter: RateLimiter | None = getattr(request.app.state, "limiter", None)
+    endpoint = request.scope.get("endpoint")
+    route = request.scope.get("route")
+    if limiter is None or endpoint is None:
+        return
+    limits = route_limits_of(endpoint)
+    if limits is None:
+        # The default budget covers the authenticated API (per user; a bad token counts per
+        # client address); public operations endpoints such as the probes are not limited.
+        dependant = getattr(route, "dependant", None)
+        if dependant is None or not requires_auth(dependant):
+            return
+    elif LOGIN_USERNAME in limits:
+        username = await _read_login_username(request)
+        if username is None:
+            limits = tuple(limit for limit in limits if limit is not LOGIN_USERNAME)
+        else:
+            request.state.login_username = username
+    if limiter.uses_network:
+        # Redis calls block: keep them off the event loop.
+        await run_in_threadpool(limiter.check, request, endpoint, limits)
+    else:
+        limiter.check(request, endpoint, limits)

@@ -1,0 +1,243 @@
+"""Logging: JSON and text lines, the access record, file rotation, 500 tracebacks, no secrets."""
+
+import io
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
+from fastapi.testclient import TestClient
+from sqlalchemy import Connection, text
+
+import db_config
+from config import Settings, get_settings
+from dependencies import CurrentUser
+from logging_config import JsonFormatter, RequestContextFilter, configure_logging
+from main import create_app
+from tests.conftest import AuthUser, register_and_login
+
+
+class CaptureHandler(logging.Handler):
+    """Keeps every record, and its full formatted form (message, extras, traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.lines: list[str] = []
+        self.addFilter(RequestContextFilter())
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    yield
+    configure_logging(get_settings())
+
+
+@contextmanager
+def captured_logs() -> Iterator[CaptureHandler]:
+    """Capture everything logged at any level, below the configured one too."""
+    root = logging.getLogger()
+    handler, level = CaptureHandler(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def _root_stream(app: FastAPI) -> io.StringIO:
+    """Point the app's configured stderr handler at a buffer."""
+    del app  # configured when the app was built
+    stream = io.StringIO()
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    assert len(handlers) == 1
+    handlers[0].setStream(stream)
+    return stream
+
+
+def _app_with(**overrides: Any) -> FastAPI:
+    return create_app(Settings(**overrides))
+
+
+# --- formats -------------------------------------------------------------------------------
+
+
+def test_json_format_is_one_object_per_line_with_request_and_user(alice: AuthUser) -> None:
+    app = _app_with(log_format="json")
+    stream = _root_stream(app)
+    response = TestClient(app).get(
+        "/tasks", headers={**alice.headers, "X-Request-ID": "req-json-1"}
+    )
+    assert response.status_code == 200
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert records
+    for record in records:
+        assert {"timestamp", "level", "logger", "message", "request_id", "user_id"} <= set(record)
+        assert record["timestamp"].endswith("Z")
+    access = [r for r in records if r["logger"] == "access" and r["request_id"] == "req-json-1"]
+    assert len(access) == 1
+    assert access[0]["user_id"] == alice.id
+    assert access[0]["method"] == "GET"
+    assert access[0]["path"] == "/tasks"
+    assert access[0]["status"] == 200
+    assert isinstance(access[0]["duration_ms"], float | int)
+
+
+def test_text_format_is_a_readable_line_with_the_request_id(alice: AuthUser) -> None:
+    app = _app_with(log_format="text")
+    stream = _root_stream(app)
+    TestClient(app).get("/auth/me", headers={**alice.headers, "X-Request-ID": "req-text-1"})
+    lines = [line for line in stream.getvalue().splitlines() if "req-text-1" in line]
+    assert len(lines) == 1
+    assert " access [req-text-1] GET /auth/me 200 " in lines[0]
+    assert f"user={alice.id}" in lines[0]
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(lines[0])
+
+
+def test_records_logged_inside_a_request_carry_its_user_id(alice: AuthUser) -> None:
+    app = _app_with()
+
+    @app.get("/log-probe")
+    def log_probe(user: CurrentUser) -> dict[str, int]:
+        logging.getLogger("probe").warning("inside the handler")
+        return {"id": user.id}
+
+    with captured_logs() as logs:
+        assert TestClient(app).get("/log-probe", headers=alice.headers).status_code == 200
+    (record,) = [r for r in logs.records if r.name == "probe"]
+    assert getattr(record, "user_id", None) == alice.id
+    assert getattr(record, "request_id", None)
+
+
+def test_exactly_one_access_record_per_request_and_uvicorns_is_off(client: TestClient) -> None:
+    with captured_logs() as logs:
+        client.get("/", headers={"X-Request-ID": "one-access-line"})
+    access = [r for r in logs.records if getattr(r, "request_id", None) == "one-access-line"]
+    assert [r.name for r in access] == ["access"]
+    assert not logging.getLogger("uvicorn.access").isEnabledFor(logging.INFO)
+
+
+def test_sql_is_never_echoed() -> None:
+    assert not db_config.engine.echo
+    assert not logging.getLogger("sqlalchemy.engine").isEnabledFor(logging.INFO)
+
+
+def test_log_file_is_rotated_by_size(tmp_path: Path) -> None:
+    log_file = tmp_path / "logs" / "app.log"
+    _app_with(log_file=str(log_file), log_file_max_bytes=2048, log_file_backup_count=2)
+    for n in range(200):
+        logging.getLogger("rotation").warning("line %d of a log that outgrows its file", n)
+    files = sorted(path.name for path in log_file.parent.iterdir())
+    assert files == ["app.log", "app.log.1", "app.log.2"]
+    assert all(path.stat().st_size <= 2048 for path in log_file.parent.iterdir())
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def test_an_unhandled_error_is_a_500_problem_whose_request_id_is_in_the_traceback() -> None:
+    app = _app_with()
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("internal detail the client must not see")
+
+    with captured_logs() as logs:
+        response = TestClient(app).get("/boom")
+    assert response.status_code == 500
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    body = response.json()
+    request_id = response.headers["X-Request-ID"]
+    assert body["code"] == "internal_error"
+    assert body["request_id"] == request_id
+    assert "internal detail" not in response.text
+    assert "Traceback" not in response.text
+    tracebacks = [line for line in logs.lines if "Traceback" in line]
+    assert len(tracebacks) == 1
+    record = json.loads(tracebacks[0])
+    assert record["request_id"] == request_id
+    assert request_id in record["message"]
+    assert "RuntimeError: internal detail" in record["exc_info"]
+    access = [r for r in logs.records if r.name == "access"]
+    assert [getattr(r, "status", None) for r in access] == [500]
+
+
+# --- secrets never logged ------------------------------------------------------------------
+
+
+def _route_exists(app: FastAPI, method: str, path: str) -> bool:
+    return any(
+        route.path_format == path and method in (route.methods or ())
+        for route in iter_route_contexts(app.routes)
+    )
+
+
+def _scan(lines: list[str], secrets: dict[str, str]) -> list[str]:
+    return [
+        f"{name} in: {line[:200]}" for line in lines for name, s in secrets.items() if s in line
+    ]
+
+
+def test_passwords_tokens_hashes_and_file_contents_never_reach_the_log(
+    app: FastAPI, client: TestClient, db_connection: Connection
+) -> None:
+    password = f"pw-{uuid.uuid4().hex}"
+    file_content = f"file-content-{uuid.uuid4().hex}"
+    upload_path = "/tasks/{task_id}/files"
+    with captured_logs() as logs:
+        user = register_and_login(client, "secretive", password)
+        # The form login, a wrong password, bad input and a conflict log nothing secret either.
+        form = client.post("/auth/login", data={"username": user.username, "password": password})
+        assert form.status_code == 200
+        assert (
+            client.post(
+                "/auth/login", json={"username": "secretive", "password": password + "x"}
+            ).status_code
+            == 401
+        )
+        bad = {"username": "other", "email": "other@example.com", "password": password + "\x00"}
+        assert client.post("/auth/register", json=bad).status_code == 422
+        dup = {"username": "secretive", "email": "s2@example.com", "password": password}
+        assert client.post("/auth/register", json=dup).status_code == 409
+        assert client.get("/auth/me", headers=user.headers).status_code == 200
+        task = client.post("/tasks", json={"title": "holds a file"}, headers=user.headers)
+        assert task.status_code == 201
+        upload = client.post(
+            upload_path.format(task_id=task.json()["id"]),
+            files={"file": ("notes.txt", file_content.encode(), "text/plain")},
+            headers=user.headers,
+        )
+        if _route_exists(app, "POST", upload_path):
+            assert upload.status_code == 201, upload.text
+            download = client.get(f"/files/{upload.json()['id']}", headers=user.headers)
+            assert download.status_code == 200
+            assert download.content == file_content.encode()
+        else:
+            assert upload.status_code in (404, 405)
+    hashed = db_connection.execute(
+        text("SELECT hashed_password FROM users WHERE id = :id"), {"id": user.id}
+    ).scalar_one()
+    secrets = {
+        "password": password,
+        "token": user.token,
+        "form token": form.json()["access_token"],
+        "password hash": hashed,
+        "file content": file_content,
+    }
+    assert len(logs.lines) > 5
+    assert _scan(logs.lines, secrets) == []
