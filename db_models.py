@@ -125,6 +125,21 @@ class Task(Base):
         Index("ix_tasks_user_id_due_date", "user_id", "due_date", "id"),
         Index("ix_tasks_user_id_created_at", "user_id", "created_at", "id"),
         Index("ix_tasks_user_id_completed", "user_id", "completed", "id"),
+        # Substring search (ILIKE '%...%'): trigram indexes, on PostgreSQL only (migration 0002).
+        Index(
+            "ix_tasks_title_trgm",
+            "title",
+            postgresql_using="gin",
+            postgresql_ops={"title": "gin_trgm_ops"},
+            info={"postgresql_only": True},
+        ),
+        Index(
+            "ix_tasks_description_trgm",
+            "description",
+            postgresql_using="gin",
+            postgresql_ops={"description": "gin_trgm_ops"},
+            info={"postgresql_only": True},
+        ),
     )
 
     @property

@@ -296,12 +296,9 @@ def bulk_update(
     ids = data.task_ids
     owned_scope = (Task.user_id == owner.id, Task.id.in_(ids))
     # Locked (on PostgreSQL) so that no concurrent write changes or deletes them meanwhile.
-    was_completed = {
-        task_id: completed
-        for task_id, completed in session.execute(
-            select(Task.id, Task.completed).where(*owned_scope).with_for_update()
-        )
-    }
+    was_completed: dict[int, bool] = dict(
+        session.execute(select(Task.id, Task.completed).where(*owned_scope).with_for_update()).all()
+    )
     missing = [task_id for task_id in ids if task_id not in was_completed]
     if missing:
         raise NotFoundError(
