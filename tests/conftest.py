@@ -169,3 +169,27 @@ def alice(client: TestClient) -> AuthUser:
 @pytest.fixture
 def bob(client: TestClient) -> AuthUser:
     return register_and_login(client, "bob")
+
+
+# --- the stats cache ------------------------------------------------------------------------
+
+import redis  # noqa: E402
+
+import redis_config  # noqa: E402
+
+
+def _empty_the_cache() -> None:
+    cache = redis_config.get_cache()
+    if isinstance(cache, redis_config.MemoryCache):
+        cache.clear()
+    elif isinstance(cache, redis_config.RedisCache) and TEST_REDIS_URL:
+        with redis.Redis.from_url(TEST_REDIS_URL) as client:
+            client.flushdb()
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache() -> Iterator[None]:
+    """Start and end every test with an empty cache: user ids repeat once the database rolls back."""
+    _empty_the_cache()
+    yield
+    _empty_the_cache()
