@@ -49,7 +49,8 @@ class Cache(ABC):
     def incr(self, key: str, ttl_seconds: int) -> None:
         """Add one to the counter at `key` and keep it for `ttl_seconds` more.
 
-        An increment that cannot be delivered now is delivered once the cache is back.
+        An increment that cannot be delivered now is delivered once the cache is back: at
+        least once, as a timed-out one may still have reached the server.
         """
 
     @abstractmethod

@@ -39,6 +39,11 @@ def _entry_key(owner_id: int, version: int, today: date) -> str:
     return f"stats:{_ENTRY_FORMAT}:{owner_id}:{version}:{today.isoformat()}"
 
 
+def utc_today() -> date:
+    """Today in UTC: the day that decides `overdue`, and part of every cache key."""
+    return datetime.now(UTC).date()
+
+
 def compute_stats(session: Session, *, owner_id: int, today: date) -> TaskStats:
     """The caller's statistics in two aggregate queries, whatever the number of tasks."""
     count = func.count(Task.id)
@@ -70,7 +75,7 @@ def compute_stats(session: Session, *, owner_id: int, today: date) -> TaskStats:
 
 def get_stats(session: Session, *, owner_id: int, cache: Cache, ttl_seconds: int) -> StatsResult:
     """The caller's statistics, from the cache when a current entry exists."""
-    today = datetime.now(UTC).date()
+    today = utc_today()
     version = cache.counter(_version_key(owner_id))
     if version is None:
         # The cache is unreachable: without a version, a stored result could not be trusted.
