@@ -189,7 +189,7 @@ class RedisCache(Cache):
         with self._lock:
             recovered, self._down = self._down, False
         if recovered:
-            logger.warning("Redis cache reachable again")
+            logger.info("Redis cache reachable again")
 
     def _replay_pending(self) -> None:
         with self._lock:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 import db_config
 from db_models import User
 from models import TaskCreate, TaskStats
-from redis_config import get_cache
+from redis_config import MemoryCache, get_cache
 from services import stats as stats_service
 from services import tasks as task_service
 from tests.conftest import AuthUser, register_and_login
@@ -219,6 +219,21 @@ def test_a_result_computed_before_a_write_is_never_served_after_it(
         assert (after.stats.total, after.cache_hit) == (1, False)
         again = stats_service.get_stats(session, owner_id=alice.id, cache=cache, ttl_seconds=60)
         assert (again.stats.total, again.cache_hit) == (1, True)
+
+
+def test_versions_are_bumped_by_the_commit_not_by_a_savepoint(alice: AuthUser) -> None:
+    cache = MemoryCache()
+    key = f"stats:version:{alice.id}"
+    with db_config.SessionLocal() as session:
+        owner = session.get_one(User, alice.id)
+        task_service.create_task(session, owner=owner, data=TaskCreate(title="x"), cache=cache)
+        with session.begin_nested():
+            pass
+        assert cache.counter(key) == 0
+        session.commit()
+        assert cache.counter(key) == 1
+        session.commit()
+        assert cache.counter(key) == 1
 
 
 def test_stats_cost_the_same_statements_for_10_and_100_tasks(
