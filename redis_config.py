@@ -157,6 +157,8 @@ class RedisCache(Cache):
         self._pending: dict[str, int] = {}
 
     def _may_try(self) -> bool:
+        if not self._down:
+            return True
         with self._lock:
             if not self._down:
                 return True
@@ -192,6 +194,8 @@ class RedisCache(Cache):
             logger.info("Redis cache reachable again")
 
     def _replay_pending(self) -> None:
+        if not self._pending:
+            return
         with self._lock:
             pending, self._pending = self._pending, {}
         if not pending:
