@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: int = Field(default=10_000, ge=0, le=600_000)
 
     redis_url: str | None = None
+    redis_socket_timeout_ms: int = Field(default=50, ge=1, le=10_000)
+    stats_cache_ttl_seconds: int = Field(default=300, ge=1, le=86_400)
 
     secret_key: SecretStr = Field(default=SecretStr(""), validate_default=True)
     access_token_expire_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)

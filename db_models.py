@@ -71,6 +71,12 @@ class PriorityType(TypeDecorator[Priority]):
         return None if value is None else Priority.from_rank(value)
 
 
+def exists_on(obj: object, dialect_name: str) -> bool:
+    """Whether a schema object is built on this dialect (some indexes are PostgreSQL-only)."""
+    info = getattr(obj, "info", None) or {}
+    return not (info.get("postgresql_only") and dialect_name != "postgresql")
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -125,6 +131,21 @@ class Task(Base):
         Index("ix_tasks_user_id_due_date", "user_id", "due_date", "id"),
         Index("ix_tasks_user_id_created_at", "user_id", "created_at", "id"),
         Index("ix_tasks_user_id_completed", "user_id", "completed", "id"),
+        # Substring search (ILIKE '%...%'): trigram indexes, on PostgreSQL only (migration 0002).
+        Index(
+            "ix_tasks_title_trgm",
+            "title",
+            postgresql_using="gin",
+            postgresql_ops={"title": "gin_trgm_ops"},
+            info={"postgresql_only": True},
+        ),
+        Index(
+            "ix_tasks_description_trgm",
+            "description",
+            postgresql_using="gin",
+            postgresql_ops={"description": "gin_trgm_ops"},
+            info={"postgresql_only": True},
+        ),
     )
 
     @property

@@ -12,6 +12,7 @@ from db_config import get_db
 from db_models import Task, User
 from exceptions import AuthenticationError
 from models import MAX_ID
+from redis_config import Cache, get_cache
 from services import tasks as task_service
 from services import users as user_service
 
@@ -54,3 +55,11 @@ def get_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Ta
 
 
 OwnedTask = Annotated[Task, Depends(get_owned_task)]
+
+
+async def get_request_cache() -> Cache:
+    """The process-wide cache (async: a lookup needs no thread-pool hop)."""
+    return get_cache()
+
+
+CacheDep = Annotated[Cache, Depends(get_request_cache)]

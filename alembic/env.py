@@ -1,14 +1,13 @@
 """Alembic environment: the URL comes from the app settings, the target from db_models."""
 
 from logging.config import fileConfig
-from typing import Any
 
 from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.schema import SchemaItem
 
 from alembic import context
 from config import get_settings
-from db_models import Base
+from db_models import Base, exists_on
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -25,9 +24,7 @@ def include_object(
     _compare_to: SchemaItem | None,
 ) -> bool:
     """Skip schema objects that exist only on PostgreSQL when comparing another dialect."""
-    info: dict[str, Any] = getattr(obj, "info", {}) or {}
-    dialect = context.get_context().dialect.name
-    return not (info.get("postgresql_only") and dialect != "postgresql")
+    return exists_on(obj, context.get_context().dialect.name)
 
 
 def _configure(connection: Connection) -> None:

@@ -1,30 +1,88 @@
-"""Task CRUD."""
+"""Tasks: CRUD, listing with filters, tags, bulk update and statistics."""
 
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, BackgroundTasks, Query, Response, status
+from fastapi import APIRouter, BackgroundTasks, Body, Path, Query, Request, Response, status
+from pydantic import AfterValidator
 
 import background_tasks
 import rate_limit_config as rate_limits
-from dependencies import CurrentUser, DbSession, OwnedTask
-from models import MAX_ID, TaskCreate, TaskRead, TaskUpdate, error_responses
+from dependencies import CacheDep, CurrentUser, DbSession, OwnedTask, SettingsDep
+from models import (
+    MAX_TAG_LENGTH,
+    BulkTaskUpdate,
+    TagList,
+    TaskCreate,
+    TaskRead,
+    TaskStats,
+    TaskUpdate,
+    error_responses,
+    normalize_tag,
+)
+from services import stats as stats_service
 from services import tasks as task_service
 
 router = APIRouter(prefix="/tasks", tags=["tasks"], responses=error_responses(401))
 
+_LIST_HEADERS = {
+    "X-Total-Count": {
+        "description": "How many tasks match the filters, before paging.",
+        "schema": {"type": "integer"},
+    },
+    "Link": {
+        "description": 'RFC 8288 links to the `rel="next"` and `rel="prev"` pages, when they exist.',
+        "schema": {"type": "string"},
+    },
+}
+_STATS_HEADERS = {
+    "X-Cache": {
+        "description": "`HIT` when served from the cache, `MISS` when computed.",
+        "schema": {"type": "string", "enum": ["HIT", "MISS"]},
+    }
+}
 
-@router.get("", response_model=list[TaskRead], responses=error_responses(422))
+PathTag = Annotated[
+    str,
+    Path(max_length=4 * MAX_TAG_LENGTH, description="The tag (trimmed and lower-cased)."),
+    AfterValidator(normalize_tag),
+]
+
+
+def _set_paging_headers(
+    request: Request, response: Response, params: task_service.TaskListParams, total: int
+) -> None:
+    response.headers["X-Total-Count"] = str(total)
+    # Keep every other query parameter as the client sent it; only the window moves.
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k not in ("skip", "limit")]
+    links = []
+    if params.skip + params.limit < total:
+        links.append((params.skip + params.limit, "next"))
+    if params.skip > 0:
+        links.append((max(0, min(params.skip, total) - params.limit), "prev"))
+    if links:
+        response.headers["Link"] = ", ".join(
+            f'<{request.url.path}?{urlencode([*kept, ("skip", skip), ("limit", params.limit)])}>; rel="{rel}"'
+            for skip, rel in links
+        )
+
+
+@router.get(
+    "",
+    response_model=list[TaskRead],
+    responses={200: {"headers": _LIST_HEADERS}, **error_responses(422)},
+)
 def list_tasks(
+    params: Annotated[task_service.TaskListParams, Query()],
     user: CurrentUser,
     session: DbSession,
+    request: Request,
     response: Response,
-    skip: Annotated[int, Query(ge=0, le=MAX_ID, description="Tasks to skip.")] = 0,
-    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 100,
 ) -> Any:
-    """The caller's tasks, a page at a time; `X-Total-Count` counts them all."""
-    tasks, total = task_service.list_tasks(session, owner=user, skip=skip, limit=limit)
-    response.headers["X-Total-Count"] = str(total)
-    return tasks
+    """The caller's tasks matching every filter given, a page at a time."""
+    page = task_service.list_tasks(session, owner=user, params=params)
+    _set_paging_headers(request, response, params, page.total)
+    return page.tasks
 
 
 @router.post(
@@ -34,11 +92,54 @@ def list_tasks(
     responses=error_responses(422),
 )
 @rate_limits.rate_limited(rate_limits.CREATE_TASK)
-def create_task(data: TaskCreate, user: CurrentUser, session: DbSession, response: Response) -> Any:
+def create_task(
+    data: TaskCreate, user: CurrentUser, session: DbSession, cache: CacheDep, response: Response
+) -> Any:
     """Create a task owned by the caller."""
-    task = task_service.create_task(session, owner=user, data=data)
+    task = task_service.create_task(session, owner=user, data=data, cache=cache)
     response.headers["Location"] = f"/tasks/{task.id}"
     return task
+
+
+# /stats and /bulk are declared before /{task_id}, which would otherwise capture them.
+@router.get(
+    "/stats",
+    response_model=TaskStats,
+    responses={200: {"headers": _STATS_HEADERS}},
+)
+def get_stats(
+    user: CurrentUser,
+    session: DbSession,
+    cache: CacheDep,
+    settings: SettingsDep,
+    response: Response,
+) -> Any:
+    """Counts of the caller's tasks: completion, overdue, by priority and by tag."""
+    result = stats_service.get_stats(
+        session, owner_id=user.id, cache=cache, ttl_seconds=settings.stats_cache_ttl_seconds
+    )
+    response.headers["X-Cache"] = "HIT" if result.cache_hit else "MISS"
+    return result.stats
+
+
+@router.patch(
+    "/bulk",
+    response_model=list[TaskRead],
+    responses=error_responses(400, 404, 422),
+)
+def bulk_update_tasks(
+    data: BulkTaskUpdate,
+    user: CurrentUser,
+    session: DbSession,
+    cache: CacheDep,
+    background: BackgroundTasks,
+) -> Any:
+    """Apply one update to many of your tasks: all or nothing, answered in request order."""
+    result = task_service.bulk_update(session, owner=user, data=data, cache=cache)
+    # Background tasks run only after a successful response, so never for a failed update.
+    if result.newly_completed_ids:
+        background.add_task(background_tasks.notify_tasks_completed, result.newly_completed_ids)
+    return result.tasks
 
 
 @router.get("/{task_id}", response_model=TaskRead, responses=error_responses(404, 422))
@@ -49,13 +150,17 @@ def get_task(task: OwnedTask) -> Any:
 
 @router.patch("/{task_id}", response_model=TaskRead, responses=error_responses(400, 404, 422))
 def update_task(
-    task: OwnedTask, data: TaskUpdate, session: DbSession, background: BackgroundTasks
+    task: OwnedTask,
+    data: TaskUpdate,
+    session: DbSession,
+    cache: CacheDep,
+    background: BackgroundTasks,
 ) -> Any:
     """Change some fields of a task; only the fields sent are changed."""
     # Background tasks run only after a successful response, so never for a failed update.
     if data.completed and not task.completed:
         background.add_task(background_tasks.notify_task_completed, task.id)
-    return task_service.update_task(session, task=task, data=data)
+    return task_service.update_task(session, task=task, data=data, cache=cache)
 
 
 @router.delete(
@@ -64,7 +169,28 @@ def update_task(
     response_class=Response,
     responses=error_responses(404, 422),
 )
-def delete_task(task: OwnedTask, session: DbSession, background: BackgroundTasks) -> None:
+def delete_task(
+    task: OwnedTask, session: DbSession, cache: CacheDep, background: BackgroundTasks
+) -> None:
     """Delete a task with its tags and files; the files' bytes are removed after the response."""
-    stored = task_service.delete_task(session, task=task)
+    stored = task_service.delete_task(session, task=task, cache=cache)
     background.add_task(background_tasks.remove_stored_files, stored)
+
+
+@router.post("/{task_id}/tags", response_model=TaskRead, responses=error_responses(404, 422))
+def add_tags(
+    task: OwnedTask,
+    tags: Annotated[TagList, Body(examples=[["work", "urgent"]])],
+    session: DbSession,
+    cache: CacheDep,
+) -> Any:
+    """Add tags to a task (a bare JSON array); tags it already has are ignored."""
+    return task_service.add_tags(session, task=task, tags=tags, cache=cache)
+
+
+@router.delete(
+    "/{task_id}/tags/{tag}", response_model=TaskRead, responses=error_responses(404, 422)
+)
+def remove_tag(task: OwnedTask, tag: PathTag, session: DbSession, cache: CacheDep) -> Any:
+    """Remove one tag from a task."""
+    return task_service.remove_tag(session, task=task, tag=tag, cache=cache)

@@ -1,14 +1,28 @@
 """Tasks: every query on tasks and their tags, always scoped by the owner."""
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, Literal
 
-from sqlalchemy import func, select
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import ColumnElement, delete, false, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from db_models import Task, TaskFile, TaskTag, User, utcnow
-from exceptions import EmptyUpdateError, NotFoundError
-from models import TaskCreate, TaskUpdate
+from enums import Priority
+from exceptions import AppError, EmptyUpdateError, NotFoundError
+from models import (
+    MAX_ID,
+    MAX_TAGS_PER_TASK,
+    BulkTaskUpdate,
+    TaskCreate,
+    TaskUpdate,
+    _storable,
+    normalize_tag,
+)
+from redis_config import Cache
+from services import stats as stats_service
 
 
 class TaskNotFoundError(NotFoundError):
@@ -16,6 +30,25 @@ class TaskNotFoundError(NotFoundError):
 
     def __init__(self, task_id: int) -> None:
         super().__init__(f"Task {task_id} not found")
+
+
+class TagNotFoundError(NotFoundError):
+    code = "tag_not_found"
+
+    def __init__(self, task_id: int, tag: str) -> None:
+        super().__init__(f"Task {task_id} has no tag {tag!r}")
+
+
+class TooManyTagsError(AppError):
+    status_code = 422
+    code = "validation_error"
+
+    def __init__(self, count: int) -> None:
+        message = f"a task has at most {MAX_TAGS_PER_TASK} tags; this would give it {count}"
+        super().__init__(
+            f"body: {message}",
+            extra={"errors": [{"loc": ["body"], "msg": message, "type": "too_many_tags"}]},
+        )
 
 
 def get_owned_task(session: Session, *, owner_id: int, task_id: int) -> Task:
@@ -26,22 +59,158 @@ def get_owned_task(session: Session, *, owner_id: int, task_id: int) -> Task:
     return task
 
 
-def list_tasks(session: Session, *, owner: User, skip: int, limit: int) -> tuple[list[Task], int]:
-    """One page of the caller's tasks by id, and how many there are in all."""
-    scope = select(Task).where(Task.user_id == owner.id)
-    total = session.scalar(select(func.count()).select_from(scope.subquery())) or 0
-    page = session.scalars(scope.order_by(Task.id).offset(skip).limit(limit)).all()
-    return list(page), total
+# --- listing ------------------------------------------------------------------------------
+
+SortField = Literal["id", "title", "priority", "completed", "created_at", "updated_at", "due_date"]
+SearchText = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_storable)]
+QueryTags = Annotated[
+    list[Annotated[str, AfterValidator(normalize_tag)]],
+    AfterValidator(lambda tags: list(dict.fromkeys(tags))),
+]
+
+
+class TaskListParams(BaseModel):
+    """The query parameters of GET /tasks; every filter given must hold (AND)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    completed: bool | None = Field(default=None, description="Only completed (or open) tasks.")
+    priority: Priority | None = Field(default=None, description="Only tasks of this priority.")
+    tag: QueryTags = Field(
+        default_factory=list,
+        max_length=MAX_TAGS_PER_TASK,
+        description="Only tasks with this tag; repeat for tasks with all of these tags.",
+    )
+    overdue: bool | None = Field(
+        default=None,
+        description="true: open tasks due before today (UTC); false: every other task.",
+    )
+    search: SearchText | None = Field(
+        default=None,
+        description="Case-insensitive substring of the title or description, taken literally.",
+    )
+    due_before: date | None = Field(default=None, description="Due on or before this day.")
+    due_after: date | None = Field(default=None, description="Due on or after this day.")
+    created_before: date | None = Field(
+        default=None, description="Created on or before this day (UTC)."
+    )
+    created_after: date | None = Field(
+        default=None, description="Created on or after this day (UTC)."
+    )
+    sort_by: SortField = Field(default="id", description="`priority` sorts by rank.")
+    sort_order: Literal["asc", "desc"] = Field(
+        default="asc", description="Ties are broken by id in the same direction."
+    )
+    skip: int = Field(default=0, ge=0, le=MAX_ID, description="Tasks to skip.")
+    limit: int = Field(default=100, ge=1, le=100, description="Page size.")
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    tasks: list[Task]
+    total: int
+
+
+_SORT_COLUMNS: dict[str, Any] = {
+    "id": Task.id,
+    "title": Task.title,
+    "priority": Task.priority,
+    "completed": Task.completed,
+    "created_at": Task.created_at,
+    "updated_at": Task.updated_at,
+    "due_date": Task.due_date,
+}
+
+
+def _start_of_day(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _conditions(owner_id: int, params: TaskListParams, today: date) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [Task.user_id == owner_id]
+    if params.completed is not None:
+        conditions.append(Task.completed == (true() if params.completed else false()))
+    if params.priority is not None:
+        conditions.append(Task.priority == params.priority)
+    if params.tag:
+        # Served by the (user_id, tag, task_id) index: only this user's tag rows are read.
+        with_all_tags = (
+            select(TaskTag.task_id)
+            .where(TaskTag.user_id == owner_id, TaskTag.tag.in_(params.tag))
+            .group_by(TaskTag.task_id)
+            .having(func.count() == len(params.tag))
+        )
+        conditions.append(Task.id.in_(with_all_tags))
+    if params.overdue is True:
+        conditions.extend([Task.completed == false(), Task.due_date < today])
+    elif params.overdue is False:
+        # Spelled out: NOT (due_date < today) would drop tasks without a due date (NULL).
+        conditions.append(
+            or_(Task.completed == true(), Task.due_date.is_(None), Task.due_date >= today)
+        )
+    if params.search:
+        pattern = _like_pattern(params.search)
+        conditions.append(
+            or_(
+                Task.title.ilike(pattern, escape="\\"),
+                Task.description.ilike(pattern, escape="\\"),
+            )
+        )
+    if params.due_before is not None:
+        conditions.append(Task.due_date <= params.due_before)
+    if params.due_after is not None:
+        conditions.append(Task.due_date >= params.due_after)
+    if params.created_after is not None:
+        conditions.append(Task.created_at >= _start_of_day(params.created_after))
+    if params.created_before is not None and params.created_before < date.max:
+        conditions.append(
+            Task.created_at < _start_of_day(params.created_before + timedelta(days=1))
+        )
+    return conditions
+
+
+def _ordering(params: TaskListParams) -> list[Any]:
+    column = _SORT_COLUMNS[params.sort_by]
+    descending = params.sort_order == "desc"
+    first = column.desc() if descending else column.asc()
+    if params.sort_by == "due_date":
+        first = first.nulls_last()
+    if params.sort_by == "id":
+        return [first]
+    return [first, Task.id.desc() if descending else Task.id.asc()]
+
+
+def list_tasks(session: Session, *, owner: User, params: TaskListParams) -> TaskPage:
+    """One page of the caller's matching tasks, and how many match in all."""
+    conditions = _conditions(owner.id, params, datetime.now(UTC).date())
+    total = session.scalar(select(func.count()).select_from(Task).where(*conditions)) or 0
+    page = session.scalars(
+        select(Task)
+        .where(*conditions)
+        .order_by(*_ordering(params))
+        .offset(params.skip)
+        .limit(params.limit)
+    ).all()
+    return TaskPage(tasks=list(page), total=total)
+
+
+# --- writes -------------------------------------------------------------------------------
 
 
 def replace_tags(task: Task, tags: Iterable[str]) -> None:
     """Make the task's tags exactly `tags` (already normalized), keeping unchanged rows."""
-    wanted = list(dict.fromkeys(tags))
+    # Sorted, as they are when loaded, so a write answers with the order a later read shows.
+    wanted = sorted(set(tags))
     current = {row.tag: row for row in task.tag_rows}
     task.tag_rows = [current.get(tag) or TaskTag(tag=tag, user_id=task.user_id) for tag in wanted]
 
 
-def create_task(session: Session, *, owner: User, data: TaskCreate) -> Task:
+def create_task(session: Session, *, owner: User, data: TaskCreate, cache: Cache) -> Task:
     """Create a task owned by the caller."""
     task = Task(
         user_id=owner.id,
@@ -54,6 +223,7 @@ def create_task(session: Session, *, owner: User, data: TaskCreate) -> Task:
     replace_tags(task, data.tags)
     session.add(task)
     session.flush()
+    stats_service.invalidate_after_commit(session, cache=cache, owner_id=owner.id)
     return task
 
 
@@ -67,17 +237,18 @@ def apply_changes(task: Task, changes: dict[str, Any]) -> None:
     task.updated_at = utcnow()
 
 
-def update_task(session: Session, *, task: Task, data: TaskUpdate) -> Task:
+def update_task(session: Session, *, task: Task, data: TaskUpdate, cache: Cache) -> Task:
     """Change the fields the client sent; an empty update is a 400."""
     changes = data.changes()
     if not changes:
         raise EmptyUpdateError()
     apply_changes(task, changes)
     session.flush()
+    stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
     return task
 
 
-def delete_task(session: Session, *, task: Task) -> list[str]:
+def delete_task(session: Session, *, task: Task, cache: Cache) -> list[str]:
     """Delete a task; its tags and file rows go with it by database cascade.
 
     Returns the stored names of its files, whose bytes the caller removes after the commit.
@@ -92,4 +263,81 @@ def delete_task(session: Session, *, task: Task) -> list[str]:
     ).all()
     session.delete(task)
     session.flush()
+    stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
     return [name for name in names if name is not None]
+
+
+def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> Task:
+    """Add normalized tags to a task; tags it already has are ignored."""
+    merged = set(task.tags) | set(tags)
+    if len(merged) > MAX_TAGS_PER_TASK:
+        raise TooManyTagsError(len(merged))
+    if merged != set(task.tags):
+        replace_tags(task, merged)
+        task.updated_at = utcnow()
+        session.flush()
+        stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
+    return task
+
+
+def remove_tag(session: Session, *, task: Task, tag: str, cache: Cache) -> Task:
+    """Remove one normalized tag from a task; 404 when the task lacks it."""
+    if tag not in task.tags:
+        raise TagNotFoundError(task.id, tag)
+    replace_tags(task, (t for t in task.tags if t != tag))
+    task.updated_at = utcnow()
+    session.flush()
+    stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
+    return task
+
+
+@dataclass(frozen=True)
+class BulkUpdateResult:
+    tasks: list[Task]
+    # Tasks that were open before this update and are completed now (for notifications).
+    newly_completed_ids: list[int]
+
+
+def bulk_update(
+    session: Session, *, owner: User, data: BulkTaskUpdate, cache: Cache
+) -> BulkUpdateResult:
+    """Apply one update to many of the caller's tasks, all or nothing, in constant queries."""
+    changes = data.updates.changes()
+    if not changes:
+        raise EmptyUpdateError()
+    ids = data.task_ids
+    owned_scope = (Task.user_id == owner.id, Task.id.in_(ids))
+    # Locked (on PostgreSQL) so that no concurrent write changes or deletes them meanwhile.
+    was_completed: dict[int, bool] = dict(
+        session.execute(select(Task.id, Task.completed).where(*owned_scope).with_for_update()).all()
+    )
+    missing = [task_id for task_id in ids if task_id not in was_completed]
+    if missing:
+        raise NotFoundError(
+            f"Tasks not found: {', '.join(map(str, missing))}",
+            code="task_not_found",
+            extra={"missing_ids": missing},
+        )
+    tags: list[str] | None = changes.pop("tags", None)
+    session.execute(
+        update(Task).where(*owned_scope).values(**changes, updated_at=utcnow()),
+        execution_options={"synchronize_session": False},
+    )
+    if tags is not None:
+        session.execute(
+            delete(TaskTag).where(TaskTag.user_id == owner.id, TaskTag.task_id.in_(ids)),
+            execution_options={"synchronize_session": False},
+        )
+        if tags:
+            rows = [{"task_id": i, "tag": t, "user_id": owner.id} for i in ids for t in tags]
+            # One multi-row INSERT (at most 100 x 20 rows), not one statement per task.
+            session.execute(insert(TaskTag).values(rows))
+    tasks = session.scalars(
+        select(Task).where(*owned_scope).execution_options(populate_existing=True)
+    ).all()
+    by_id = {task.id: task for task in tasks}
+    stats_service.invalidate_after_commit(session, cache=cache, owner_id=owner.id)
+    newly_completed = (
+        [i for i in ids if not was_completed[i]] if changes.get("completed") is True else []
+    )
+    return BulkUpdateResult(tasks=[by_id[i] for i in ids], newly_completed_ids=newly_completed)

@@ -216,3 +216,33 @@ def live_server(db_connection: Connection) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+# --- the stats cache ------------------------------------------------------------------------
+
+import redis  # noqa: E402
+
+import redis_config  # noqa: E402
+
+# The app's own cache gets a roomy timeout here: on a busy shared test machine Redis can stall
+# past the production 50 ms, which would turn an expected HIT into a MISS. The tests of Redis
+# failures build their caches with the production timeout themselves.
+os.environ["REDIS_SOCKET_TIMEOUT_MS"] = "1000"
+config.get_settings.cache_clear()
+
+
+def _empty_the_cache() -> None:
+    cache = redis_config.get_cache()
+    if isinstance(cache, redis_config.MemoryCache):
+        cache.clear()
+    elif isinstance(cache, redis_config.RedisCache) and TEST_REDIS_URL:
+        with redis.Redis.from_url(TEST_REDIS_URL) as client:
+            client.flushdb()
+
+
+@pytest.fixture(autouse=True)
+def _empty_cache() -> Iterator[None]:
+    """Start and end every test with an empty cache: user ids repeat once the database rolls back."""
+    _empty_the_cache()
+    yield
+    _empty_the_cache()

@@ -15,13 +15,18 @@ from sqlalchemy import Connection, create_engine, inspect, make_url, text
 
 import db_config
 from config import PROJECT_DIR
-from db_models import Base
+from db_models import Base, exists_on
 
 EXPECTED_TABLES = {"alembic_version", "users", "tasks", "task_tags", "task_files"}
 
 
 def _drift(connection: Connection) -> list[object]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    def include_object(obj: object, *_: object) -> bool:
+        return exists_on(obj, connection.dialect.name)
+
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_object": include_object}
+    )
     with warnings.catch_warnings():
         # SQLite cannot reflect expression indexes; alembic says so and skips comparing them.
         warnings.filterwarnings("ignore", message=".*expression-based index")

@@ -1,0 +1,111 @@
+"""Task statistics: aggregated by the database, cached per user, invalidated by every write.
+
+Each user's cache entries are keyed by a version counter that every committed write bumps, and
+by the UTC date (`overdue` changes at midnight). A computation reads the version before it reads
+the database and stores its result under that version, so a result computed before a write is
+stored under a version nobody reads once the write's bump has landed.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from pydantic import ValidationError
+from sqlalchemy import event, false, func, select
+from sqlalchemy.orm import Session
+
+from db_models import Task, TaskTag
+from enums import Priority
+from models import TaskStats
+from redis_config import Cache
+
+# Bump when the cached JSON changes shape, so entries written by an older release are ignored.
+_ENTRY_FORMAT = 1
+# Far longer than any entry lives: a version must never vanish while entries under it exist.
+_VERSION_TTL_SECONDS = 7 * 24 * 3600
+_PENDING_INVALIDATIONS = "stats_cache_invalidations"
+
+
+@dataclass(frozen=True)
+class StatsResult:
+    stats: TaskStats
+    cache_hit: bool
+
+
+def _version_key(owner_id: int) -> str:
+    return f"stats:version:{owner_id}"
+
+
+def _entry_key(owner_id: int, version: int, today: date) -> str:
+    return f"stats:{_ENTRY_FORMAT}:{owner_id}:{version}:{today.isoformat()}"
+
+
+def utc_today() -> date:
+    """Today in UTC: the day that decides `overdue`, and part of every cache key."""
+    return datetime.now(UTC).date()
+
+
+def compute_stats(session: Session, *, owner_id: int, today: date) -> TaskStats:
+    """The caller's statistics in two aggregate queries, whatever the number of tasks."""
+    # count(*), not count(id): lets PostgreSQL answer from an index alone where one covers it.
+    count = func.count()
+    totals = session.execute(
+        select(
+            count.label("total"),
+            count.filter(Task.completed).label("completed"),
+            count.filter(Task.completed == false(), Task.due_date < today).label("overdue"),
+            *(count.filter(Task.priority == p).label(p.value) for p in Priority),
+        ).where(Task.user_id == owner_id)
+    ).one()
+    by_tag = session.execute(
+        select(TaskTag.tag, func.count())
+        .where(TaskTag.user_id == owner_id)
+        .group_by(TaskTag.tag)
+        .order_by(TaskTag.tag)
+    ).all()
+    total, completed = totals.total, totals.completed
+    return TaskStats(
+        total=total,
+        completed=completed,
+        incomplete=total - completed,
+        completion_rate=round(completed / total, 4) if total else 0.0,
+        overdue=totals.overdue,
+        by_priority={p: getattr(totals, p.value) for p in Priority},
+        by_tag=dict(by_tag),
+    )
+
+
+def get_stats(session: Session, *, owner_id: int, cache: Cache, ttl_seconds: int) -> StatsResult:
+    """The caller's statistics, from the cache when a current entry exists."""
+    today = utc_today()
+    version = cache.counter(_version_key(owner_id))
+    if version is None:
+        # The cache is unreachable: without a version, a stored result could not be trusted.
+        return StatsResult(compute_stats(session, owner_id=owner_id, today=today), False)
+    key = _entry_key(owner_id, version, today)
+    cached = cache.get(key)
+    if cached is not None:
+        try:
+            return StatsResult(TaskStats.model_validate_json(cached), True)
+        except ValidationError:
+            pass
+    stats = compute_stats(session, owner_id=owner_id, today=today)
+    cache.set(key, stats.model_dump_json(), ttl_seconds)
+    return StatsResult(stats, False)
+
+
+def invalidate_after_commit(session: Session, *, cache: Cache, owner_id: int) -> None:
+    """Make the owner's cached statistics stale once this session's transaction commits."""
+    pending: set[tuple[Cache, int]] = session.info.setdefault(_PENDING_INVALIDATIONS, set())
+    pending.add((cache, owner_id))
+
+
+@event.listens_for(Session, "after_commit")
+def _bump_versions(session: Session) -> None:
+    # After the commit, not before: a reader that reads the new version must also see the
+    # committed rows, or it would store an old result under the new version. Releasing a
+    # savepoint fires this event too, but commits nothing yet.
+    if session.in_nested_transaction():
+        return
+    pending: set[tuple[Cache, int]] = session.info.pop(_PENDING_INVALIDATIONS, set())
+    for cache, owner_id in pending:
+        cache.incr(_version_key(owner_id), _VERSION_TTL_SECONDS)

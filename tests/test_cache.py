@@ -1,0 +1,325 @@
+"""The cache: the in-process one, and Redis failures that must never break a request.
+
+The Redis tests start their own `redis-server` on a free port and stop or freeze it: the shared
+server is never touched. They need only the binary, so they run in both passes.
+"""
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from config import Settings, get_settings
+from dependencies import get_request_cache
+from redis_config import MemoryCache, RedisCache, build_cache
+from tests.conftest import AuthUser
+from tests.task_helpers import create_task
+
+REDIS_SERVER = shutil.which("redis-server")
+needs_redis_server = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed")
+
+# The production default, whatever the test configuration says.
+TIMEOUT_SECONDS = Settings.model_fields["redis_socket_timeout_ms"].default / 1000
+RETRY_INTERVAL = 0.2
+
+
+# --- the in-process cache -----------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_memory_cache_stores_until_the_ttl_runs_out() -> None:
+    clock = FakeClock()
+    cache = MemoryCache(clock=clock)
+    cache.set("k", "v", ttl_seconds=10)
+    assert cache.get("k") == "v"
+    clock.now += 9.9
+    assert cache.get("k") == "v"
+    clock.now += 0.1
+    assert cache.get("k") is None
+    assert cache.get("never") is None
+
+
+def test_memory_cache_counters_start_at_zero_and_count() -> None:
+    cache = MemoryCache()
+    assert cache.counter("c") == 0
+    cache.incr("c", ttl_seconds=60)
+    cache.incr("c", ttl_seconds=60)
+    assert cache.counter("c") == 2
+    assert cache.ping()
+
+
+def test_memory_cache_is_bounded_and_forgets_everything_rather_than_a_counter() -> None:
+    cache = MemoryCache(max_entries=3)
+    cache.incr("version", ttl_seconds=60)
+    cache.set("a", "1", ttl_seconds=60)
+    cache.set("b", "2", ttl_seconds=60)
+    cache.set("c", "3", ttl_seconds=60)
+    assert cache.get("c") == "3"
+    assert (cache.get("a"), cache.get("b"), cache.counter("version")) == (None, None, 0)
+
+
+def test_without_redis_url_the_cache_is_in_process() -> None:
+    settings = get_settings().model_copy(update={"redis_url": None})
+    assert isinstance(build_cache(settings), MemoryCache)
+    with_redis = get_settings().model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    cache = build_cache(with_redis)
+    assert isinstance(cache, RedisCache)
+    cache.close()
+
+
+# --- a Redis server of our own ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A throwaway redis-server this test owns: start, stop, freeze and thaw it at will."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = _free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+        self.frozen = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        # The binary found on PATH, with fixed arguments: nothing here comes from input.
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        with redis.Redis(port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2) as probe:
+            while True:
+                try:
+                    if probe.ping():
+                        return
+                except redis.RedisError:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.frozen:
+            self.thaw()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+        self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.frozen = False
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_cache(redis_server: RedisServer) -> Iterator[RedisCache]:
+    cache = RedisCache(
+        redis_server.url, timeout_seconds=TIMEOUT_SECONDS, retry_interval_seconds=RETRY_INTERVAL
+    )
+    try:
+        yield cache
+    finally:
+        cache.close()
+
+
+@pytest.fixture
+def app_on_redis(app: FastAPI, client: TestClient, redis_cache: RedisCache) -> RedisCache:
+    """Make the app (reads and write invalidations alike) use the test's own Redis."""
+    app.dependency_overrides[get_request_cache] = lambda: redis_cache
+    return redis_cache
+
+
+def wait_out_the_retry_interval() -> None:
+    time.sleep(RETRY_INTERVAL * 1.5)
+
+
+def timed_get(client: TestClient, user: AuthUser, path: str) -> tuple[int, str | None, float]:
+    started = time.monotonic()
+    response = client.get(path, headers=user.headers)
+    return response.status_code, response.headers.get("X-Cache"), time.monotonic() - started
+
+
+def redis_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "redis_config" and record.levelno == logging.WARNING
+    ]
+
+
+# --- the Redis cache on its own -----------------------------------------------------------
+
+
+@needs_redis_server
+def test_redis_cache_round_trip(redis_cache: RedisCache) -> None:
+    assert redis_cache.ping()
+    redis_cache.set("k", "v", ttl_seconds=60)
+    assert redis_cache.get("k") == "v"
+    assert redis_cache.counter("c") == 0
+    redis_cache.incr("c", ttl_seconds=60)
+    assert redis_cache.counter("c") == 1
+
+
+def test_a_dead_redis_reads_as_misses_at_once_and_warns_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = RedisCache(
+        f"redis://127.0.0.1:{_free_port()}/0",
+        timeout_seconds=TIMEOUT_SECONDS,
+        retry_interval_seconds=RETRY_INTERVAL,
+    )
+    started = time.monotonic()
+    for _ in range(20):
+        assert cache.get("k") is None
+        assert cache.counter("c") is None
+        cache.set("k", "v", ttl_seconds=60)
+        cache.incr("c", ttl_seconds=60)
+        assert not cache.ping()
+    assert time.monotonic() - started < 1
+    assert len(redis_warnings(caplog)) == 1
+    cache.close()
+
+
+@needs_redis_server
+def test_increments_lost_while_frozen_land_when_redis_answers_again(
+    redis_server: RedisServer, redis_cache: RedisCache
+) -> None:
+    redis_cache.incr("c", ttl_seconds=60)
+    redis_server.freeze()
+    started = time.monotonic()
+    redis_cache.incr("c", ttl_seconds=60)
+    assert redis_cache.counter("c") is None
+    assert time.monotonic() - started < 0.5
+    redis_server.thaw()
+    wait_out_the_retry_interval()
+    # At least once: the frozen server may still run the timed-out INCR when it wakes up, and
+    # for an invalidation counter one bump too many only costs a cache miss.
+    counter = redis_cache.counter("c")
+    assert counter is not None
+    assert counter >= 2
+
+
+# --- the app while its Redis fails --------------------------------------------------------
+
+
+@needs_redis_server
+def test_a_stopped_redis_never_breaks_list_or_stats_and_is_used_again_on_return(
+    client: TestClient,
+    alice: AuthUser,
+    redis_server: RedisServer,
+    app_on_redis: RedisCache,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    create_task(client, alice)
+    assert timed_get(client, alice, "/tasks/stats")[1] == "MISS"
+    assert timed_get(client, alice, "/tasks/stats")[1] == "HIT"
+
+    redis_server.stop()
+    for _ in range(5):
+        status, cache, seconds = timed_get(client, alice, "/tasks/stats")
+        assert (status, cache) == (200, "MISS")
+        assert seconds < 1
+        status, _, seconds = timed_get(client, alice, "/tasks")
+        assert status == 200
+        assert seconds < 1
+    assert len(redis_warnings(caplog)) == 1
+
+    redis_server.start()
+    wait_out_the_retry_interval()
+    assert timed_get(client, alice, "/tasks/stats")[1] == "MISS"
+    assert timed_get(client, alice, "/tasks/stats")[1] == "HIT"
+    assert any("reachable again" in record.getMessage() for record in caplog.records)
+
+
+@needs_redis_server
+def test_a_frozen_redis_costs_a_request_at_most_its_timeout(
+    client: TestClient, alice: AuthUser, redis_server: RedisServer, app_on_redis: RedisCache
+) -> None:
+    create_task(client, alice)
+    assert timed_get(client, alice, "/tasks/stats")[1] == "MISS"
+
+    redis_server.freeze()
+    for _ in range(5):
+        status, cache, seconds = timed_get(client, alice, "/tasks/stats")
+        assert (status, cache) == (200, "MISS")
+        assert seconds < 1
+        status, _, seconds = timed_get(client, alice, "/tasks")
+        assert status == 200
+        assert seconds < 1
+
+    redis_server.thaw()
+    wait_out_the_retry_interval()
+    assert timed_get(client, alice, "/tasks/stats")[1] == "HIT"
+
+
+@needs_redis_server
+def test_a_write_made_while_redis_was_frozen_is_not_hidden_by_an_old_entry(
+    client: TestClient, alice: AuthUser, redis_server: RedisServer, app_on_redis: RedisCache
+) -> None:
+    create_task(client, alice)
+    client.get("/tasks/stats", headers=alice.headers)
+    assert client.get("/tasks/stats", headers=alice.headers).json()["total"] == 1
+
+    redis_server.freeze()
+    create_task(client, alice)
+    redis_server.thaw()
+    wait_out_the_retry_interval()
+
+    response = client.get("/tasks/stats", headers=alice.headers)
+    assert (response.json()["total"], response.headers["X-Cache"]) == (2, "MISS")
