@@ -196,6 +196,34 @@ class TestLogNotifier:
         )
         assert notices_logged(caplog) == []
 
+    def test_bulk_update_notifies_each_task_it_completes(
+        self, client: TestClient, alice: AuthUser, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        open_tasks = [make_task(client, alice)["id"] for _ in range(2)]
+        done = make_task(client, alice, completed=True)["id"]
+        caplog.set_level(logging.INFO, logger="background_tasks")
+        response = client.patch(
+            "/tasks/bulk",
+            json={"task_ids": [*open_tasks, done], "updates": {"completed": True}},
+            headers=alice.headers,
+        )
+        assert response.status_code == 200
+        notified = sorted(record.task_id for record in notices_logged(caplog))  # type: ignore[attr-defined]
+        assert notified == sorted(open_tasks)
+
+    def test_no_notice_for_a_refused_bulk_update(
+        self, client: TestClient, alice: AuthUser, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        task = make_task(client, alice)["id"]
+        caplog.set_level(logging.INFO, logger="background_tasks")
+        response = client.patch(
+            "/tasks/bulk",
+            json={"task_ids": [task, 2147483647], "updates": {"completed": True}},
+            headers=alice.headers,
+        )
+        assert response.status_code == 404
+        assert notices_logged(caplog) == []
+
     def test_no_second_notice_for_an_already_completed_task(
         self, client: TestClient, alice: AuthUser, caplog: pytest.LogCaptureFixture
     ) -> None:
