@@ -99,6 +99,15 @@ def test_workflows_conform_and_never_leak_another_users_objects(
     db_connection: Connection,
 ) -> None:
     class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        # Each scenario starts from the same data: hypothesis replays scenarios while it
+        # explores and shrinks, and one that found another's leftovers would draw differently.
+        def setup(self) -> None:
+            self.scenario = db_connection.begin_nested()
+
+        def teardown(self) -> None:
+            if self.scenario.is_active:
+                self.scenario.rollback()
+
         def validate_response(
             self,
             response: schemathesis.Response,
