@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -18,6 +19,7 @@ import httpx
 from alembic.config import Config
 from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, delete, pool, text
+from sqlalchemy.exc import SQLAlchemyError
 
 import auth
 from alembic import command
@@ -192,12 +194,186 @@ def _log_problems(paths: Sequence[Path]) -> Iterator[str]:
             yield f"{path.name}: {len(other)} other ERROR records; first: {other[0][:200]}"
 
 
+@dataclass
+class _Run:
+    """What one bench run has set up: settings, data, servers and where its files go."""
+
+    options: Options
+    settings: Settings
+    secret_key: str
+    database_url: str
+    engine: Engine
+    work_dir: Path
+    run_dir: Path
+    scenarios: list[Scenario]
+    sizes: tuple[int, ...]
+    notes: list[str] = field(default_factory=list)
+    servers: dict[str, Server] = field(default_factory=dict)
+    seeded: seed.Seeded | None = None
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.work_dir / "uploads"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.work_dir / "data"
+
+    def prepare_database(self) -> seed.Seeded:
+        step(f"Rebuilding the schema of {self.engine.url.database} (alembic upgrade head)")
+        try:
+            rebuild_schema(self.engine)
+            started = time.monotonic()
+            seeded = seed.seed(
+                self.engine,
+                self.settings,
+                main_users=self.options.main_users,
+                tasks_per_user=self.options.tasks_per_user,
+                scale=self.sizes,
+            )
+        except SQLAlchemyError as exc:
+            raise SetupError(
+                f"preparing the bench database failed: {services.first_line(exc)}"
+            ) from None
+        services.flush_redis(self.options.redis_url)
+        step(
+            f"Seeded {len(seeded.main) + len(seeded.writers) + len(seeded.scale)} users, "
+            f"{seeded.task_count:,} tasks, {seeded.tag_count:,} tags "
+            f"in {time.monotonic() - started:.1f} s; flushed Redis"
+        )
+        self.seeded = seeded
+        return seeded
+
+    def start_servers(self, stack: ExitStack) -> None:
+        env = server_environment(
+            {
+                "DATABASE_URL": self.database_url,
+                "REDIS_URL": self.options.redis_url,
+                "SECRET_KEY": self.secret_key,
+                "BCRYPT_ROUNDS": str(Settings.model_fields["bcrypt_rounds"].default),
+                "RATE_LIMIT_ENABLED": "false",
+                "LOG_LEVEL": "WARNING",
+                "LOG_FORMAT": "text",
+                "UPLOAD_DIR": str(self.upload_dir),
+                "CORS_ORIGINS": "",
+            }
+        )
+        wanted = {CEILING, *(s.server for s in self.scenarios)}
+        for name, app, workers, ready in (
+            (CEILING, "bench.ceiling:app", 1, "/ceiling/objects"),
+            (API, "main:app", 1, "/"),
+            (API_2W, "main:app", 2, "/"),
+        ):
+            if name not in wanted:
+                continue
+            log = self.run_dir / f"{name}.log"
+            server = stack.enter_context(Server(name, app, workers, env, log))
+            step(f"Starting {name} ({app}, {workers} worker{'s' * (workers > 1)}) on {server.url}")
+            server.start(ready)
+            self.servers[name] = server
+
+    def write_datasets(self, seeded: seed.Seeded) -> None:
+        self.data_dir.mkdir()
+        file_ids: dict[int, list[int]] = {}
+        if self.options.wants("download"):
+            file_ids, problem = seed_files(self.servers[API].url, seeded.main, self.settings)
+            if problem:
+                self.notes.append(problem)
+        write_dataset(
+            self.data_dir / "main.lua", users=seeded.main, settings=self.settings, file_ids=file_ids
+        )
+        write_dataset(self.data_dir / "writers.lua", users=seeded.writers, settings=self.settings)
+        for size, user in seeded.scale.items():
+            write_dataset(
+                self.data_dir / f"scale{size}.lua",
+                users=[user],
+                settings=self.settings,
+                task_sample=500,
+            )
+        (self.data_dir / "none.lua").write_text("return { tokens = {} }\n")
+
+    def drive(self, scenario: Scenario, duration_s: int) -> wrk.RunResult:
+        options = self.options
+        connections = options.bcrypt_connections if scenario.bcrypt_bound else options.connections
+        args = [str(self.data_dir / f"{scenario.dataset}.lua"), *scenario.args]
+        if scenario.script == "upload.lua":
+            args.append(str(options.threads))
+        if scenario.bcrypt_bound:
+            # ~10 logins/s: a short run would end before the first few complete.
+            duration_s = max(duration_s, BCRYPT_MIN_DURATION_S)
+        return wrk.run(
+            self.servers[scenario.server].url,
+            scenario.script,
+            args,
+            duration_s=duration_s,
+            threads=options.threads,
+            connections=connections,
+            timeout_s=options.timeout_s,
+        )
+
+    def warm_up(self) -> None:
+        if not self.options.warmup_s:
+            return
+        step(f"Warming up each server for {self.options.warmup_s} s")
+        # Opens the connection pools and fills SQLAlchemy's statement caches.
+        warmups = {CEILING: CEILINGS[1], API: MAIN[0], API_2W: WORKERS[0]}
+        for name in self.servers:
+            self.drive(warmups[name], self.options.warmup_s)
+
+    def measure(self, seeded: seed.Seeded) -> report.Runs:
+        """Every repeat: the ceilings, then each scenario, against the same servers."""
+        options = self.options
+        runs: report.Runs = {}
+        estimate = len(self.scenarios) * options.repeats * (options.duration_s + 0.3) / 60
+        step(
+            f"Measuring {len(self.scenarios)} runs x {options.repeats} repeats x "
+            f"{options.duration_s} s (about {estimate:.1f} min)"
+        )
+        for repeat in range(1, options.repeats + 1):
+            for scenario in self.scenarios:
+                if scenario.warm_stats_first:
+                    prime_stats(self.servers[API].url, seeded.main, self.settings)
+                result = self.drive(scenario, options.duration_s)
+                runs.setdefault(scenario.name, []).append(result)
+                errors = f"  errors {result.errors}" if result.errors else ""
+                print(
+                    f"  [{repeat}/{options.repeats}] {scenario.name:<16}{result.rps:>10,.0f} req/s"
+                    f"  p50 {result.p50_ms:>8.1f} ms  p99 {result.p99_ms:>8.1f} ms{errors}",
+                    flush=True,
+                )
+            if repeat < options.repeats:
+                remove_uploads(self.engine, [user.id for user in seeded.writers], self.upload_dir)
+        return runs
+
+
+def _write_report(bench: _Run, runs: report.Runs, facts: dict[str, str], started: float) -> None:
+    options, sizes = bench.options, bench.sizes
+    notes = [*bench.notes, *_log_problems([bench.run_dir / f"{n}.log" for n in bench.servers])]
+    elapsed = time.monotonic() - started
+    facts["bench_time"] = f"{int(elapsed // 60)} min {int(elapsed % 60)} s"
+    facts["load_at_end"] = " ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1, 5, 15 min)"
+    rows = report.aggregate(bench.scenarios, runs, options.repeats)
+    title = f"Benchmark, {facts['date']}" + (" (QUICK)" if options.quick else "")
+    text_report = report.markdown(
+        title=title, facts=facts, options=options, rows=rows, runs=runs, sizes=sizes, notes=notes
+    )
+    raw = report.as_json(
+        facts=facts, options=options, rows=rows, runs=runs, sizes=sizes, notes=notes
+    )
+    (bench.run_dir / "report.md").write_text(text_report)
+    (bench.run_dir / "results.json").write_text(json.dumps(raw, indent=2))
+    print()
+    print(text_report)
+    where = bench.run_dir.relative_to(PROJECT_DIR)
+    step(f"Results in {where}/ (report.md, results.json, server logs)")
+
+
 def run(options: Options) -> int:
+    """Check the services, prepare, measure, report; servers are stopped whatever happens."""
     started = time.monotonic()
     url = services.sqlalchemy_url(options.database_url)
-    step(
-        f"Checking PostgreSQL ({services.shown(url)}) and Redis ({services.shown(options.redis_url)})"
-    )
+    redis_url = services.shown(options.redis_url)
+    step(f"Checking PostgreSQL ({services.shown(url)}) and Redis ({redis_url})")
     services.ensure_database(url)
     postgres_version = services.postgres_version(url)
     redis_version = services.redis_version(options.redis_url)
@@ -214,150 +390,32 @@ def run(options: Options) -> int:
         access_token_expire_minutes=TOKEN_LIFETIME_MINUTES,
     )
     scenarios = plan(options, options.scale_sizes)
-    sizes = tuple(size for size in options.scale_sizes if any(s.size == size for s in scenarios))
-
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = RESULTS_DIR / (stamp + ("-quick" if options.quick else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
 
     with ExitStack() as stack:
         work_dir = Path(tempfile.mkdtemp(prefix="taskmanager-bench-"))
         stack.callback(shutil.rmtree, work_dir, ignore_errors=True)
-        upload_dir = work_dir / "uploads"
         engine = create_engine(url, poolclass=pool.NullPool)
         stack.callback(engine.dispose)
-
-        step(f"Rebuilding the schema of {url.database} (alembic upgrade head); flushing Redis")
-        rebuild_schema(engine)
-        services.flush_redis(options.redis_url)
-        seed_started = time.monotonic()
-        seeded = seed.seed(
-            engine,
-            settings,
-            main_users=options.main_users,
-            tasks_per_user=options.tasks_per_user,
-            scale=sizes,
+        bench = _Run(
+            options=options,
+            settings=settings,
+            secret_key=secret_key,
+            database_url=database_url,
+            engine=engine,
+            work_dir=work_dir,
+            run_dir=run_dir,
+            scenarios=scenarios,
+            sizes=tuple(s for s in options.scale_sizes if any(x.size == s for x in scenarios)),
         )
-        step(
-            f"Seeded {len(seeded.main) + len(seeded.writers) + len(seeded.scale)} users, "
-            f"{seeded.task_count:,} tasks, {seeded.tag_count:,} tags "
-            f"in {time.monotonic() - seed_started:.1f} s"
-        )
-
-        env = server_environment(
-            {
-                "DATABASE_URL": database_url,
-                "REDIS_URL": options.redis_url,
-                "SECRET_KEY": secret_key,
-                "BCRYPT_ROUNDS": str(Settings.model_fields["bcrypt_rounds"].default),
-                "RATE_LIMIT_ENABLED": "false",
-                "LOG_LEVEL": "WARNING",
-                "LOG_FORMAT": "text",
-                "UPLOAD_DIR": str(upload_dir),
-                "CORS_ORIGINS": "",
-            }
-        )
-        servers: dict[str, Server] = {}
-        wanted = {CEILING, *(s.server for s in scenarios)}
-        for name, app, workers, ready in (
-            (CEILING, "bench.ceiling:app", 1, "/ceiling/objects"),
-            (API, "main:app", 1, "/"),
-            (API_2W, "main:app", 2, "/"),
-        ):
-            if name not in wanted:
-                continue
-            server = stack.enter_context(Server(name, app, workers, env, run_dir / f"{name}.log"))
-            step(f"Starting {name} ({app}, {workers} worker{'s' * (workers > 1)}) on {server.url}")
-            server.start(ready)
-            servers[name] = server
-
-        data_dir = work_dir / "data"
-        data_dir.mkdir()
-        file_ids: dict[int, list[int]] = {}
-        if options.wants("download"):
-            file_ids, problem = seed_files(servers[API].url, seeded.main, settings)
-            if problem:
-                notes.append(problem)
-        write_dataset(
-            data_dir / "main.lua", users=seeded.main, settings=settings, file_ids=file_ids
-        )
-        write_dataset(data_dir / "writers.lua", users=seeded.writers, settings=settings)
-        for size, user in seeded.scale.items():
-            write_dataset(
-                data_dir / f"scale{size}.lua", users=[user], settings=settings, task_sample=500
-            )
-        (data_dir / "none.lua").write_text("return { tokens = {} }\n")
-
-        def drive(scenario: Scenario, duration_s: int) -> wrk.RunResult:
-            connections = (
-                options.bcrypt_connections if scenario.bcrypt_bound else options.connections
-            )
-            args = [str(data_dir / f"{scenario.dataset}.lua"), *scenario.args]
-            if scenario.script == "upload.lua":
-                args.append(str(options.threads))
-            if scenario.bcrypt_bound:
-                # ~10 logins/s: a short run would end before the first few complete.
-                duration_s = max(duration_s, BCRYPT_MIN_DURATION_S)
-            return wrk.run(
-                servers[scenario.server].url,
-                scenario.script,
-                args,
-                duration_s=duration_s,
-                threads=options.threads,
-                connections=connections,
-                timeout_s=options.timeout_s,
-            )
-
-        if options.warmup_s:
-            step(f"Warming up each server for {options.warmup_s} s")
-            # Opens the connection pools and fills SQLAlchemy's statement caches.
-            warmups = {CEILING: CEILINGS[1], API: MAIN[0], API_2W: WORKERS[0]}
-            for name in servers:
-                drive(warmups[name], options.warmup_s)
-
-        runs: report.Runs = {}
-        total = len(scenarios) * options.repeats
-        step(
-            f"Measuring {len(scenarios)} runs x {options.repeats} repeats x {options.duration_s} s "
-            f"(about {total * (options.duration_s + 0.3) / 60:.1f} min)"
-        )
-        for repeat in range(1, options.repeats + 1):
-            for scenario in scenarios:
-                if scenario.warm_stats_first:
-                    prime_stats(servers[API].url, seeded.main, settings)
-                result = drive(scenario, options.duration_s)
-                runs.setdefault(scenario.name, []).append(result)
-                errors = f"  errors {result.errors}" if result.errors else ""
-                print(
-                    f"  [{repeat}/{options.repeats}] {scenario.name:<16}{result.rps:>10,.0f} req/s"
-                    f"  p50 {result.p50_ms:>8.1f} ms  p99 {result.p99_ms:>8.1f} ms{errors}",
-                    flush=True,
-                )
-            if repeat < options.repeats:
-                remove_uploads(engine, [user.id for user in seeded.writers], upload_dir)
-
-    notes += list(_log_problems([run_dir / f"{name}.log" for name in servers]))
-    elapsed = time.monotonic() - started
-    facts["bench_time"] = f"{int(elapsed // 60)} min {int(elapsed % 60)} s"
-    facts["load_at_end"] = " ".join(f"{value:.2f}" for value in os.getloadavg()) + " (1, 5, 15 min)"
-    rows = report.aggregate(scenarios, runs, options.repeats)
-    title = f"Benchmark, {facts['date']}" + (" (QUICK)" if options.quick else "")
-    text_report = report.markdown(
-        title=title, facts=facts, options=options, rows=rows, runs=runs, sizes=sizes, notes=notes
-    )
-    (run_dir / "report.md").write_text(text_report)
-    (run_dir / "results.json").write_text(
-        json.dumps(
-            report.as_json(
-                facts=facts, options=options, rows=rows, runs=runs, sizes=sizes, notes=notes
-            ),
-            indent=2,
-        )
-    )
-    print()
-    print(text_report)
-    step(f"Results in {run_dir.relative_to(PROJECT_DIR)}/ (report.md, results.json, server logs)")
+        seeded = bench.prepare_database()
+        bench.start_servers(stack)
+        bench.write_datasets(seeded)
+        bench.warm_up()
+        runs = bench.measure(seeded)
+    _write_report(bench, runs, facts, started)
     return 0
 
 
