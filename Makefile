@@ -34,5 +34,9 @@ lint: ## Lint only: ruff check, ruff format --check, mypy
 migrate: ## Apply database migrations (alembic upgrade head)
 	scripts/migrate.sh
 
+.PHONY: bench
+bench: ## Benchmark on PostgreSQL + Redis vs. a ceiling app (QUICK=1: ~2 minutes)
+	scripts/bench.sh
+
 clean: ## Remove .venv and caches (keeps the database, .env, uploads)
 	scripts/clean.sh

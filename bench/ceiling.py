@@ -1,0 +1,110 @@
+"""The ceiling app: what this stack serves when a handler does (almost) nothing.
+
+The bench serves it with the same uvicorn settings and environment as the API, so each API
+scenario can be read as a fraction of the fastest route of its kind on the same machine:
+
+- `GET /ceiling/objects`: `async def`, 20 task-shaped objects from memory through
+  `response_model=list[TaskRead]`, the API's own response schema.
+- `GET /ceiling/select1`: a sync route running `SELECT 1` through the API's engine, session
+  factory and `get_db` transaction handling, opened inside the route (one thread-pool hop).
+- `POST /ceiling/bcrypt`: one bcrypt_sha256 verify at the configured cost, as a login spends.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from sqlalchemy import text
+
+import auth
+from config import get_settings
+from db_config import get_db
+from enums import Priority
+from logging_config import configure_logging
+from models import TaskRead
+
+OBJECT_COUNT = 20
+_PASSWORD = "ceiling-bench-password"  # noqa: S105 (a fixed bench credential)
+
+
+@dataclass(frozen=True)
+class _TaskShape:
+    """Attributes like an ORM task, so validation takes the same from-attributes path."""
+
+    id: int
+    title: str
+    description: str | None
+    completed: bool
+    priority: Priority
+    due_date: date | None
+    created_at: datetime
+    updated_at: datetime
+    user_id: int
+    tags: list[str] = field(default_factory=list)
+
+
+def _objects() -> list[_TaskShape]:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    priorities = list(Priority)
+    return [
+        _TaskShape(
+            id=i,
+            title=f"Ceiling task {i}",
+            description=None if i % 2 else f"Description of task {i}",
+            completed=i % 3 == 0,
+            priority=priorities[i % len(priorities)],
+            due_date=None if i % 4 == 0 else date(2026, 6, 1) + timedelta(days=i),
+            created_at=now,
+            updated_at=now + timedelta(minutes=i),
+            user_id=1,
+            tags=["work", "home"][: i % 3],
+        )
+        for i in range(1, OBJECT_COUNT + 1)
+    ]
+
+
+class Select1(BaseModel):
+    value: int
+
+
+class Verified(BaseModel):
+    verified: bool
+
+
+# The API's own per-request transaction (commit after, rollback on error), used inline so
+# the route costs one thread-pool hop, as PERF.md measures its SELECT 1 ceiling.
+_request_session = contextmanager(get_db)
+
+
+def create_app() -> FastAPI:
+    """Build the ceiling app from the same settings the API reads."""
+    settings = get_settings()
+    configure_logging(settings)
+    objects = _objects()
+    # Hashed once at startup at the configured cost; each request only verifies, as login does.
+    password_hash = auth.hash_password(_PASSWORD, settings)
+    app = FastAPI(title="Task Manager API ceiling", openapi_url=None)
+
+    @app.get("/ceiling/objects", response_model=list[TaskRead])
+    async def ceiling_objects() -> list[_TaskShape]:
+        """20 task-shaped objects from memory through the API's response model."""
+        return objects
+
+    @app.get("/ceiling/select1", response_model=Select1)
+    def ceiling_select1() -> Select1:
+        """SELECT 1 through the API's engine and session handling."""
+        with _request_session() as session:
+            value = session.execute(text("SELECT 1")).scalar_one()
+        return Select1(value=value)
+
+    @app.post("/ceiling/bcrypt", response_model=Verified)
+    def ceiling_bcrypt() -> Verified:
+        """One password verify at the configured bcrypt cost."""
+        return Verified(verified=auth.verify_password(_PASSWORD, password_hash, settings))
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,143 @@
+"""The scenarios: what each wrk run requests, on which server, against which ceiling."""
+
+from dataclasses import dataclass
+
+from .seed import SEARCH_TERM, TAG_FILTER
+
+# Servers the bench starts.
+CEILING = "ceiling"
+API = "api"  # 1 worker
+API_2W = "api-2w"
+
+FILTERED_LIST = (
+    f"/tasks?completed=false&priority=high&search={SEARCH_TERM}"
+    "&sort_by=due_date&sort_order=desc&limit=20"
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    request: str  # for people: method and path
+    server: str
+    script: str
+    dataset: str  # a data file the harness writes: main, writers, scale<N>, none
+    args: tuple[str, ...] = ()
+    ceiling: str | None = "select1"  # the ceiling its ratio is computed against
+    bcrypt_bound: bool = False  # runs with the bcrypt connection count
+    warm_stats_first: bool = False
+    group: str = "main"  # ceiling, main, workers, scale
+    size: int = 0  # scale curve: tasks of the user
+
+
+LOGIN_BODY_FOR_CEILING = '{"username": "bench01", "password": "same-size-as-a-login"}'
+
+CEILINGS = (
+    Scenario(
+        "objects",
+        "GET /ceiling/objects",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("GET", "/ceiling/objects", ""),
+        ceiling=None,
+        group="ceiling",
+    ),
+    Scenario(
+        "select1",
+        "GET /ceiling/select1",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("GET", "/ceiling/select1", ""),
+        ceiling=None,
+        group="ceiling",
+    ),
+    Scenario(
+        "bcrypt",
+        "POST /ceiling/bcrypt",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("POST", "/ceiling/bcrypt", LOGIN_BODY_FOR_CEILING),
+        ceiling=None,
+        bcrypt_bound=True,
+        group="ceiling",
+    ),
+)
+
+MAIN = (
+    Scenario("list", "GET /tasks?limit=20", API, "read.lua", "main", ("/tasks?limit=20",)),
+    Scenario("list_filtered", "GET " + FILTERED_LIST, API, "read.lua", "main", (FILTERED_LIST,)),
+    Scenario("get", "GET /tasks/{id}", API, "read.lua", "main", ("/tasks/{task}",)),
+    Scenario("create", "POST /tasks", API, "create.lua", "writers"),
+    Scenario("patch", "PATCH /tasks/{id}", API, "patch.lua", "main"),
+    Scenario(
+        "stats_warm",
+        "GET /tasks/stats (cached)",
+        API,
+        "read.lua",
+        "main",
+        ("/tasks/stats",),
+        warm_stats_first=True,
+    ),
+    Scenario("stats_cold", "PATCH /tasks/{id} + GET /tasks/stats", API, "cold_stats.lua", "main"),
+    Scenario(
+        "login", "POST /auth/login", API, "login.lua", "main", ceiling="bcrypt", bcrypt_bound=True
+    ),
+    Scenario("upload", "POST /tasks/{id}/files (100 KB)", API, "upload.lua", "writers"),
+    Scenario("download", "GET /files/{id} (100 KB)", API, "read.lua", "main", ("/files/{file}",)),
+)
+
+WORKERS = (
+    Scenario(
+        "list_2w",
+        "GET /tasks?limit=20",
+        API_2W,
+        "read.lua",
+        "main",
+        ("/tasks?limit=20",),
+        group="workers",
+    ),
+    Scenario(
+        "get_2w",
+        "GET /tasks/{id}",
+        API_2W,
+        "read.lua",
+        "main",
+        ("/tasks/{task}",),
+        group="workers",
+    ),
+)
+# Each 2-worker scenario and the 1-worker scenario it is compared with.
+WORKER_PAIRS = {"list_2w": "list", "get_2w": "get"}
+
+SCALE_KINDS = ("list", "tag", "search", "patch", "stats_cold")
+
+
+def scale_scenarios(size: int) -> tuple[Scenario, ...]:
+    """The scale curve at one size: one user with `size` tasks."""
+    dataset = f"scale{size}"
+
+    def one(kind: str, request: str, script: str, args: tuple[str, ...] = ()) -> Scenario:
+        return Scenario(
+            f"{kind}@{size}", request, API, script, dataset, args, group="scale", size=size
+        )
+
+    return (
+        one("list", "GET /tasks?limit=20", "read.lua", ("/tasks?limit=20",)),
+        one(
+            "tag",
+            f"GET /tasks?tag={TAG_FILTER}&limit=20",
+            "read.lua",
+            (f"/tasks?tag={TAG_FILTER}&limit=20",),
+        ),
+        one(
+            "search",
+            f"GET /tasks?search={SEARCH_TERM}&limit=20",
+            "read.lua",
+            (f"/tasks?search={SEARCH_TERM}&limit=20",),
+        ),
+        one("patch", "PATCH /tasks/{id}", "patch.lua"),
+        one("stats_cold", "PATCH /tasks/{id} + GET /tasks/stats", "cold_stats.lua"),
+    )
