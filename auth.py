@@ -60,10 +60,20 @@ def decode_access_token(token: str, settings: Settings) -> int:
     Raises:
         InvalidTokenError: for any token that is not one we issued and still valid.
     """
+    user_id, expires_at = _verified(token, settings.secret_key.get_secret_value())
+    if expires_at <= datetime.now(UTC).timestamp():
+        raise InvalidTokenError("expired")
+    return user_id
+
+
+@lru_cache(maxsize=8192)
+def _verified(token: str, key: str) -> tuple[int, float]:
+    # Clients send the same token on every request: verify its signature once, then only its
+    # expiry. Only tokens that verified are remembered (an exception is never cached).
     try:
         claims = jwt.decode(
             token,
-            settings.secret_key.get_secret_value(),
+            key,
             algorithms=[ALGORITHM],
             options={"require_exp": True, "require_sub": True, "require_iat": True},
         )
@@ -72,4 +82,7 @@ def decode_access_token(token: str, settings: Settings) -> int:
     subject = claims.get("sub")
     if not isinstance(subject, str) or not subject.isdigit() or not 0 < int(subject) < 2**31:
         raise InvalidTokenError("bad subject")
-    return int(subject)
+    expires_at = claims.get("exp")
+    if not isinstance(expires_at, int | float):
+        raise InvalidTokenError("bad expiry")
+    return int(subject), float(expires_at)

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     stats_cache_ttl_seconds: int = Field(default=300, ge=1, le=86_400)
 
     secret_key: SecretStr = Field(default=SecretStr(""), validate_default=True)
+    user_cache_seconds: float = Field(default=10.0, ge=0, le=300)
     access_token_expire_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)
     bcrypt_rounds: int = Field(default=12, ge=4, le=31)
 

@@ -1,11 +1,14 @@
 """Engine, session factory and the per-request session dependency."""
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import anyio
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from config import Settings, get_settings
 
@@ -59,8 +62,9 @@ engine = build_engine(get_settings())
 SessionLocal = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
 
 
-def get_db() -> Iterator[Session]:
-    """One session and one transaction per request, committed before the response is sent."""
+@contextmanager
+def transaction() -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error, for sync code."""
     with SessionLocal() as session:
         try:
             yield session
@@ -68,3 +72,24 @@ def get_db() -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+async def get_db() -> AsyncIterator[Session]:
+    """One session and one transaction per request, committed before the response is sent.
+
+    Async on purpose: opening a session does no I/O, so only a request that used the database
+    pays a thread-pool hop, once, for its COMMIT (or ROLLBACK) at the end.
+    """
+    session = SessionLocal()
+    try:
+        yield session
+        if session.in_transaction():
+            await run_in_threadpool(session.commit)
+    except BaseException:
+        # Shielded: a cancelled request must still give its connection back cleanly.
+        with anyio.CancelScope(shield=True):
+            if session.in_transaction():
+                await run_in_threadpool(session.rollback)
+        raise
+    finally:
+        session.close()

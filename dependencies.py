@@ -5,9 +5,10 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 import auth
-from config import Settings, get_settings
+from config import Settings
 from db_config import get_db
 from db_models import Task, User
 from exceptions import AuthenticationError
@@ -16,7 +17,16 @@ from redis_config import Cache, get_cache
 from services import tasks as task_service
 from services import users as user_service
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+# Every dependency here that does no I/O is async: a sync one costs a thread-pool hop each.
+
+
+async def get_app_settings(request: Request) -> Settings:
+    """The settings the application was built with."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 # scope="function": commit before the response is sent, so a failed commit is never a 2xx.
 DbSession = Annotated[Session, Depends(get_db, scope="function")]
 
@@ -24,7 +34,7 @@ DbSession = Annotated[Session, Depends(get_db, scope="function")]
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
 
 
-def get_current_user(
+async def get_current_user(
     request: Request,
     session: DbSession,
     settings: SettingsDep,
@@ -37,9 +47,13 @@ def get_current_user(
         user_id = auth.decode_access_token(token, settings)
     except auth.InvalidTokenError:
         raise AuthenticationError("Invalid or expired token", code="invalid_token") from None
-    user = user_service.get_user(session, user_id)
+    recent = user_service.recent_users()
+    user = recent.get(user_id)
     if user is None:
-        raise AuthenticationError("Invalid or expired token", code="invalid_token")
+        user = await run_in_threadpool(user_service.get_user, session, user_id)
+        if user is None:
+            raise AuthenticationError("Invalid or expired token", code="invalid_token")
+        recent.remember(user)
     request.state.user_id = user.id
     return user
 

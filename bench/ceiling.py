@@ -6,11 +6,10 @@ scenario can be read as a fraction of the fastest route of its kind on the same 
 - `GET /ceiling/objects`: `async def`, 20 task-shaped objects from memory through
   `response_model=list[TaskRead]`, the API's own response schema.
 - `GET /ceiling/select1`: a sync route running `SELECT 1` through the API's engine, session
-  factory and `get_db` transaction handling, opened inside the route (one thread-pool hop).
+  factory and commit handling (`db_config.transaction`), inside the route (one thread-pool hop).
 - `POST /ceiling/bcrypt`: one bcrypt_sha256 verify at the configured cost, as a login spends.
 """
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -20,7 +19,7 @@ from sqlalchemy import text
 
 import auth
 from config import get_settings
-from db_config import get_db
+from db_config import transaction
 from enums import Priority
 from logging_config import configure_logging
 from models import TaskRead
@@ -73,11 +72,6 @@ class Verified(BaseModel):
     verified: bool
 
 
-# The API's own per-request transaction (commit after, rollback on error), used inline so
-# the route costs one thread-pool hop, as PERF.md measures its SELECT 1 ceiling.
-_request_session = contextmanager(get_db)
-
-
 def create_app() -> FastAPI:
     """Build the ceiling app from the same settings the API reads."""
     settings = get_settings()
@@ -95,7 +89,8 @@ def create_app() -> FastAPI:
     @app.get("/ceiling/select1", response_model=Select1)
     def ceiling_select1() -> Select1:
         """SELECT 1 through the API's engine and session handling."""
-        with _request_session() as session:
+        # Used inline so the route costs one thread-pool hop, as PERF.md measures its ceiling.
+        with transaction() as session:
             value = session.execute(text("SELECT 1")).scalar_one()
         return Select1(value=value)
 

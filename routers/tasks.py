@@ -143,7 +143,7 @@ def bulk_update_tasks(
 
 
 @router.get("/{task_id}", response_model=TaskRead, responses=error_responses(404, 422))
-def get_task(task: OwnedTask) -> Any:
+async def get_task(task: OwnedTask) -> Any:
     """One of the caller's tasks."""
     return task
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import ColumnElement, delete, false, func, insert, or_, select, true, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from db_models import Task, TaskFile, TaskTag, User, utcnow
 from enums import Priority
@@ -53,7 +53,13 @@ class TooManyTagsError(AppError):
 
 def get_owned_task(session: Session, *, owner_id: int, task_id: int) -> Task:
     """The caller's task; another user's task is indistinguishable from a missing one."""
-    task = session.scalar(select(Task).where(Task.id == task_id, Task.user_id == owner_id))
+    # Tags in the same round trip: a single task needs no second query for them.
+    query = (
+        select(Task)
+        .where(Task.id == task_id, Task.user_id == owner_id)
+        .options(joinedload(Task.tag_rows))
+    )
+    task = session.scalars(query).unique().one_or_none()
     if task is None:
         raise TaskNotFoundError(task_id)
     return task
@@ -188,15 +194,21 @@ def _ordering(params: TaskListParams) -> list[Any]:
 def list_tasks(session: Session, *, owner: User, params: TaskListParams) -> TaskPage:
     """One page of the caller's matching tasks, and how many match in all."""
     conditions = _conditions(owner.id, params, datetime.now(UTC).date())
-    total = session.scalar(select(func.count()).select_from(Task).where(*conditions)) or 0
-    page = session.scalars(
-        select(Task)
+    # One round trip for the page, the total (a window count over every match) and the tags.
+    rows = session.execute(
+        select(Task, func.count().over().label("total"))
         .where(*conditions)
         .order_by(*_ordering(params))
         .offset(params.skip)
         .limit(params.limit)
-    ).all()
-    return TaskPage(tasks=list(page), total=total)
+        .options(joinedload(Task.tag_rows))
+    ).unique()
+    page = [(task, total) for task, total in rows]
+    if page:
+        return TaskPage(tasks=[task for task, _ in page], total=page[0][1])
+    # Past the last page there is no row to carry the total: count on its own.
+    total = session.scalar(select(func.count()).select_from(Task).where(*conditions)) or 0
+    return TaskPage(tasks=[], total=total)
 
 
 # --- writes -------------------------------------------------------------------------------

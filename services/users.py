@@ -1,11 +1,17 @@
 """Users: registration, credential checks and lookups."""
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import auth
-from config import Settings
+from config import Settings, get_settings
 from db_models import User
 from exceptions import AuthenticationError, ConflictError
 from models import LoginRequest, Token, UserCreate, is_storable
@@ -60,6 +66,59 @@ def authenticate(session: Session, *, username: str, password: str, settings: Se
 
 def get_user(session: Session, user_id: int) -> User | None:
     return session.get(User, user_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Remembered:
+    username: str
+    email: str
+    created_at: datetime
+    expires_at: float
+
+
+class RecentUsers:
+    """Users this worker looked up in the last few seconds, so most requests need no query.
+
+    Entries are immutable snapshots handed out as fresh, session-less `User` objects, so no
+    request can change another's. Safe across threads: each operation is one dict operation.
+    """
+
+    def __init__(
+        self,
+        ttl_seconds: float,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._max_entries = max_entries
+        self._entries: dict[int, _Remembered] = {}
+
+    def get(self, user_id: int) -> User | None:
+        entry = self._entries.get(user_id)
+        if entry is None or entry.expires_at < self._clock():
+            return None
+        return User(
+            id=user_id, username=entry.username, email=entry.email, created_at=entry.created_at
+        )
+
+    def remember(self, user: User) -> None:
+        if self._ttl <= 0:
+            return
+        if len(self._entries) >= self._max_entries:
+            self._entries.clear()  # crude but safe: a miss only costs one query
+        self._entries[user.id] = _Remembered(
+            user.username, user.email, user.created_at, self._clock() + self._ttl
+        )
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+@lru_cache
+def recent_users() -> RecentUsers:
+    """This process's memory of recently authenticated users."""
+    return RecentUsers(get_settings().user_cache_seconds)
 
 
 def login(session: Session, *, credentials: LoginRequest, settings: Settings) -> Token:

@@ -246,3 +246,13 @@ def _empty_cache() -> Iterator[None]:
     _empty_the_cache()
     yield
     _empty_the_cache()
+
+
+@pytest.fixture(autouse=True)
+def _forget_recent_users() -> Iterator[None]:
+    """Each test starts with no remembered users (ids repeat once a test's rows roll back)."""
+    from services import users as user_service
+
+    user_service.recent_users().clear()
+    yield
+    user_service.recent_users().clear()

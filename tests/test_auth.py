@@ -8,8 +8,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from jose import jwt
+from sqlalchemy import Connection, delete, event
 
+import auth
 from config import get_settings
+from db_models import User
 from services import users as user_service
 
 from .conftest import PASSWORD, AuthUser, register_and_login
@@ -292,3 +295,74 @@ class TestCurrentUser:
             assert response.status_code == 401, name
             assert response.json()["code"] == "invalid_token", name
             assert response.headers["WWW-Authenticate"] == "Bearer", name
+
+
+def test_a_token_verified_before_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = get_settings()
+    token, lifetime = auth.create_access_token(7, settings)
+    assert auth.decode_access_token(token, settings) == 7  # verified, and remembered
+    later = datetime.now(UTC) + timedelta(seconds=lifetime + 1)
+
+    class Later(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> "Later":
+            return cls.fromtimestamp(later.timestamp(), tz)
+
+    monkeypatch.setattr(auth, "datetime", Later)
+    with pytest.raises(auth.InvalidTokenError):
+        auth.decode_access_token(token, settings)
+
+
+class TestRecentUsers:
+    """Each worker remembers authenticated users briefly, so most requests skip the lookup."""
+
+    @pytest.fixture
+    def clock(self, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+        now = [1000.0]
+        remembered = user_service.RecentUsers(10, clock=lambda: now[0])
+        monkeypatch.setattr(user_service, "recent_users", lambda: remembered)
+        return now
+
+    def _delete(self, connection: Connection, user: AuthUser) -> None:
+        connection.execute(delete(User).where(User.id == user.id))
+
+    def test_a_remembered_user_needs_no_query(
+        self, client: TestClient, alice: AuthUser, clock: list[float], db_connection: Connection
+    ) -> None:
+        assert client.get("/auth/me", headers=alice.headers).status_code == 200
+        statements: list[str] = []
+        listener = lambda *args: statements.append(str(args[2]))  # noqa: E731
+        event.listen(db_connection, "before_cursor_execute", listener)
+        try:
+            assert client.get("/auth/me", headers=alice.headers).json()["id"] == alice.id
+        finally:
+            event.remove(db_connection, "before_cursor_execute", listener)
+        assert not [sql for sql in statements if "FROM users" in sql]
+
+    def test_a_deleted_user_is_refused_once_forgotten(
+        self, client: TestClient, alice: AuthUser, clock: list[float], db_connection: Connection
+    ) -> None:
+        assert client.get("/auth/me", headers=alice.headers).status_code == 200
+        self._delete(db_connection, alice)
+        clock[0] += 10.5
+        response = client.get("/auth/me", headers=alice.headers)
+        assert response.status_code == 401
+        assert response.json()["code"] == "invalid_token"
+
+    def test_a_deleted_user_never_seen_is_refused_at_once(
+        self, client: TestClient, alice: AuthUser, clock: list[float], db_connection: Connection
+    ) -> None:
+        self._delete(db_connection, alice)
+        assert client.get("/auth/me", headers=alice.headers).status_code == 401
+
+    def test_zero_seconds_remembers_nothing(
+        self,
+        client: TestClient,
+        alice: AuthUser,
+        monkeypatch: pytest.MonkeyPatch,
+        db_connection: Connection,
+    ) -> None:
+        monkeypatch.setattr(user_service, "recent_users", lambda: user_service.RecentUsers(0))
+        assert client.get("/auth/me", headers=alice.headers).status_code == 200
+        self._delete(db_connection, alice)
+        assert client.get("/auth/me", headers=alice.headers).status_code == 401

@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 import db_config
 from config import Settings, get_settings
 from db_models import TaskFile
+from dependencies import get_app_settings
 from exceptions import AppError
 from services import files as file_service
 from tests.conftest import AuthUser
@@ -134,7 +135,7 @@ def limits(app: FastAPI) -> Callable[..., Settings]:
 
     def apply(**changes: Any) -> Settings:
         settings = get_settings().model_copy(update=changes)
-        app.dependency_overrides[get_settings] = lambda: settings
+        app.dependency_overrides[get_app_settings] = lambda: settings
         return settings
 
     return apply

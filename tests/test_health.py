@@ -8,7 +8,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import db_config
-from config import Settings, get_settings
+from config import Settings
+from dependencies import get_app_settings
 from tests.conftest import BACKEND
 
 
@@ -63,7 +64,7 @@ def test_ready_when_database_and_cache_answer(client: TestClient) -> None:
 
 def test_degraded_but_serving_when_only_redis_is_down(app: FastAPI, client: TestClient) -> None:
     settings = Settings(redis_url=f"redis://127.0.0.1:{_closed_port()}/0")
-    app.dependency_overrides[get_settings] = lambda: settings
+    app.dependency_overrides[get_app_settings] = lambda: settings
     response = client.get("/health/ready")
     assert response.status_code == 200
     assert response.json() == {"status": "degraded", "checks": {"database": "ok", "cache": "error"}}
