@@ -157,14 +157,15 @@ async def _app_error_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    errors = _validation_errors(cast(RequestValidationError, exc).errors())
+def _validation_problem(request: Request, errors: list[dict[str, Any]]) -> JSONResponse:
     return problem_response(
-        request,
-        422,
-        code="validation_error",
-        detail=_describe(errors),
-        extra={"errors": errors},
+        request, 422, code="validation_error", detail=_describe(errors), extra={"errors": errors}
+    )
+
+
+async def _validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    return _validation_problem(
+        request, _validation_errors(cast(RequestValidationError, exc).errors())
     )
 
 
@@ -176,13 +177,7 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     if error.status_code == 400 and isinstance(error.__cause__, UnicodeDecodeError):
         # A JSON body that is not UTF-8 is invalid input like any other malformed JSON.
         errors = [{"loc": ["body"], "msg": "The body is not valid UTF-8", "type": "json_invalid"}]
-        return problem_response(
-            request,
-            422,
-            code="validation_error",
-            detail=_describe(errors),
-            extra={"errors": errors},
-        )
+        return _validation_problem(request, errors)
     status = HTTPStatus(error.status_code)
     code = _HTTP_CODES.get(status, status.phrase.lower().replace(" ", "_").replace("-", "_"))
     if isinstance(error.detail, str) and error.detail != status.phrase:

@@ -116,4 +116,11 @@ function common.fill(template, data, u)
    return path
 end
 
+-- A PATCH of the description of one of user u's tasks: the write that the patch and cold-stats
+-- scenarios send. Only the description changes, so other scenarios' results stay the same.
+function common.patch_description(data, u, counter)
+   local body = string.format('{"description": "Edited by the bench, %d-%d"}', thread_index or 0, counter)
+   return wrk.format("PATCH", common.fill("/tasks/{task}", data, u), data.json[u], body)
+end
+
 return common

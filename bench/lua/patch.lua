@@ -15,6 +15,5 @@ end
 function request()
    counter = counter + 1
    local u = math.random(#data.tokens)
-   local body = string.format('{"description": "Edited by the bench, %d-%d"}', thread_index or 0, counter)
-   return wrk.format("PATCH", common.fill("/tasks/{task}", data, u), data.json[u], body)
+   return common.patch_description(data, u, counter)
 end
