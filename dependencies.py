@@ -1,12 +1,8 @@
 """Reusable FastAPI dependencies, exposed as `Annotated` aliases."""
 
-import functools
-import inspect
-from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Path, Request
-from fastapi.routing import APIRoute
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -81,29 +77,3 @@ async def get_request_cache() -> Cache:
 
 
 CacheDep = Annotated[Cache, Depends(get_request_cache)]
-
-
-def _committing(endpoint: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(endpoint)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        result = endpoint(*args, **kwargs)
-        for value in kwargs.values():
-            if isinstance(value, Session) and value.in_transaction():
-                value.commit()
-        return result
-
-    return run
-
-
-class CommitInThreadRoute(APIRoute):
-    """Sync endpoints commit their session in the thread-pool hop that ran them.
-
-    `get_db` would otherwise spend a second hop on the COMMIT. A failed commit raises here,
-    before any response, exactly as it would in `get_db`; an endpoint that raised commits
-    nothing and `get_db` rolls back.
-    """
-
-    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        if not inspect.iscoroutinefunction(endpoint):
-            endpoint = _committing(endpoint)
-        super().__init__(path, endpoint, **kwargs)

@@ -7,11 +7,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 import rate_limit_config as rate_limits
-from dependencies import CommitInThreadRoute, CurrentUser, DbSession, SettingsDep
+from dependencies import CurrentUser, DbSession, SettingsDep
 from models import LoginRequest, Token, UserCreate, UserRead, error_responses
 from services import users as user_service
 
-router = APIRouter(prefix="/auth", tags=["auth"], route_class=CommitInThreadRoute)
+router = APIRouter(prefix="/auth", tags=["auth"])
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 

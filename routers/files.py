@@ -11,11 +11,11 @@ from fastapi.responses import FileResponse
 
 import background_tasks
 import rate_limit_config as rate_limits
-from dependencies import CommitInThreadRoute, CurrentUser, DbSession, OwnedTask, SettingsDep
+from dependencies import CurrentUser, DbSession, OwnedTask, SettingsDep
 from models import MAX_ID, FileRead, error_responses
 from services import files as file_service
 
-router = APIRouter(tags=["files"], responses=error_responses(401), route_class=CommitInThreadRoute)
+router = APIRouter(tags=["files"], responses=error_responses(401))
 
 FileId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of your files.")]
 

@@ -2,11 +2,11 @@
 
 from fastapi import APIRouter, Response, status
 
-from dependencies import CommitInThreadRoute, DbSession, SettingsDep
+from dependencies import DbSession, SettingsDep
 from models import Liveness, Readiness
 from services import health as health_service
 
-router = APIRouter(prefix="/health", tags=["operations"], route_class=CommitInThreadRoute)
+router = APIRouter(prefix="/health", tags=["operations"])
 
 
 @router.get("", response_model=Liveness)

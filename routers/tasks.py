@@ -8,14 +8,7 @@ from pydantic import AfterValidator
 
 import background_tasks
 import rate_limit_config as rate_limits
-from dependencies import (
-    CacheDep,
-    CommitInThreadRoute,
-    CurrentUser,
-    DbSession,
-    OwnedTask,
-    SettingsDep,
-)
+from dependencies import CacheDep, CurrentUser, DbSession, OwnedTask, SettingsDep
 from models import (
     MAX_TAG_LENGTH,
     BulkTaskUpdate,
@@ -30,12 +23,7 @@ from models import (
 from services import stats as stats_service
 from services import tasks as task_service
 
-router = APIRouter(
-    prefix="/tasks",
-    tags=["tasks"],
-    responses=error_responses(401),
-    route_class=CommitInThreadRoute,
-)
+router = APIRouter(prefix="/tasks", tags=["tasks"], responses=error_responses(401))
 
 _LIST_HEADERS = {
     "X-Total-Count": {
