@@ -273,8 +273,10 @@ def delete_task(session: Session, *, task: Task, cache: Cache) -> list[str]:
         .where(Task.id == task.id)
         .with_for_update(of=Task)
     ).all()
-    session.delete(task)
-    session.flush()
+    # One statement: the database cascade removes the tag and file rows. session.delete()
+    # would first delete every loaded tag row itself.
+    session.execute(delete(Task).where(Task.id == task.id, Task.user_id == task.user_id))
+    session.expunge(task)
     stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
     return [name for name in names if name is not None]
 

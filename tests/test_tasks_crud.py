@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Connection, text
 
 from .conftest import AuthUser
+from .task_helpers import count_statements
 
 
 def create(client: TestClient, user: AuthUser, **fields: Any) -> dict[str, Any]:
@@ -237,6 +239,18 @@ class TestDelete:
         assert response.content == b""
         assert client.get(f"/tasks/{task['id']}", headers=alice.headers).status_code == 404
         assert client.delete(f"/tasks/{task['id']}", headers=alice.headers).status_code == 404
+
+    def test_tags_go_with_the_task_by_database_cascade(
+        self, client: TestClient, alice: AuthUser, db_connection: Connection
+    ) -> None:
+        task = create(client, alice, tags=["a", "b", "c"])
+        with count_statements(db_connection) as log:
+            assert client.delete(f"/tasks/{task['id']}", headers=alice.headers).status_code == 204
+        assert not [sql for sql in log.statements if sql.startswith("DELETE FROM task_tags")]
+        left = db_connection.execute(
+            text("SELECT count(*) FROM task_tags WHERE task_id = :id"), {"id": task["id"]}
+        )
+        assert left.scalar_one() == 0
 
     def test_another_users_task_is_404_and_kept(
         self, client: TestClient, alice: AuthUser, bob: AuthUser
