@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictStr,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -29,13 +30,13 @@ USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
 def is_storable(value: str) -> bool:
     """Whether every database can store and compare this text."""
     try:
-        _storable(value)
+        storable_text(value)
     except ValueError:
         return False
     return True
 
 
-def _storable(value: str) -> str:
+def storable_text(value: str) -> str:
     """Reject text no database can store: NUL bytes and unpaired surrogates."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
@@ -47,7 +48,7 @@ def _storable(value: str) -> str:
 
 
 def _title(value: str) -> str:
-    value = _storable(value).strip()
+    value = storable_text(value).strip()
     if not 1 <= len(value) <= 200:
         raise ValueError("must be 1 to 200 characters after trimming whitespace")
     return value
@@ -56,7 +57,7 @@ def _title(value: str) -> str:
 def _description(value: str | None) -> str | None:
     if value is None:
         return None
-    value = _storable(value).strip()
+    value = storable_text(value).strip()
     if len(value) > 1000:
         raise ValueError("must be at most 1000 characters after trimming whitespace")
     return value or None
@@ -64,7 +65,7 @@ def _description(value: str | None) -> str | None:
 
 def normalize_tag(value: str) -> str:
     """Trim and lower-case a tag, enforcing the tag rules of the API."""
-    value = _storable(value).strip().lower()
+    value = storable_text(value).strip().lower()
     if not 1 <= len(value) <= MAX_TAG_LENGTH:
         raise ValueError(f"a tag must be 1 to {MAX_TAG_LENGTH} characters after trimming")
     if "/" in value:
@@ -149,12 +150,12 @@ class UserCreate(StrictBody):
     @field_validator("email")
     @classmethod
     def _lower_email(cls, value: str) -> str:
-        return _storable(value).lower()
+        return storable_text(value).lower()
 
     @field_validator("password")
     @classmethod
     def _no_nul(cls, value: str) -> str:
-        return _storable(value)
+        return storable_text(value)
 
 
 class LoginRequest(StrictBody):
@@ -331,6 +332,52 @@ class TaskStats(BaseModel):
     overdue: int
     by_priority: dict[Priority, int]
     by_tag: dict[str, int]
+
+
+# --- listing ---------------------------------------------------------------------------
+
+SortField = Literal["id", "title", "priority", "completed", "created_at", "updated_at", "due_date"]
+SearchText = Annotated[str, StringConstraints(max_length=1000), AfterValidator(storable_text)]
+QueryTags = Annotated[
+    list[Annotated[str, AfterValidator(normalize_tag)]],
+    AfterValidator(lambda tags: list(dict.fromkeys(tags))),
+]
+
+
+class TaskListParams(BaseModel):
+    """The query parameters of GET /tasks; every filter given must hold (AND)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    completed: bool | None = Field(default=None, description="Only completed (or open) tasks.")
+    priority: Priority | None = Field(default=None, description="Only tasks of this priority.")
+    tag: QueryTags = Field(
+        default_factory=list,
+        max_length=MAX_TAGS_PER_TASK,
+        description="Only tasks with this tag; repeat for tasks with all of these tags.",
+    )
+    overdue: bool | None = Field(
+        default=None,
+        description="true: open tasks due before today (UTC); false: every other task.",
+    )
+    search: SearchText | None = Field(
+        default=None,
+        description="Case-insensitive substring of the title or description, taken literally.",
+    )
+    due_before: date | None = Field(default=None, description="Due on or before this day.")
+    due_after: date | None = Field(default=None, description="Due on or after this day.")
+    created_before: date | None = Field(
+        default=None, description="Created on or before this day (UTC)."
+    )
+    created_after: date | None = Field(
+        default=None, description="Created on or after this day (UTC)."
+    )
+    sort_by: SortField = Field(default="id", description="`priority` sorts by rank.")
+    sort_order: Literal["asc", "desc"] = Field(
+        default="asc", description="Ties are broken by id in the same direction."
+    )
+    skip: int = Field(default=0, ge=0, le=MAX_ID, description="Tasks to skip.")
+    limit: int = Field(default=100, ge=1, le=100, description="Page size.")
 
 
 # --- files --------------------------------------------------------------------------------

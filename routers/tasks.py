@@ -14,6 +14,7 @@ from models import (
     BulkTaskUpdate,
     TagList,
     TaskCreate,
+    TaskListParams,
     TaskRead,
     TaskStats,
     TaskUpdate,
@@ -50,7 +51,7 @@ PathTag = Annotated[
 
 
 def _set_paging_headers(
-    request: Request, response: Response, params: task_service.TaskListParams, total: int
+    request: Request, response: Response, params: TaskListParams, total: int
 ) -> None:
     response.headers["X-Total-Count"] = str(total)
     # Keep every other query parameter as the client sent it; only the window moves.
@@ -73,7 +74,7 @@ def _set_paging_headers(
     responses={200: {"headers": _LIST_HEADERS}, **error_responses(422)},
 )
 def list_tasks(
-    params: Annotated[task_service.TaskListParams, Query()],
+    params: Annotated[TaskListParams, Query()],
     user: CurrentUser,
     session: DbSession,
     request: Request,

@@ -3,23 +3,19 @@
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import ColumnElement, delete, false, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session, joinedload
 
 from db_models import Task, TaskFile, TaskTag, User, utcnow
-from enums import Priority
 from exceptions import AppError, EmptyUpdateError, NotFoundError
 from models import (
-    MAX_ID,
     MAX_TAGS_PER_TASK,
     BulkTaskUpdate,
     TaskCreate,
+    TaskListParams,
     TaskUpdate,
-    _storable,
-    normalize_tag,
 )
 from redis_config import Cache
 from services import stats as stats_service
@@ -66,49 +62,6 @@ def get_owned_task(session: Session, *, owner_id: int, task_id: int) -> Task:
 
 
 # --- listing ------------------------------------------------------------------------------
-
-SortField = Literal["id", "title", "priority", "completed", "created_at", "updated_at", "due_date"]
-SearchText = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_storable)]
-QueryTags = Annotated[
-    list[Annotated[str, AfterValidator(normalize_tag)]],
-    AfterValidator(lambda tags: list(dict.fromkeys(tags))),
-]
-
-
-class TaskListParams(BaseModel):
-    """The query parameters of GET /tasks; every filter given must hold (AND)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    completed: bool | None = Field(default=None, description="Only completed (or open) tasks.")
-    priority: Priority | None = Field(default=None, description="Only tasks of this priority.")
-    tag: QueryTags = Field(
-        default_factory=list,
-        max_length=MAX_TAGS_PER_TASK,
-        description="Only tasks with this tag; repeat for tasks with all of these tags.",
-    )
-    overdue: bool | None = Field(
-        default=None,
-        description="true: open tasks due before today (UTC); false: every other task.",
-    )
-    search: SearchText | None = Field(
-        default=None,
-        description="Case-insensitive substring of the title or description, taken literally.",
-    )
-    due_before: date | None = Field(default=None, description="Due on or before this day.")
-    due_after: date | None = Field(default=None, description="Due on or after this day.")
-    created_before: date | None = Field(
-        default=None, description="Created on or before this day (UTC)."
-    )
-    created_after: date | None = Field(
-        default=None, description="Created on or after this day (UTC)."
-    )
-    sort_by: SortField = Field(default="id", description="`priority` sorts by rank.")
-    sort_order: Literal["asc", "desc"] = Field(
-        default="asc", description="Ties are broken by id in the same direction."
-    )
-    skip: int = Field(default=0, ge=0, le=MAX_ID, description="Tasks to skip.")
-    limit: int = Field(default=100, ge=1, le=100, description="Page size.")
 
 
 @dataclass(frozen=True)
