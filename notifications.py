@@ -12,6 +12,7 @@ Two small pieces that a job runner can call as well as the request's background 
 """
 
 import atexit
+import contextvars
 import logging
 import queue
 import threading
@@ -216,13 +217,17 @@ class NoticeSender:
     """Runs notice deliveries on a few threads of its own, from a bounded queue.
 
     `submit` never blocks: a full queue drops the batch and logs how many notices it held.
+    A delivery runs in a copy of the submitter's context, so its log records carry the request
+    id of the request that caused it.
     """
 
     def __init__(
         self, *, threads: int = SENDER_THREADS, max_queued: int = MAX_QUEUED_BATCHES
     ) -> None:
         self._threads = threads
-        self._queue: queue.Queue[tuple[Callable[[], None], int]] = queue.Queue(max_queued)
+        self._queue: queue.Queue[tuple[contextvars.Context, Callable[[], None]]] = queue.Queue(
+            max_queued
+        )
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._unfinished = 0
@@ -246,7 +251,7 @@ class NoticeSender:
         with self._lock:
             self._unfinished += 1
         try:
-            self._queue.put_nowait((deliver, size))
+            self._queue.put_nowait((contextvars.copy_context(), deliver))
         except queue.Full:
             self._done()
             logger.warning(
@@ -265,9 +270,9 @@ class NoticeSender:
 
     def _work(self) -> None:
         while True:
-            deliver, _ = self._queue.get()
+            context, deliver = self._queue.get()
             try:
-                deliver()
+                context.run(deliver)
             except Exception:
                 # `deliver` logs its own failures; this is the last resort of a thread that
                 # must keep serving the queue.

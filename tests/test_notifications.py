@@ -616,9 +616,17 @@ class TestSilentMailServer:
         self, client: TestClient, alice: AuthUser, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.INFO, logger="background_tasks")
-        assert complete(client, alice, make_task(client, alice)["id"]).status_code == 200
+        task_id = make_task(client, alice)["id"]
+        response = client.patch(
+            f"/tasks/{task_id}",
+            json={"completed": True},
+            headers={**alice.headers, "X-Request-ID": "completes-a-task"},
+        )
+        assert response.status_code == 200
         [record] = notices_logged(caplog)
         assert (record.threadName or "").startswith("notice-sender-")
+        # Still traceable to the request that caused it.
+        assert getattr(record, "request_id", None) == "completes-a-task"
 
 
 # --- the count shared through Redis -------------------------------------------------------

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from config import PROJECT_DIR, Settings, derived_redis_key_prefix
+from config import PROJECT_DIR, derived_redis_key_prefix
 from tests.conftest import PASSWORD
 from tests.test_cache import RedisServer, needs_redis_server
 
@@ -187,28 +187,3 @@ def test_two_deployments_on_one_redis_see_neither_each_others_stats_nor_counters
         assert f"{deployment.key_prefix}:notices:1" in own
     # Nothing outside the two namespaces.
     assert {key.split(":", 1)[0] for key in keys} == {a.key_prefix, b.key_prefix}
-
-
-def test_the_default_prefix_is_derived_from_the_database_and_not_its_password() -> None:
-    def prefix(**values: Any) -> str:
-        return Settings(**values).redis_key_prefix
-
-    production = "postgresql://app:s3cret@db.internal:5432/taskmanager"
-    assert prefix(database_url=production) == prefix(
-        database_url=production.replace("s3cret", "rotated")
-    )
-    assert prefix(database_url=production) != prefix(
-        database_url=production.replace("/taskmanager", "/staging")
-    )
-    assert prefix(database_url=production) != prefix(
-        database_url=production.replace("db.internal", "db2.internal")
-    )
-    assert "s3cret" not in prefix(database_url=production)
-    assert prefix(database_url=production, redis_key_prefix="shop-prod") == "shop-prod"
-    assert prefix(redis_key_prefix="  shop-prod: ") == "shop-prod"
-
-
-@pytest.mark.parametrize("bad", ["has space", "star*", "a" * 65, "brace{x}"])
-def test_a_prefix_that_a_key_pattern_would_misread_is_refused(bad: str) -> None:
-    with pytest.raises(ValueError, match="REDIS_KEY_PREFIX"):
-        Settings(redis_key_prefix=bad)
