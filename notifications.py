@@ -85,10 +85,6 @@ class MemoryNoticeBudget:
                     del self._sent[next(iter(self._sent))]
             return granted
 
-    def clear(self) -> None:
-        with self._lock:
-            self._sent.clear()
-
 
 # One sorted set per user: a member per notice sent, scored by the time it went out (the
 # server's clock, the same for every instance). Atomic, so concurrent senders never overshoot.
