@@ -1,5 +1,7 @@
 """Work done after the response: completion notices, removing bytes, the orphan sweep.
 
+Completion notices are capped per user and sent on threads of their own (`notifications`).
+
 Each function takes ids or names (never ORM objects or the request's session), opens its own
 session, and never raises: the client already has its response, so a failure is logged.
 
@@ -24,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import db_config
+import notifications
 from config import Settings, get_settings
 from db_models import Task, User
 from logging_config import configure_logging
@@ -180,15 +183,43 @@ def _completion_notices(session: Session, task_ids: Sequence[int]) -> list[Compl
     ]
 
 
+def send_completion_notices(notices: Sequence[CompletionNotice], settings: Settings) -> None:
+    """Send the notices each user's hourly budget allows (the rest are dropped); never raises.
+
+    Blocks for as long as the mail server takes: call it from a job or the notice sender,
+    never from a request.
+    """
+    try:
+        allowed = notifications.allowed_notices(notices, settings)
+        if allowed:
+            build_notifier(settings).send(allowed)
+    except Exception:
+        logger.exception(
+            "Could not send completion notices for %d task(s)",
+            len(notices),
+            extra={
+                "event": "notification_failed",
+                "task_ids": [notice.task_id for notice in notices[:100]],
+            },
+        )
+
+
 def notify_tasks_completed(task_ids: list[int]) -> None:
-    """Send completion notices for tasks that just became completed; never raises."""
+    """Queue completion notices for tasks that just became completed; never raises or waits.
+
+    Runs after the response: reads the notices, then hands them to the notice sender's own
+    threads, so a slow mail server holds none of the threads the routes run in.
+    """
     if not task_ids:
         return
     try:
         with db_config.SessionLocal() as session:
             notices = _completion_notices(session, task_ids)
         if notices:
-            build_notifier(get_settings()).send(notices)
+            settings = get_settings()
+            notifications.notice_sender().submit(
+                lambda: send_completion_notices(notices, settings), size=len(notices)
+            )
     except Exception:
         logger.exception(
             "Could not send completion notices for %d task(s)",

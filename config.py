@@ -1,5 +1,7 @@
 """Application settings: the one place that reads the environment."""
 
+import hashlib
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -7,6 +9,8 @@ from typing import Annotated, Literal, Self
 from limits import parse_many
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
@@ -31,6 +35,29 @@ _HOW_TO_MAKE_A_KEY = (
     "python3 -c 'import secrets; print(secrets.token_urlsafe(48))' "
     "and put it in the environment or in .env (`make run` writes one for you)."
 )
+# Characters a Redis key prefix may hold: none that a SCAN pattern or an ACL key pattern reads.
+_REDIS_KEY_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def derived_redis_key_prefix(database_url: str) -> str:
+    """The default REDIS_KEY_PREFIX: a short hash of the database URL without its password.
+
+    Two deployments on different databases never share keys; changing the password of the
+    same database keeps the prefix (and so the cached entries and counters).
+    """
+    try:
+        url = make_url(database_url)
+        identity = URL.create(
+            url.drivername,
+            username=url.username,
+            host=url.host,
+            port=url.port,
+            database=url.database,
+            query=url.query,
+        ).render_as_string(hide_password=False)
+    except ArgumentError:
+        identity = database_url
+    return "tm-" + hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
 class Settings(BaseSettings):
@@ -52,6 +79,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_socket_timeout_ms: int = Field(default=50, ge=1, le=10_000)
     stats_cache_ttl_seconds: int = Field(default=300, ge=1, le=86_400)
+    # Every Redis key starts with "<prefix>:"; empty derives it from DATABASE_URL.
+    redis_key_prefix: str = ""
 
     secret_key: SecretStr = Field(default=SecretStr(""), validate_default=True)
     user_cache_seconds: float = Field(default=10.0, ge=0, le=300)
@@ -86,6 +115,7 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_starttls: bool = True
     smtp_timeout_seconds: float = Field(default=10, gt=0, le=120)
+    notice_limit_per_hour: int = Field(default=30, ge=0, le=100_000)
 
     cors_origins: Annotated[list[str], NoDecode] = []
 
@@ -148,6 +178,22 @@ class Settings(BaseSettings):
     def _smtp_needs_a_server(self) -> Self:
         if self.notifier == "smtp" and not (self.smtp_host and self.smtp_from):
             raise ValueError("NOTIFIER=smtp needs SMTP_HOST and SMTP_FROM")
+        return self
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _redis_key_prefix_is_plain(cls, value: str) -> str:
+        value = value.strip().rstrip(":")
+        if value and not _REDIS_KEY_PREFIX.fullmatch(value):
+            raise ValueError(
+                "REDIS_KEY_PREFIX: 1-64 letters, digits, '.', '_' or '-' (or empty to derive it)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _derive_redis_key_prefix(self) -> Self:
+        if not self.redis_key_prefix:
+            self.redis_key_prefix = derived_redis_key_prefix(self.database_url)
         return self
 
     @field_validator("redis_url", mode="before")

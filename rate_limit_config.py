@@ -181,6 +181,9 @@ class RateLimiter:
             storage_options = {
                 "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
                 "socket_timeout": REDIS_TIMEOUT_SECONDS,
+                # Every counter key starts with REDIS_KEY_PREFIX: deployments sharing a Redis
+                # database never share a budget.
+                "key_prefix": f"{settings.redis_key_prefix}:limits",
             }
         self.uses_network = settings.redis_url is not None
         self.limiter = Limiter(

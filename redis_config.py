@@ -2,6 +2,8 @@
 
 A cache is an optimisation, never a dependency: no method raises, and a Redis that is down or
 frozen costs a request at most one short timeout before the cache is bypassed for a while.
+In Redis every key starts with REDIS_KEY_PREFIX, so deployments sharing a Redis database never
+read each other's entries.
 """
 
 import logging
@@ -134,6 +136,7 @@ class RedisCache(Cache):
         self,
         url: str,
         *,
+        key_prefix: str,
         timeout_seconds: float,
         retry_interval_seconds: float = 1.0,
         warn_interval_seconds: float = 60.0,
@@ -148,6 +151,7 @@ class RedisCache(Cache):
             health_check_interval=0,
             decode_responses=True,
         )
+        self._prefix = f"{key_prefix}:"
         self._retry_interval = retry_interval_seconds
         self._warn_interval = warn_interval_seconds
         self._lock = threading.Lock()
@@ -225,19 +229,24 @@ class RedisCache(Cache):
         return True, result
 
     def get(self, key: str) -> str | None:
+        key = self._prefix + key
         _, value = self._run(lambda client: _as_text(client.get(key)))
         return value
 
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        key = self._prefix + key
         self._run(lambda client: client.set(key, value, ex=ttl_seconds))
 
     def counter(self, key: str) -> int | None:
+        key = self._prefix + key
         ok, value = self._run(lambda client: _as_text(client.get(key)))
         if not ok:
             return None
         return int(value) if value is not None else 0
 
     def incr(self, key: str, ttl_seconds: int) -> None:
+        key = self._prefix + key
+
         def increment(client: redis.Redis) -> None:
             pipe = client.pipeline(transaction=False)
             pipe.incr(key)
@@ -267,7 +276,9 @@ def build_cache(settings: Settings) -> Cache:
     """Redis when REDIS_URL is set, else the in-process cache."""
     if settings.redis_url:
         return RedisCache(
-            settings.redis_url, timeout_seconds=settings.redis_socket_timeout_ms / 1000
+            settings.redis_url,
+            key_prefix=settings.redis_key_prefix,
+            timeout_seconds=settings.redis_socket_timeout_ms / 1000,
         )
     return MemoryCache()
 

@@ -256,3 +256,14 @@ def _forget_recent_users() -> Iterator[None]:
     user_service.recent_users().clear()
     yield
     user_service.recent_users().clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_notice_budgets() -> Iterator[None]:
+    """Each test starts with every user's notice budget unspent (the Redis ones go with flushdb)."""
+    import notifications
+
+    notifications.reset_notice_budgets()
+    yield
+    assert notifications.notice_sender().wait_until_idle(60), "notices still being sent"
+    notifications.reset_notice_budgets()

@@ -31,6 +31,7 @@ needs_redis_server = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-serv
 # The production default, whatever the test configuration says.
 TIMEOUT_SECONDS = Settings.model_fields["redis_socket_timeout_ms"].default / 1000
 RETRY_INTERVAL = 0.2
+KEY_PREFIX = "tm-test"
 
 
 # --- the in-process cache -----------------------------------------------------------------
@@ -170,7 +171,10 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_cache(redis_server: RedisServer) -> Iterator[RedisCache]:
     cache = RedisCache(
-        redis_server.url, timeout_seconds=TIMEOUT_SECONDS, retry_interval_seconds=RETRY_INTERVAL
+        redis_server.url,
+        key_prefix=KEY_PREFIX,
+        timeout_seconds=TIMEOUT_SECONDS,
+        retry_interval_seconds=RETRY_INTERVAL,
     )
     try:
         yield cache
@@ -216,11 +220,31 @@ def test_redis_cache_round_trip(redis_cache: RedisCache) -> None:
     assert redis_cache.counter("c") == 1
 
 
+@needs_redis_server
+def test_every_key_carries_the_prefix_and_other_prefixes_see_nothing(
+    redis_server: RedisServer, redis_cache: RedisCache
+) -> None:
+    redis_cache.set("stats:1:3:0:2026-01-01", "mine", ttl_seconds=60)
+    redis_cache.incr("stats:version:3", ttl_seconds=60)
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as raw:
+        assert sorted(raw.keys("*")) == [
+            f"{KEY_PREFIX}:stats:1:3:0:2026-01-01",
+            f"{KEY_PREFIX}:stats:version:3",
+        ]
+    other = RedisCache(redis_server.url, key_prefix="tm-other", timeout_seconds=TIMEOUT_SECONDS)
+    try:
+        assert other.get("stats:1:3:0:2026-01-01") is None
+        assert other.counter("stats:version:3") == 0
+    finally:
+        other.close()
+
+
 def test_a_dead_redis_reads_as_misses_at_once_and_warns_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cache = RedisCache(
         f"redis://127.0.0.1:{_free_port()}/0",
+        key_prefix=KEY_PREFIX,
         timeout_seconds=TIMEOUT_SECONDS,
         retry_interval_seconds=RETRY_INTERVAL,
     )

@@ -3,6 +3,9 @@
 import io
 import json
 import logging
+import os
+import re
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, text
@@ -144,6 +147,112 @@ def test_log_file_is_rotated_by_size(tmp_path: Path) -> None:
     files = sorted(path.name for path in log_file.parent.iterdir())
     assert files == ["app.log", "app.log.1", "app.log.2"]
     assert all(path.stat().st_size <= 2048 for path in log_file.parent.iterdir())
+
+
+def test_log_file_and_its_rotated_files_are_private(tmp_path: Path) -> None:
+    log_file = tmp_path / "logs" / "app.log"
+    log_file.parent.mkdir()
+    log_file.write_text("left by an earlier release\n")
+    log_file.chmod(0o644)
+    old_umask = os.umask(0o022)
+    try:
+        _app_with(log_file=str(log_file), log_file_max_bytes=2048, log_file_backup_count=2)
+        for n in range(200):
+            logging.getLogger("rotation").warning("line %d of a log that outgrows its file", n)
+    finally:
+        os.umask(old_umask)
+    files = sorted(log_file.parent.iterdir())
+    assert [path.name for path in files] == ["app.log", "app.log.1", "app.log.2"]
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
+        "app.log": 0o600,
+        "app.log.1": 0o600,
+        "app.log.2": 0o600,
+    }
+
+
+# --- client input cannot forge log lines -----------------------------------------------------
+
+FORGED = "2026-01-01 00:00:00,000 CRITICAL access [forged] GET /admin 200"
+_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
+
+
+def _record_lines(text: str) -> list[str]:
+    """The lines of a text log that start a record (tracebacks continue the one before)."""
+    return [line for line in text.splitlines() if _RECORD_START.match(line)]
+
+
+def test_control_characters_in_a_path_cannot_forge_a_log_line(alice: AuthUser) -> None:
+    app = _app_with(log_format="text")
+    stream = _root_stream(app)
+    client = TestClient(app)
+    for path in (
+        f"/tasks/%0A{FORGED}",
+        f"/nowhere%0D%0A{FORGED}",
+        f"/nowhere%0D{FORGED}%1B[2J%E2%80%A8{FORGED}%C2%85{FORGED}",
+    ):
+        response = client.get(path, headers=alice.headers)
+        assert response.status_code in (404, 422)
+    log = stream.getvalue()
+    assert "\r" not in log
+    assert "\x1b" not in log
+    assert "\u2028" not in log
+    assert "\x85" not in log
+    lines = log.splitlines()
+    assert not [line for line in lines if line.startswith(FORGED[:10])]
+    access = [line for line in _record_lines(log) if " access " in line]
+    assert len(access) == 3
+    assert all(line.count(FORGED) >= 1 for line in access)
+    assert f"GET /tasks/\\n{FORGED} 4" in access[0]
+    assert f"GET /nowhere\\r\\n{FORGED} 404" in access[1]
+    assert f"\\r{FORGED}\\x1b[2J\\u2028{FORGED}\\x85{FORGED} 404" in access[2]
+
+
+def test_headers_logged_by_a_route_are_escaped_too() -> None:
+    app = _app_with(log_format="text")
+
+    @app.get("/agent-probe")
+    def agent_probe(request: Request) -> None:
+        logging.getLogger("probe").warning("client says %s", request.headers["user-agent"])
+
+    stream = _root_stream(app)
+    agent = "evil\x1b]0;pwned\x07" + FORGED
+    headers = {"User-Agent": agent.encode("latin-1")}
+    assert TestClient(app).get("/agent-probe", headers=headers).status_code == 200
+    [line] = [line for line in stream.getvalue().splitlines() if " probe " in line]
+    assert line.endswith("client says evil\\x1b]0;pwned\\x07" + FORGED)
+
+
+def test_exception_messages_cannot_forge_a_log_line() -> None:
+    app = _app_with(log_format="text")
+
+    @app.get("/boom")
+    def boom(value: str) -> None:
+        try:
+            raise KeyError(value)
+        except KeyError as exc:
+            error = ValueError(f"cannot use {value}")
+            error.add_note(f"while reading {value}")
+            raise error from exc
+
+    stream = _root_stream(app)
+    response = TestClient(app).get("/boom", params={"value": f"x\r\n{FORGED}\n{FORGED}"})
+    assert response.status_code == 500
+    log = stream.getvalue()
+    assert "Traceback (most recent call last):" in log
+    assert not [line for line in log.splitlines() if line.startswith(FORGED[:10])]
+    assert f"ValueError: cannot use x\\r\\n{FORGED}\\n{FORGED}" in log
+    assert f"while reading x\\r\\n{FORGED}\\n{FORGED}" in log
+    # The JSON format needs nothing of this: JSON strings escape control characters.
+    json_app = _app_with(log_format="json")
+
+    @json_app.get("/boom")
+    def json_boom(value: str) -> None:
+        raise ValueError(f"cannot use {value}")
+
+    stream = _root_stream(json_app)
+    assert TestClient(json_app).get("/boom", params={"value": f"x\n{FORGED}"}).status_code == 500
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert any(f"cannot use x\n{FORGED}" in r.get("exc_info", "") for r in records)
 
 
 # --- errors --------------------------------------------------------------------------------

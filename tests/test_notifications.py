@@ -1,16 +1,24 @@
-"""Completion notices: sent after the response, by log or by email, and never break a request."""
+"""Completion notices: sent after the response, by log or by email, and never break a request.
 
+Notices go out on the notice sender's own threads: each test waits for them (`settle`) before
+it looks at what was sent or logged.
+"""
+
+import contextlib
 import email
 import email.policy
 import logging
 import smtplib
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
@@ -21,8 +29,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 import background_tasks
+import notifications
 from config import Settings
 from tests.conftest import AuthUser
+from tests.test_cache import RedisServer, needs_redis_server
 
 SENDER = "Task Manager <noreply@taskmanager.invalid>"
 
@@ -109,12 +119,26 @@ def complete(client: TestClient, user: AuthUser, task_id: int, **extra: Any) -> 
     )
 
 
+def settle() -> None:
+    """Wait until every queued notice has been sent (or has failed)."""
+    assert notifications.notice_sender().wait_until_idle(60)
+
+
+def events_logged(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
+    settle()
+    return [r for r in caplog.records if getattr(r, "event", None) == event]
+
+
 def notices_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if getattr(r, "event", None) == "task_completed"]
+    return events_logged(caplog, "task_completed")
 
 
 def failures_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if getattr(r, "event", None) == "notification_failed"]
+    return events_logged(caplog, "notification_failed")
+
+
+def drops_logged(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return events_logged(caplog, "notices_dropped")
 
 
 # --- choosing the notifier ----------------------------------------------------------------
@@ -276,6 +300,7 @@ class TestSmtpNotifier:
         task = make_task(client, alice, title="Ship the release")
         response = complete(client, alice, task["id"])
         assert response.status_code == 200
+        settle()
         [message] = inbox.messages
         assert inbox.recipients == [[alice.email]]
         assert message["To"] == alice.email
@@ -291,6 +316,7 @@ class TestSmtpNotifier:
     ) -> None:
         task = make_task(client, alice)
         client.patch(f"/tasks/{task['id']}", json={"priority": "high"}, headers=alice.headers)
+        settle()
         assert inbox.messages == []
 
     def test_bulk_notices_go_to_each_owner_in_one_batch(
@@ -302,6 +328,7 @@ class TestSmtpNotifier:
         background_tasks.notify_tasks_completed(
             [done_a["id"], still_open["id"], done_b["id"], 2**31 - 1]
         )
+        settle()
         assert sorted(m["To"] for m in inbox.messages) == sorted([alice.email, bob.email])
         assert sorted(m["Subject"] for m in inbox.messages) == [
             "Task completed: Alice's",
@@ -310,6 +337,7 @@ class TestSmtpNotifier:
 
     def test_no_ids_sends_nothing(self, inbox: Inbox) -> None:
         background_tasks.notify_tasks_completed([])
+        settle()
         assert inbox.messages == []
 
 
@@ -351,6 +379,7 @@ class TestBrokenSmtpServer:
             use_settings(smtp_settings(port))
             task = make_task(client, alice)
             self.assert_patch_unaffected(client, alice, task["id"])
+            settle()
         finally:
             controller.stop()
         assert handler.attempts == 1
@@ -372,6 +401,7 @@ class TestBrokenSmtpServer:
             use_settings(smtp_settings(silent.getsockname()[1], smtp_timeout_seconds=0.2))
             task = make_task(client, alice)
             self.assert_patch_unaffected(client, alice, task["id"])
+            settle()
         [failure] = failures_logged(caplog)
         assert failure.exc_info is not None
         # smtplib reports the socket timeout as a lost connection.
@@ -396,8 +426,280 @@ class TestBrokenSmtpServer:
             )
             task = make_task(client, alice)
             self.assert_patch_unaffected(client, alice, task["id"])
+            settle()
         finally:
             controller.stop()
         assert handler.messages == []
         assert failures_logged(caplog)
         assert "hunter2-secret" not in caplog.text
+
+
+# --- the hourly cap per user --------------------------------------------------------------
+
+
+def bulk(client: TestClient, user: AuthUser, task_ids: list[int], *, completed: bool) -> None:
+    response = client.patch(
+        "/tasks/bulk",
+        json={"task_ids": task_ids, "updates": {"completed": completed}},
+        headers=user.headers,
+    )
+    assert response.status_code == 200, response.text
+
+
+class TestNoticeCap:
+    def test_a_user_gets_at_most_the_hourly_limit_and_the_rest_are_counted(
+        self,
+        client: TestClient,
+        alice: AuthUser,
+        bob: AuthUser,
+        inbox: Inbox,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        limit = Settings.model_fields["notice_limit_per_hour"].default
+        assert limit == 30
+        tasks = [make_task(client, alice, title=f"Bcc: spam {n}")["id"] for n in range(limit + 10)]
+        # Complete, reopen and complete again: the way 10 requests sent 500 e-mails.
+        bulk(client, alice, tasks, completed=True)
+        bulk(client, alice, tasks, completed=False)
+        bulk(client, alice, tasks, completed=True)
+        settle()
+        assert len(inbox.messages) == limit
+        assert {m["To"] for m in inbox.messages} == {alice.email}
+        drops = drops_logged(caplog)
+        assert [getattr(r, "user_id", None) for r in drops] == [alice.id, alice.id]
+        assert [getattr(r, "dropped", None) for r in drops] == [10, limit + 10]
+        assert all(r.levelno == logging.WARNING for r in drops)
+        # The budget is per user: another account's notice still goes out.
+        assert complete(client, bob, make_task(client, bob)["id"]).status_code == 200
+        settle()
+        assert [m["To"] for m in inbox.messages[limit:]] == [bob.email]
+
+    def test_the_log_notifier_is_capped_too(
+        self,
+        client: TestClient,
+        alice: AuthUser,
+        use_settings: Callable[[Settings], None],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        use_settings(Settings(notice_limit_per_hour=2))
+        tasks = [make_task(client, alice)["id"] for _ in range(3)]
+        caplog.set_level(logging.INFO, logger="background_tasks")
+        bulk(client, alice, tasks, completed=True)
+        assert sorted(r.task_id for r in notices_logged(caplog)) == tasks[:2]  # type: ignore[attr-defined]
+        [drop] = drops_logged(caplog)
+        assert getattr(drop, "dropped", None) == 1
+
+    def test_a_limit_of_zero_sends_no_notices(
+        self,
+        client: TestClient,
+        alice: AuthUser,
+        use_settings: Callable[[Settings], None],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        use_settings(Settings(notice_limit_per_hour=0))
+        caplog.set_level(logging.INFO, logger="background_tasks")
+        assert complete(client, alice, make_task(client, alice)["id"]).status_code == 200
+        assert notices_logged(caplog) == []
+        assert [getattr(r, "dropped", None) for r in drops_logged(caplog)] == [1]
+
+    def test_the_memory_budget_is_a_sliding_hour(self) -> None:
+        now = [1000.0]
+        budget = notifications.MemoryNoticeBudget(clock=lambda: now[0])
+        assert budget.take(1, 2, 3) == 2
+        now[0] += 1800
+        assert budget.take(1, 5, 3) == 1
+        assert budget.take(2, 5, 3) == 3
+        now[0] += 1800  # the first two leave the window; the third is 30 minutes old
+        assert budget.take(1, 5, 3) == 2
+        now[0] += 3600
+        assert budget.take(1, 5, 3) == 3
+
+
+# --- a slow or silent mail server ---------------------------------------------------------
+
+
+class SilentMailServer:
+    """Accepts connections and never says a word, as a wedged mail server does."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self.port: int = self._listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.accepted = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            self.accepted.set()
+
+    def waiting_client(self) -> bool:
+        """Whether the first client is still connected, waiting for a greeting it never gets."""
+        connection = self.connections[0]
+        connection.setblocking(False)
+        try:
+            connection.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True  # open, and nothing sent: smtplib is waiting for the greeting
+        finally:
+            connection.setblocking(True)
+        return False  # closed (b"") or sent something: the client gave up
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self._listener.close()
+        self._thread.join(timeout=5)
+        for connection in self.connections:
+            connection.close()
+
+
+class TestSilentMailServer:
+    def test_a_silent_mail_server_delays_no_request(
+        self,
+        client: TestClient,
+        alice: AuthUser,
+        use_settings: Callable[[Settings], None],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        server = SilentMailServer()
+        try:
+            # Long enough that any request waiting on the mail server would still be waiting.
+            use_settings(smtp_settings(server.port, smtp_timeout_seconds=60))
+            first, second = make_task(client, alice)["id"], make_task(client, alice)["id"]
+            assert complete(client, alice, first).status_code == 200
+            assert server.accepted.wait(30)
+            # The response came back while its notice is still stuck on the mail server ...
+            assert server.waiting_client()
+            # ... and every other route keeps answering meanwhile, writes and notices too.
+            assert client.get("/tasks", headers=alice.headers).status_code == 200
+            assert client.get("/tasks/stats", headers=alice.headers).status_code == 200
+            assert complete(client, alice, second).status_code == 200
+            assert client.get(f"/tasks/{second}", headers=alice.headers).json()["completed"]
+            assert server.waiting_client()
+        finally:
+            server.close()
+        [*failures] = failures_logged(caplog)
+        assert failures
+        assert all(isinstance(f.exc_info[1], smtplib.SMTPServerDisconnected) for f in failures)  # type: ignore[index]
+
+    def test_a_full_queue_drops_notices_and_counts_them(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        sender = notifications.NoticeSender(threads=1, max_queued=1)
+        started, release = threading.Event(), threading.Event()
+        ran: list[str] = []
+
+        def stuck() -> None:
+            started.set()
+            release.wait(30)
+            ran.append("stuck")
+
+        assert sender.submit(stuck, size=1)
+        assert started.wait(30)
+        assert sender.submit(lambda: ran.append("queued"), size=2)
+        assert not sender.submit(lambda: ran.append("dropped"), size=3)
+        release.set()
+        assert sender.wait_until_idle(30)
+        assert ran == ["stuck", "queued"]
+        [drop] = [r for r in caplog.records if getattr(r, "event", None) == "notices_dropped"]
+        assert getattr(drop, "dropped", None) == 3
+
+    def test_notices_are_sent_on_the_senders_own_threads(
+        self, client: TestClient, alice: AuthUser, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO, logger="background_tasks")
+        task_id = make_task(client, alice)["id"]
+        response = client.patch(
+            f"/tasks/{task_id}",
+            json={"completed": True},
+            headers={**alice.headers, "X-Request-ID": "completes-a-task"},
+        )
+        assert response.status_code == 200
+        [record] = notices_logged(caplog)
+        assert (record.threadName or "").startswith("notice-sender-")
+        # Still traceable to the request that caused it.
+        assert getattr(record, "request_id", None) == "completes-a-task"
+
+
+# --- the count shared through Redis -------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@needs_redis_server
+class TestSharedNoticeBudget:
+    def test_instances_on_one_redis_share_the_count_and_prefixes_keep_deployments_apart(
+        self, redis_server: RedisServer
+    ) -> None:
+        budgets = [
+            notifications.NoticeBudget(redis_url=redis_server.url, key_prefix=prefix)
+            for prefix in ("deploy-a", "deploy-a", "deploy-b")
+        ]
+        try:
+            first, second, other = budgets
+            assert first.take(7, 20, 30) == 20
+            assert second.take(7, 20, 30) == 10
+            assert first.take(7, 1, 30) == 0
+            assert other.take(7, 20, 30) == 20
+        finally:
+            for budget in budgets:
+                budget.close()
+        with redis.Redis.from_url(redis_server.url, decode_responses=True) as raw:
+            assert sorted(raw.keys("*")) == ["deploy-a:notices:7", "deploy-b:notices:7"]
+            assert 0 < raw.ttl("deploy-a:notices:7") <= 3600
+
+    def test_the_app_counts_in_redis(
+        self,
+        client: TestClient,
+        alice: AuthUser,
+        use_settings: Callable[[Settings], None],
+        redis_server: RedisServer,
+    ) -> None:
+        inbox, port = Inbox(), free_port()
+        controller = Controller(inbox, hostname="127.0.0.1", port=port)
+        controller.start()
+        try:
+            settings = smtp_settings(port, redis_url=redis_server.url, notice_limit_per_hour=2)
+            use_settings(settings)
+            tasks = [make_task(client, alice)["id"] for _ in range(3)]
+            bulk(client, alice, tasks, completed=True)
+            settle()
+        finally:
+            controller.stop()
+        assert len(inbox.messages) == 2
+        with redis.Redis.from_url(redis_server.url, decode_responses=True) as raw:
+            key = f"{settings.redis_key_prefix}:notices:{alice.id}"
+            assert raw.keys("*") == [key]
+            assert raw.zcard(key) == 2
+
+    def test_a_failing_redis_falls_back_to_counting_in_process(
+        self, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        budget = notifications.NoticeBudget(redis_url=redis_server.url, key_prefix="deploy-a")
+        try:
+            assert budget.take(7, 1, 3) == 1
+            redis_server.stop()
+            # Never raises: this process goes on counting on its own.
+            assert budget.take(7, 2, 3) == 2
+            assert budget.take(7, 2, 3) == 1
+            assert budget.take(7, 2, 3) == 0
+        finally:
+            budget.close()
+        warnings = [r for r in caplog.records if r.name == "notifications"]
+        assert [getattr(r, "event", None) for r in warnings] == ["notice_budget_fallback"]

@@ -274,6 +274,36 @@ def test_two_app_instances_sharing_redis_share_one_budget(make_app: AppFactory) 
     assert keys
 
 
+@pytest.mark.postgres_redis
+@pytest.mark.skipif(BACKEND == "embedded", reason="needs the real Redis of the production pass")
+def test_two_deployments_sharing_redis_keep_their_own_budgets(make_app: AppFactory) -> None:
+    # Same limiter key prefix, as two installations of this service have; REDIS_KEY_PREFIX
+    # (derived from each one's database by default) is all that keeps them apart.
+    limiter_prefix = f"test-{uuid.uuid4().hex}"
+    deployments = [
+        make_app(
+            rate_limit_login="2/minute",
+            key_prefix=limiter_prefix,
+            redis_url=TEST_REDIS_URL,
+            redis_key_prefix=f"deploy-{name}-{limiter_prefix[5:13]}",
+        )
+        for name in ("a", "b")
+    ]
+    first, second = (client_at(app) for app in deployments)
+    assert [_login(first, "nobody").status_code for _ in range(2)] == [401, 401]
+    _assert_rate_limited(_login(first, "nobody"))
+    assert [_login(second, "nobody").status_code for _ in range(2)] == [401, 401]
+    _assert_rate_limited(_login(second, "nobody"))
+    keys = [
+        key.decode()
+        for key in redis.Redis.from_url(TEST_REDIS_URL).scan_iter(match=f"*{limiter_prefix}*")
+    ]
+    assert keys
+    for key in keys:
+        assert key.startswith(("deploy-a-", "deploy-b-")), key
+        assert key.split(":", 2)[1] == "limits"
+
+
 def test_dead_redis_still_answers_and_limits_in_memory(make_app: AppFactory) -> None:
     client = client_at(
         make_app(rate_limit_login="3/minute", redis_url=f"redis://127.0.0.1:{_closed_port()}/0")

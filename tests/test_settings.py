@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from config import PROJECT_DIR, Settings
+from config import PROJECT_DIR, Settings, derived_redis_key_prefix
 
 GOOD_KEY = "k3J9vQ2mX7pL5wZ8nB4cR6tY1uH0sD2fG9aE7iO3"
 
@@ -79,6 +79,33 @@ def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.access_token_expire_minutes == 60
     assert settings.max_upload_bytes == 10 * 1024 * 1024
     assert settings.cors_origins == []
+    assert settings.notice_limit_per_hour == 30
+    assert settings.redis_key_prefix == derived_redis_key_prefix(settings.database_url)
+
+
+def test_the_default_prefix_is_derived_from_the_database_and_not_its_password() -> None:
+    def prefix(**values: Any) -> str:
+        return _settings(secret_key=GOOD_KEY, **values).redis_key_prefix
+
+    production = "postgresql://app:s3cret@db.internal:5432/taskmanager"
+    assert prefix(database_url=production) == prefix(
+        database_url=production.replace("s3cret", "rotated")
+    )
+    assert prefix(database_url=production) != prefix(
+        database_url=production.replace("/taskmanager", "/staging")
+    )
+    assert prefix(database_url=production) != prefix(
+        database_url=production.replace("db.internal", "db2.internal")
+    )
+    assert "s3cret" not in prefix(database_url=production)
+    assert prefix(database_url=production, redis_key_prefix="shop-prod") == "shop-prod"
+    assert prefix(redis_key_prefix="  shop-prod: ") == "shop-prod"
+
+
+@pytest.mark.parametrize("bad", ["has space", "star*", "a" * 65, "brace{x}"])
+def test_a_prefix_that_a_key_pattern_would_misread_is_refused(bad: str) -> None:
+    with pytest.raises(ValidationError, match="REDIS_KEY_PREFIX"):
+        _settings(secret_key=GOOD_KEY, redis_key_prefix=bad)
 
 
 def test_list_and_blank_values_from_the_environment() -> None:
