@@ -126,5 +126,7 @@ def login(session: Session, *, credentials: LoginRequest, settings: Settings) ->
     user = authenticate(
         session, username=credentials.username, password=credentials.password, settings=settings
     )
-    access_token, expires_in = auth.create_access_token(user.id, settings)
+    access_token, expires_in = auth.create_access_token(
+        user.id, settings, created_at=user.created_at
+    )
     return Token(access_token=access_token, expires_in=expires_in)
