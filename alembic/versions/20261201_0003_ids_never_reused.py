@@ -108,10 +108,13 @@ def _refuse_to_cascade(connection: sa.Connection) -> None:
 
 
 def _rebuild(autoincrement: bool) -> None:
-    connection = op.get_bind()
-    if connection.dialect.name != "sqlite":
+    context = op.get_context()
+    if context.dialect.name != "sqlite":
         return
-    _refuse_to_cascade(connection)
+    # Offline (--sql) there is nothing to ask: the script is all there is.
+    online = not context.as_sql
+    if online:
+        _refuse_to_cascade(op.get_bind())
     definitions = _definitions()
     for name in _TABLES:
         with op.batch_alter_table(
@@ -125,9 +128,10 @@ def _rebuild(autoincrement: bool) -> None:
     op.create_index(
         "uq_users_username_lower", "users", [sa.text("lower(username)")], unique=True
     )
-    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-    if broken:
-        raise RuntimeError(f"Foreign keys broken by the rebuild: {len(broken)} row(s)")
+    if online:
+        broken = op.get_bind().exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise RuntimeError(f"Foreign keys broken by the rebuild: {len(broken)} row(s)")
 
 
 def upgrade() -> None:
