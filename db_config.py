@@ -1,19 +1,69 @@
 """Engine, session factory and the per-request session dependency."""
 
+import logging
+import os
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import anyio
+from fastapi import Request
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from config import Settings, get_settings
 
+logger = logging.getLogger(__name__)
+
+# An execution option: transactions on connections that carry it begin with the write lock.
+_BEGIN_IMMEDIATE = "sqlite_begin_immediate"
+_HOLDS_WRITER_LOCK = "holds_writer_lock"
+# How long a write request may wait for the SQLite writers before it answers 503.
+_WRITER_WAIT_SECONDS = 30
+# Requests with these methods change data; the others only read.
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _database_files(database: str | None) -> list[Path]:
+    """The database file and the WAL and shared-memory files SQLite keeps beside it."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return []
+    return [Path(database + suffix) for suffix in ("", "-wal", "-shm")]
+
+
+def _make_private(database: str | None) -> None:
+    # SQLite creates the WAL and shared memory with the database file's permissions, so the
+    # file is created 0600 before SQLite opens it; files an older version left 0644 are fixed.
+    for path in _database_files(database):
+        try:
+            if path.name.endswith(("-wal", "-shm")):
+                path.chmod(0o600)
+            else:
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+                path.chmod(0o600)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            logger.warning("Could not make %s readable by its owner only: %s", path, exc)
+
 
 def _install_sqlite_hooks(engine: Engine) -> None:
+    made_private = False
+
+    @event.listens_for(engine, "do_connect")
+    def _before_connect(*_args: Any) -> None:
+        nonlocal made_private
+        if not made_private:
+            made_private = True
+            _make_private(engine.url.database)
+
     # pysqlite's own transaction handling breaks SAVEPOINT (and so per-test isolation):
     # hand transaction control to SQLAlchemy, as the SQLAlchemy docs recommend.
     @event.listens_for(engine, "connect")
@@ -25,9 +75,54 @@ def _install_sqlite_hooks(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.close()
 
+    # A deferred BEGIN that reads and then writes fails at once (SQLITE_BUSY_SNAPSHOT, where
+    # busy_timeout does not apply) when another connection committed in between. Writers
+    # therefore take the write lock at BEGIN and wait their turn; readers never wait.
+    # Their turn comes from a lock in this process rather than SQLite's busy handler alone:
+    # that one polls with sleeps of up to 100 ms, so under steady writes a waiting writer can
+    # lose every race until busy_timeout (a 503). The lock hands over at once on release.
+    writers = threading.Lock()
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        if not connection.get_execution_options().get(_BEGIN_IMMEDIATE, False):
+            connection.exec_driver_sql("BEGIN")
+            return
+        if not writers.acquire(timeout=_WRITER_WAIT_SECONDS):
+            raise OperationalError(
+                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+            )
+        connection.info[_HOLDS_WRITER_LOCK] = True
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            connection.info.pop(_HOLDS_WRITER_LOCK, None)
+            writers.release()
+            raise
+
+    # A session gives its connection back when its transaction ends (commit or rollback,
+    # however it ended), so the turn passes on there.
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record.info.pop(_HOLDS_WRITER_LOCK, False):
+            writers.release()
+
+
+def _keep_row_values_out_of_errors(engine: Engine) -> None:
+    # hide_parameters keeps bound values out of error messages, but PostgreSQL's DETAIL
+    # ("Key (tag)=(...) already exists", "Failing row contains (...)") repeats them: keep only
+    # the primary message, so neither a log line nor a traceback carries user data.
+    @event.listens_for(engine, "handle_error")
+    def _redact(context: ExceptionContext) -> None:
+        original = context.original_exception
+        primary = getattr(getattr(original, "diag", None), "message_primary", None)
+        if not isinstance(primary, str) or str(original).strip() == primary:
+            return
+        original.args = (primary,)
+        wrapped = context.sqlalchemy_exception
+        if wrapped is not None:
+            kind = type(original)
+            wrapped.args = (f"({kind.__module__}.{kind.__name__}) {primary}",)
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -39,8 +134,9 @@ def build_engine(settings: Settings) -> Engine:
             hide_parameters=True,
         )
         _install_sqlite_hooks(engine)
+        _keep_row_values_out_of_errors(engine)
         return engine
-    return create_engine(
+    engine = create_engine(
         settings.database_url,
         # Sized to the request concurrency: an overflow connection per request costs a connect.
         pool_size=settings.db_pool_size,
@@ -56,10 +152,29 @@ def build_engine(settings: Settings) -> Engine:
             "application_name": "task-manager-api",
         },
     )
+    _keep_row_values_out_of_errors(engine)
+    return engine
 
 
 engine = build_engine(get_settings())
 SessionLocal = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+@lru_cache(maxsize=8)
+def _writer(bind: Engine) -> Engine:
+    # The same engine and pool; only how its connections begin differs.
+    return bind.execution_options(**{_BEGIN_IMMEDIATE: True})
+
+
+def for_writing(session: Session) -> Session:
+    """Make the session's transactions writers: on SQLite they begin with the write lock.
+
+    A session bound to a connection (a test's outer transaction) is left as it is.
+    """
+    bind = session.bind
+    if isinstance(bind, Engine) and bind.dialect.name == "sqlite":
+        session.bind = _writer(bind)
+    return session
 
 
 @contextmanager
@@ -74,13 +189,16 @@ def transaction() -> Iterator[Session]:
             raise
 
 
-async def get_db() -> AsyncIterator[Session]:
+async def get_db(request: Request) -> AsyncIterator[Session]:
     """One session and one transaction per request, committed before the response is sent.
 
     Async on purpose: opening a session does no I/O, so only a request that used the database
-    pays a thread-pool hop, once, for its COMMIT (or ROLLBACK) at the end.
+    pays a thread-pool hop, once, for its COMMIT (or ROLLBACK) at the end. A request whose
+    method writes gets a writer session; reads stay deferred, so they never queue for a lock.
     """
     session = SessionLocal()
+    if request.method in _WRITE_METHODS:
+        for_writing(session)
     try:
         yield session
         if session.in_transaction():

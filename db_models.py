@@ -77,6 +77,12 @@ def exists_on(obj: object, dialect_name: str) -> bool:
     return not (info.get("postgresql_only") and dialect_name != "postgresql")
 
 
+# An id is never given twice, even after the row with the highest one is deleted: a stale
+# token, link or log line can never name a newer object. PostgreSQL's sequences never go back;
+# SQLite needs AUTOINCREMENT for that (without it, a new row takes the highest id + 1).
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -93,6 +99,7 @@ class User(Base):
     __table_args__ = (
         # Usernames are unique regardless of case; the index also serves the login lookup.
         Index("uq_users_username_lower", func.lower(username), unique=True),
+        NEVER_REUSE_IDS,
     )
 
 
@@ -146,6 +153,7 @@ class Task(Base):
             postgresql_ops={"description": "gin_trgm_ops"},
             info={"postgresql_only": True},
         ),
+        NEVER_REUSE_IDS,
     )
 
     @property
@@ -183,3 +191,5 @@ class TaskFile(Base):
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     task: Mapped[Task] = relationship(back_populates="files")
+
+    __table_args__ = (NEVER_REUSE_IDS,)

@@ -40,20 +40,23 @@ async def get_current_user(
     settings: SettingsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> User:
-    """The user the bearer token names; 401 for a missing, bad or orphaned token."""
+    """The account the bearer token was issued for; 401 for a missing, bad or orphaned token."""
     if not token:
         raise AuthenticationError("Not authenticated: send Authorization: Bearer <token>")
     try:
-        user_id = auth.decode_access_token(token, settings)
+        claims = auth.read_access_token(token, settings)
     except auth.InvalidTokenError:
         raise AuthenticationError("Invalid or expired token", code="invalid_token") from None
     recent = user_service.recent_users()
-    user = recent.get(user_id)
-    if user is None:
-        user = await run_in_threadpool(user_service.get_user, session, user_id)
+    user = recent.get(claims.user_id)
+    if user is None or not claims.names(user.id, user.created_at):
+        user = await run_in_threadpool(user_service.get_user, session, claims.user_id)
         if user is None:
             raise AuthenticationError("Invalid or expired token", code="invalid_token")
         recent.remember(user)
+        # Issued for another account that had this id: never this one.
+        if not claims.names(user.id, user.created_at):
+            raise AuthenticationError("Invalid or expired token", code="invalid_token")
     request.state.user_id = user.id
     return user
 

@@ -61,6 +61,7 @@ TAG_FILTER = "work"
 class SeededUser:
     id: int
     username: str
+    created_at: datetime
     task_ids: list[int] = field(default_factory=list)
 
 
@@ -158,7 +159,8 @@ def seed(
 
     def new_user(username: str, task_count: int) -> SeededUser:
         ids.user += 1
-        user = SeededUser(ids.user, username, list(range(ids.task + 1, ids.task + task_count + 1)))
+        task_ids = list(range(ids.task + 1, ids.task + task_count + 1))
+        user = SeededUser(ids.user, username, now, task_ids)
         ids.task += task_count
         return user
 

@@ -167,6 +167,22 @@ def list_tasks(session: Session, *, owner: User, params: TaskListParams) -> Task
 # --- writes -------------------------------------------------------------------------------
 
 
+def lock_for_tag_change(session: Session, task: Task) -> None:
+    """Take the task's row lock and reload it, tags included, as last committed.
+
+    Tag writes to one task are read-modify-write: unserialized, two requests that add the same
+    tag both insert it (a unique violation), two removals both "succeed", and two replacements
+    mix their sets. PostgreSQL orders them on the task row, as bulk updates and uploads do;
+    SQLite writers hold the database's write lock from BEGIN already.
+    """
+    locked = session.scalar(
+        select(Task.id).where(Task.id == task.id, Task.user_id == task.user_id).with_for_update()
+    )
+    if locked is None:
+        raise TaskNotFoundError(task.id)
+    session.refresh(task)
+
+
 def replace_tags(task: Task, tags: Iterable[str]) -> None:
     """Make the task's tags exactly `tags` (already normalized), keeping unchanged rows."""
     # Sorted, as they are when loaded, so a write answers with the order a later read shows.
@@ -207,6 +223,8 @@ def update_task(session: Session, *, task: Task, data: TaskUpdate, cache: Cache)
     changes = data.changes()
     if not changes:
         raise EmptyUpdateError()
+    if "tags" in changes:
+        lock_for_tag_change(session, task)
     apply_changes(task, changes)
     session.flush()
     stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
@@ -236,6 +254,7 @@ def delete_task(session: Session, *, task: Task, cache: Cache) -> list[str]:
 
 def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> Task:
     """Add normalized tags to a task; tags it already has are ignored."""
+    lock_for_tag_change(session, task)
     merged = set(task.tags) | set(tags)
     if len(merged) > MAX_TAGS_PER_TASK:
         raise TooManyTagsError(len(merged))
@@ -249,6 +268,7 @@ def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> 
 
 def remove_tag(session: Session, *, task: Task, tag: str, cache: Cache) -> Task:
     """Remove one normalized tag from a task; 404 when the task lacks it."""
+    lock_for_tag_change(session, task)
     if tag not in task.tags:
         raise TagNotFoundError(task.id, tag)
     replace_tags(task, (t for t in task.tags if t != tag))

@@ -34,13 +34,12 @@ def _conflict(session: Session, data: UserCreate) -> ConflictError | None:
 
 def register_user(session: Session, *, data: UserCreate, settings: Settings) -> User:
     """Create a user; a username or email already in use (in any case) is a 409."""
+    # Hashed before the first query, so the transaction (on SQLite, the write lock every
+    # writer waits for) is never held through bcrypt.
+    hashed_password = auth.hash_password(data.password, settings)
     if conflict := _conflict(session, data):
         raise conflict
-    user = User(
-        username=data.username,
-        email=data.email,
-        hashed_password=auth.hash_password(data.password, settings),
-    )
+    user = User(username=data.username, email=data.email, hashed_password=hashed_password)
     try:
         # A concurrent registration can win between the check and the insert: the unique
         # indexes decide, and the savepoint keeps the request's transaction usable.
@@ -53,15 +52,22 @@ def register_user(session: Session, *, data: UserCreate, settings: Settings) -> 
     return user
 
 
-def authenticate(session: Session, *, username: str, password: str, settings: Settings) -> User:
-    """The user these credentials belong to; any mismatch is the same 401."""
-    user = None
-    if is_storable(username):
-        user = session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+def _find_by_username(session: Session, username: str) -> User | None:
+    if not is_storable(username):
+        return None
+    return session.scalar(select(User).where(func.lower(User.username) == username.lower()))
+
+
+def _checked(user: User | None, password: str, settings: Settings) -> User:
     hashed = user.hashed_password if user is not None else None
     if not auth.verify_password(password, hashed, settings) or user is None:
         raise AuthenticationError("Incorrect username or password", code="invalid_credentials")
     return user
+
+
+def authenticate(session: Session, *, username: str, password: str, settings: Settings) -> User:
+    """The user these credentials belong to; any mismatch is the same 401."""
+    return _checked(_find_by_username(session, username), password, settings)
 
 
 def get_user(session: Session, user_id: int) -> User | None:
@@ -123,8 +129,14 @@ def recent_users() -> RecentUsers:
 
 def login(session: Session, *, credentials: LoginRequest, settings: Settings) -> Token:
     """A bearer token for valid credentials; any mismatch is the same 401."""
-    user = authenticate(
-        session, username=credentials.username, password=credentials.password, settings=settings
+    found = _find_by_username(session, credentials.username)
+    # A login writes nothing: its read ends before bcrypt runs, so neither a pooled connection
+    # nor (on SQLite, where POSTs begin as writers) the write lock waits on the hash.
+    if found is not None:
+        session.expunge(found)
+    session.rollback()
+    user = _checked(found, credentials.password, settings)
+    access_token, expires_in = auth.create_access_token(
+        user.id, settings, created_at=user.created_at
     )
-    access_token, expires_in = auth.create_access_token(user.id, settings)
     return Token(access_token=access_token, expires_in=expires_in)

@@ -299,7 +299,7 @@ class TestCurrentUser:
 
 def test_a_token_verified_before_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = get_settings()
-    token, lifetime = auth.create_access_token(7, settings)
+    token, lifetime = auth.create_access_token(7, settings, created_at=datetime.now(UTC))
     assert auth.decode_access_token(token, settings) == 7  # verified, and remembered
     later = datetime.now(UTC) + timedelta(seconds=lifetime + 1)
 

@@ -9,6 +9,7 @@ other user can read is an object-level authorization failure.
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -34,11 +35,13 @@ from tests import conftest
 # Fixed ids far above what the suite's own users get, so the tokens can be signed before
 # collection (schemathesis builds its cases, credentials included, while collecting).
 USERS = {"owner": 2_000_000_001, "peer": 2_000_000_002}
+# A token names its account by id and creation time: both are fixed before the rows exist.
+CREATED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 PASSWORD = "fuzzing password 1"
 
 
 def _token_entry(name: str, user_id: int) -> dict[str, object]:
-    token, _ = auth.create_access_token(user_id, get_settings())
+    token, _ = auth.create_access_token(user_id, get_settings(), created_at=CREATED_AT)
     return {"name": name, "fixedHeaders": [{"name": "Authorization", "value": f"Bearer {token}"}]}
 
 
@@ -77,7 +80,13 @@ def db_connection() -> Iterator[Connection]:
                 hashed = auth.hash_password(PASSWORD, get_settings())
                 email = f"fuzz-{name}@example.com"
                 session.add(
-                    User(id=user_id, username=f"fuzz-{name}", email=email, hashed_password=hashed)
+                    User(
+                        id=user_id,
+                        username=f"fuzz-{name}",
+                        email=email,
+                        hashed_password=hashed,
+                        created_at=CREATED_AT,
+                    )
                 )
             session.commit()
         yield connection
@@ -136,7 +145,7 @@ def test_workflows_conform_and_never_leak_another_users_objects(
 def test_a_json_body_that_is_not_utf8_is_a_422_not_an_undocumented_400(
     db_connection: Connection,
 ) -> None:
-    token, _ = auth.create_access_token(USERS["owner"], get_settings())
+    token, _ = auth.create_access_token(USERS["owner"], get_settings(), created_at=CREATED_AT)
     with TestClient(app) as client:
         response = client.post(
             "/tasks",
