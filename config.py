@@ -178,6 +178,8 @@ class Settings(BaseSettings):
     def _s3_needs_a_bucket(self) -> Self:
         if self.storage_backend == "s3" and not self.s3_bucket:
             raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET")
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
         return self
 
     @field_validator("storage_backend", mode="before")
