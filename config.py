@@ -182,6 +182,13 @@ class Settings(BaseSettings):
             raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
         return self
 
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("S3_ENDPOINT_URL must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
     @field_validator("storage_backend", mode="before")
     @classmethod
     def _lower_backend(cls, value: object) -> object:

@@ -145,6 +145,10 @@ class TestSettings:
         with pytest.raises(ValidationError, match="S3_BUCKET"):
             Settings(storage_backend="s3")
 
+    def test_the_endpoint_must_be_a_url(self) -> None:
+        with pytest.raises(ValidationError, match="S3_ENDPOINT_URL"):
+            Settings(storage_backend="s3", s3_bucket="b", s3_endpoint_url="minio:9000")
+
     def test_aws_credentials_come_in_pairs(self) -> None:
         with pytest.raises(ValidationError, match="AWS_SECRET_ACCESS_KEY"):
             Settings(aws_access_key_id="AKIDEXAMPLE")
