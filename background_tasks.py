@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
-from pathlib import Path
 from typing import Protocol
 
 from pydantic import SecretStr
@@ -27,10 +26,12 @@ from sqlalchemy.orm import Session
 
 import db_config
 import notifications
+import storage
 from config import Settings, get_settings
 from db_models import Task, User
 from logging_config import configure_logging
 from services import files as file_service
+from storage import Storage
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def remove_stored_files(stored_filenames: list[str]) -> None:
     if not stored_filenames:
         return
     try:
-        removed = file_service.remove_stored_files(get_settings().upload_dir, stored_filenames)
+        removed = file_service.remove_stored_files(storage.get_storage(), stored_filenames)
         logger.debug("Removed %d of %d stored files", removed, len(stored_filenames))
     except Exception:
         logger.exception("Could not remove %d stored files", len(stored_filenames))
@@ -249,23 +250,27 @@ def remove_stored_files(stored_filenames: list[str]) -> None:
 
 def sweep_orphaned_files(
     *,
-    upload_dir: Path | None = None,
+    store: Storage | None = None,
     min_age_seconds: float = ORPHAN_MIN_AGE_SECONDS,
     dry_run: bool = False,
 ) -> file_service.SweepReport:
-    """Remove bytes in UPLOAD_DIR that no row points to, and stale temporary files."""
-    upload_dir = upload_dir or get_settings().upload_dir
+    """Remove this deployment's stored bytes that no row points to, and stale temporary files."""
+    store = store or storage.get_storage()
     with db_config.SessionLocal() as session:
         report = file_service.sweep_orphans(
-            session, upload_dir=upload_dir, min_age_seconds=min_age_seconds, dry_run=dry_run
+            session, storage=store, min_age_seconds=min_age_seconds, dry_run=dry_run
         )
     logger.info(
-        "Orphan sweep%s: %d orphaned and %d temporary files (%d bytes) removed, %d recent kept",
+        "Orphan sweep%s (%s storage, namespace %s): %d orphaned and %d temporary files "
+        "(%d bytes) removed, %d recent kept, %d temporary files in use",
         " (dry run)" if dry_run else "",
+        store.kind,
+        store.namespace,
         len(report.orphans_removed),
         len(report.temp_files_removed),
         report.bytes_freed,
         report.recent_orphans_kept,
+        report.temp_files_in_use,
         extra={
             "event": "orphan_sweep",
             "orphans_removed": report.orphans_removed[:1000],
@@ -275,10 +280,10 @@ def sweep_orphaned_files(
     return report
 
 
-def sweep_at_startup(upload_dir: Path) -> None:
+def sweep_at_startup(store: Storage | None = None) -> None:
     """The sweep run while the app starts; a failure is logged and the app starts anyway."""
     try:
-        sweep_orphaned_files(upload_dir=upload_dir)
+        sweep_orphaned_files(store=store)
     except Exception:
         logger.warning(
             "Orphan sweep at startup failed; run it later from the command line", exc_info=True
@@ -315,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings()
     configure_logging(settings)
     report = sweep_orphaned_files(
-        upload_dir=settings.upload_dir,
+        store=storage.build_storage(settings),
         min_age_seconds=args.min_age_minutes * 60,
         dry_run=args.dry_run,
     )
@@ -325,10 +330,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write(f"{verb} orphan {name}\n")
     for name in report.temp_files_removed:
         out.write(f"{verb} temporary file {name}\n")
+    in_use = (
+        f"; {report.temp_files_in_use} temporary file(s) of uploads in progress"
+        if report.temp_files_in_use
+        else ""
+    )
     out.write(
         f"{verb} {report.removed} file(s), {report.bytes_freed} bytes; "
-        f"kept {report.recent_orphans_kept} recent unreferenced file(s)\n"
+        f"kept {report.recent_orphans_kept} recent unreferenced file(s){in_use}\n"
     )
+    if report.failures:
+        out.write(f"could not remove {report.failures} file(s); see the log\n")
+        return 1
     return 0
 
 

@@ -107,6 +107,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1, le=1024 * 1024 * 1024)
     max_files_per_task: int = Field(default=20, ge=1, le=10_000)
 
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_namespace: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str = "us-east-1"
+    s3_presign_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    # The standard AWS variables, read here too so that .env can hold them; unset ones fall
+    # through to boto3's own credential chain (profiles, instance roles).
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+
     notifier: Literal["log", "smtp"] | None = None
     smtp_host: str | None = None
     smtp_port: int = Field(default=587, ge=1, le=65535)
@@ -168,7 +180,19 @@ class Settings(BaseSettings):
         return value if value.is_absolute() else PROJECT_DIR / value
 
     @field_validator(
-        "notifier", "smtp_host", "smtp_from", "smtp_username", "smtp_password", mode="before"
+        "notifier",
+        "smtp_host",
+        "smtp_from",
+        "smtp_username",
+        "smtp_password",
+        "storage_namespace",
+        "s3_endpoint_url",
+        "s3_bucket",
+        "s3_presign_seconds",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        mode="before",
     )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
@@ -195,6 +219,26 @@ class Settings(BaseSettings):
         if not self.redis_key_prefix:
             self.redis_key_prefix = derived_redis_key_prefix(self.database_url)
         return self
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> Self:
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("STORAGE_BACKEND=s3 needs S3_BUCKET")
+        if (self.aws_access_key_id is None) != (self.aws_secret_access_key is None):
+            raise ValueError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither")
+        return self
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("S3_ENDPOINT_URL must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @field_validator("storage_backend", mode="before")
+    @classmethod
+    def _lower_backend(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("redis_url", mode="before")
     @classmethod

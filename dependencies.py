@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 import auth
+import storage as storage_backends
 from config import Settings
 from db_config import get_db
 from db_models import Task, User
@@ -16,6 +17,7 @@ from models import MAX_ID
 from redis_config import Cache, get_cache
 from services import tasks as task_service
 from services import users as user_service
+from storage import Storage
 
 # Every dependency here that does no I/O is async: a sync one costs a thread-pool hop each.
 
@@ -80,3 +82,11 @@ async def get_request_cache() -> Cache:
 
 
 CacheDep = Annotated[Cache, Depends(get_request_cache)]
+
+
+async def get_file_storage() -> Storage:
+    """The process-wide storage for attachments (local disk or S3)."""
+    return storage_backends.get_storage()
+
+
+FileStorage = Annotated[Storage, Depends(get_file_storage)]

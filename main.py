@@ -40,7 +40,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         VERSION,
         settings.database_url.split(":", 1)[0],
     )
-    await anyio.to_thread.run_sync(background_tasks.sweep_at_startup, settings.upload_dir)
+    await anyio.to_thread.run_sync(background_tasks.sweep_at_startup)
     yield
 
 

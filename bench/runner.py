@@ -75,7 +75,8 @@ def remove_uploads(engine: Engine, user_ids: Sequence[int], upload_dir: Path) ->
         )
     if stored and upload_dir.is_dir():
         for path in upload_dir.rglob("*"):
-            if path.is_file() and path.name in stored:
+            # A stored key is the file's path under UPLOAD_DIR ("<namespace>/<name>").
+            if path.is_file() and path.relative_to(upload_dir).as_posix() in stored:
                 path.unlink(missing_ok=True)
     return len(stored)
 

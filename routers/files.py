@@ -1,19 +1,16 @@
 """File attachments: upload, list, download and delete, always the caller's own."""
 
-import os
-import re
-import unicodedata
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 import background_tasks
 import rate_limit_config as rate_limits
-from dependencies import CurrentUser, DbSession, OwnedTask, SettingsDep
+from dependencies import CurrentUser, DbSession, FileStorage, OwnedTask, SettingsDep
 from models import MAX_ID, FileRead, error_responses
 from services import files as file_service
+from storage import LocalObject
 
 router = APIRouter(tags=["files"], responses=error_responses(401))
 
@@ -41,24 +38,17 @@ _DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
             content_type: {"schema": {"type": "string", "format": "binary"}}
             for content_type in file_service.CONTENT_TYPES
         },
-    }
+    },
+    302: {
+        "description": "With `S3_PRESIGN_SECONDS` set: the bytes are at the presigned URL in "
+        "`Location`, valid that long, served with the same type and download name.",
+        "headers": {
+            "Location": {"description": "The presigned URL.", "schema": {"type": "string"}}
+        },
+    },
 }
-_UNSAFE_IN_QUOTES = re.compile(r'[^\x20-\x7e]|["\\]')
-
-
-def content_disposition(filename: str) -> str:
-    """`attachment` with an ASCII fallback name and the exact name in RFC 6266 `filename*`."""
-    stem, extension = os.path.splitext(filename)
-    ascii_stem, ascii_extension = (
-        _UNSAFE_IN_QUOTES.sub(
-            "_", unicodedata.normalize("NFKD", part).encode("ascii", "ignore").decode()
-        )
-        for part in (stem, extension)
-    )
-    if not ascii_stem.strip("._ "):
-        ascii_stem = file_service.DEFAULT_FILENAME
-    fallback = ascii_stem + ascii_extension
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+# Built with the file's row; kept importable here, where it is sent.
+content_disposition = file_service.content_disposition
 
 
 @router.post(
@@ -70,7 +60,12 @@ def content_disposition(filename: str) -> str:
 )
 @rate_limits.rate_limited(rate_limits.UPLOAD)
 async def upload_file(
-    request: Request, task: OwnedTask, session: DbSession, settings: SettingsDep, response: Response
+    request: Request,
+    task: OwnedTask,
+    session: DbSession,
+    settings: SettingsDep,
+    storage: FileStorage,
+    response: Response,
 ) -> Any:
     """Attach a file to one of your tasks: multipart/form-data with one part named `file`."""
     row = await file_service.upload_file(
@@ -78,7 +73,7 @@ async def upload_file(
         task=task,
         headers=request.headers,
         body=request.stream(),
-        upload_dir=settings.upload_dir,
+        storage=storage,
         max_bytes=settings.max_upload_bytes,
         max_files=settings.max_files_per_task,
     )
@@ -100,21 +95,33 @@ def list_files(task: OwnedTask, session: DbSession) -> Any:
     responses={**_DOWNLOAD_RESPONSE, **error_responses(404, 422)},
 )
 def download_file(
-    file_id: FileId, user: CurrentUser, session: DbSession, settings: SettingsDep
-) -> FileResponse:
-    """Download one of your files, streamed from disk."""
+    file_id: FileId, user: CurrentUser, session: DbSession, storage: FileStorage
+) -> Response:
+    """Download one of your files: its bytes, or a redirect to them (`S3_PRESIGN_SECONDS`)."""
     found = file_service.prepare_download(
-        session, owner_id=user.id, file_id=file_id, upload_dir=settings.upload_dir
+        session, owner_id=user.id, file_id=file_id, storage=storage
     )
-    return FileResponse(
-        found.path,
+    if isinstance(found.body, file_service.Redirect):
+        # The URL is a credential for a while: no cache keeps it.
+        return RedirectResponse(
+            found.body.url, status_code=302, headers={"Cache-Control": "no-store"}
+        )
+    headers = {
+        "Content-Disposition": content_disposition(found.filename),
+        # The stored type was checked at upload; never let a browser guess another.
+        "X-Content-Type-Options": "nosniff",
+    }
+    if isinstance(found.body, LocalObject):
+        return FileResponse(
+            found.body.path,
+            media_type=found.content_type,
+            stat_result=found.body.stat,
+            headers=headers,
+        )
+    return StreamingResponse(
+        found.body.chunks,
         media_type=found.content_type,
-        stat_result=found.stat,
-        headers={
-            "Content-Disposition": content_disposition(found.filename),
-            # The stored type was checked at upload; never let a browser guess another.
-            "X-Content-Type-Options": "nosniff",
-        },
+        headers={**headers, "Content-Length": str(found.body.size)},
     )
 
 

@@ -1,9 +1,10 @@
-"""Files: uploads streamed to disk, owner-scoped queries, and the life of the stored bytes.
+"""Files: uploads streamed through the API, owner-scoped queries, and the life of the bytes.
 
-The bytes of a file live in UPLOAD_DIR under a generated name; its row in `task_files` is the
-only thing that makes them reachable. An upload is written to a temporary file next to the
-final location, checked, and renamed into place only after its row is flushed; if that
-transaction does not commit, the renamed file is removed again (see `_discard_uncommitted`).
+The bytes of a file live in the configured storage (`storage.py`: the local disk or an
+S3-compatible bucket) under a generated key; its row in `task_files` is the only thing that
+makes them reachable. An upload is spooled to a locked temporary file, checked, stored under a
+fresh key, and only then given its row; if that transaction does not commit, the stored bytes
+are removed again (see `_discard_uncommitted`).
 """
 
 import codecs
@@ -11,16 +12,15 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
 import unicodedata
-import uuid
 import zipfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import anyio
 from python_multipart.exceptions import FormParserError
@@ -29,6 +29,7 @@ from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session, SessionTransaction
 from starlette.requests import ClientDisconnect
 
+import storage as storage_backends
 from db_models import Task, TaskFile
 from exceptions import (
     AppError,
@@ -36,9 +37,11 @@ from exceptions import (
     ConflictError,
     NotFoundError,
     PayloadTooLargeError,
+    ServiceUnavailableError,
     UnsupportedMediaTypeError,
 )
 from services.tasks import TaskNotFoundError
+from storage import LocalObject, ObjectMissingError, Storage, StorageError, StreamedObject
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +70,11 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 # Request bytes gathered before handing them to a worker thread: fewer thread hops, bounded memory.
 _FEED_BYTES = 256 * 1024
 
-STORED_NAME = re.compile(r"^[0-9a-f]{32}$")
-TEMP_PREFIX = ".upload-"
-TEMP_SUFFIX = ".part"
+TEMP_PREFIX = storage_backends.TEMP_PREFIX
+TEMP_SUFFIX = storage_backends.TEMP_SUFFIX
 _PENDING_KEY = "files_pending_commit"
+# How long a client waits before retrying while the storage backend is unreachable.
+STORAGE_RETRY_AFTER_SECONDS = 5
 
 
 class StoredFileNotFoundError(NotFoundError):
@@ -94,6 +98,14 @@ class FileTooLargeError(PayloadTooLargeError):
 
 class UnsupportedFileTypeError(UnsupportedMediaTypeError):
     pass
+
+
+class StorageUnavailableError(ServiceUnavailableError):
+    def __init__(self) -> None:
+        super().__init__(
+            "File storage is unavailable; try again shortly",
+            headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
+        )
 
 
 class UploadInvalidError(AppError):
@@ -133,18 +145,25 @@ def extension_of(filename: str) -> str:
     return os.path.splitext(filename)[1].lower()
 
 
-def _new_stored_name() -> str:
-    return uuid.uuid4().hex
+_UNSAFE_IN_QUOTES = re.compile(r'[^\x20-\x7e]|["\\]')
 
 
-def stored_path(upload_dir: Path, stored_filename: str) -> Path:
-    """Where the bytes of a stored file live; refuses anything but a generated name."""
-    if not STORED_NAME.fullmatch(stored_filename):
-        raise ValueError("not a stored file name")
-    return upload_dir / stored_filename
+def content_disposition(filename: str) -> str:
+    """`attachment` with an ASCII fallback name and the exact name in RFC 6266 `filename*`."""
+    stem, extension = os.path.splitext(filename)
+    ascii_stem, ascii_extension = (
+        _UNSAFE_IN_QUOTES.sub(
+            "_", unicodedata.normalize("NFKD", part).encode("ascii", "ignore").decode()
+        )
+        for part in (stem, extension)
+    )
+    if not ascii_stem.strip("._ "):
+        ascii_stem = DEFAULT_FILENAME
+    fallback = ascii_stem + ascii_extension
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
-# --- disk and transaction -----------------------------------------------------------------
+# --- storage and transaction --------------------------------------------------------------
 
 
 def _unlink_quietly(path: Path) -> bool:
@@ -156,8 +175,17 @@ def _unlink_quietly(path: Path) -> bool:
     return True
 
 
-def _remove_unless_committed(session: Session, path: Path) -> None:
-    session.info.setdefault(_PENDING_KEY, []).append(path)
+def _delete_quietly(store: Storage, key: str) -> bool:
+    try:
+        store.delete(key)
+    except (StorageError, ValueError):
+        logger.warning("Could not remove stored object %s", key, exc_info=True)
+        return False
+    return True
+
+
+def _remove_unless_committed(session: Session, store: Storage, key: str) -> None:
+    session.info.setdefault(_PENDING_KEY, []).append((store, key))
 
 
 @event.listens_for(Session, "after_commit")
@@ -171,20 +199,18 @@ def _discard_uncommitted(session: Session, transaction: SessionTransaction) -> N
     # close without commit): the rows are gone, so their bytes must go too.
     if transaction.parent is not None:
         return
-    for path in session.info.pop(_PENDING_KEY, ()):
-        _unlink_quietly(path)
+    for store, key in session.info.pop(_PENDING_KEY, ()):
+        _delete_quietly(store, key)
 
 
-def remove_stored_files(upload_dir: Path, stored_filenames: list[str]) -> int:
+def remove_stored_files(store: Storage, keys: list[str]) -> int:
     """Remove the bytes of deleted files; returns how many were removed. Never raises."""
     removed = 0
-    for name in stored_filenames:
-        try:
-            path = stored_path(upload_dir, name)
-        except ValueError:
-            logger.warning("Refusing to remove %r: not a stored file name", name)
+    for key in keys:
+        if storage_backends.KEY.fullmatch(key) is None:
+            logger.warning("Refusing to remove %r: not a stored object key", key)
             continue
-        removed += _unlink_quietly(path)
+        removed += _delete_quietly(store, key)
     return removed
 
 
@@ -193,13 +219,34 @@ def remove_stored_files(upload_dir: Path, stored_filenames: list[str]) -> int:
 
 @dataclass
 class ReceivedUpload:
-    """A complete, checked upload in a temporary file, waiting for its row."""
+    """A complete, checked upload in a temporary file, waiting to be stored with its row.
+
+    `file` is the spooled file, still open (and so still locked against the sweep); the bytes
+    are read from it, never from the path, which may be gone.
+    """
 
     temp_path: Path
     original_filename: str
     content_type: str
     file_size: int
     sha256: str
+    file: BinaryIO | None = None
+
+    def reader(self) -> BinaryIO:
+        if self.file is None:
+            self.file = open(self.temp_path, "rb")  # noqa: SIM115 - closed by discard()
+        self.file.seek(0)
+        return self.file
+
+    def discard(self) -> None:
+        """Close the spooled file and remove it, unless it was moved into place."""
+        if self.file is not None:
+            if storage_backends.same_file(self.temp_path, self.file):
+                _unlink_quietly(self.temp_path)
+            self.file.close()
+            self.file = None
+        elif self.temp_path.name.startswith(TEMP_PREFIX):
+            _unlink_quietly(self.temp_path)
 
 
 @dataclass
@@ -217,11 +264,11 @@ class _FileSink:
 
     @classmethod
     def open(cls, upload_dir: Path, extension: str, limit: int) -> "_FileSink":
-        upload_dir.mkdir(parents=True, exist_ok=True)
-        # Same directory as the final name, so putting it in place is an atomic rename.
-        fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=upload_dir)
+        # Locked while open; for the local backend in the folder of the final name, so putting
+        # it in place is an atomic rename.
+        path, stream = storage_backends.create_temp_file(upload_dir)
         text = codecs.getincrementaldecoder("utf-8")() if extension == ".txt" else None
-        return cls(extension, limit, Path(name), os.fdopen(fd, "wb"), text=text)
+        return cls(extension, limit, path, stream, text=text)
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
@@ -261,8 +308,7 @@ class _FileSink:
         self.stream.flush()
         # Durable before its row can commit: a crash must not leave a row with no bytes.
         os.fsync(self.stream.fileno())
-        self.stream.close()
-        if self.extension == ".docx" and not _is_docx(self.temp_path):
+        if self.extension == ".docx" and not _is_docx(self.stream):
             raise UnsupportedFileTypeError("The content is not a valid .docx document")
         return ReceivedUpload(
             temp_path=self.temp_path,
@@ -270,6 +316,7 @@ class _FileSink:
             content_type=_TYPES[self.extension][0],
             file_size=self.size,
             sha256=self.digest.hexdigest(),
+            file=self.stream,
         )
 
     def discard(self) -> None:
@@ -277,10 +324,11 @@ class _FileSink:
         _unlink_quietly(self.temp_path)
 
 
-def _is_docx(path: Path) -> bool:
+def _is_docx(stream: BinaryIO) -> bool:
     # Reads only the central directory, never decompresses: safe against zip bombs.
     try:
-        with zipfile.ZipFile(path) as archive:
+        stream.seek(0)
+        with zipfile.ZipFile(stream) as archive:  # leaves the stream open
             return any(name.startswith("word/") for name in archive.namelist())
     except (zipfile.BadZipFile, OSError, ValueError):
         return False
@@ -460,39 +508,59 @@ def check_room_for_file(session: Session, *, task: Task, max_files: int) -> None
     session.rollback()
 
 
+def store_upload(store: Storage, upload: ReceivedUpload) -> str:
+    """Store a received upload under a fresh key (no row names it yet); returns the key."""
+    key = store.new_key()
+    try:
+        store.store(
+            key,
+            upload.reader(),
+            temp_path=upload.temp_path,
+            content_type=upload.content_type,
+            content_disposition=content_disposition(upload.original_filename),
+        )
+    except StorageError:
+        logger.exception("Could not store an upload")
+        raise StorageUnavailableError() from None
+    return key
+
+
 def attach_file(
     session: Session,
     *,
     owner_id: int,
     task_id: int,
     upload: ReceivedUpload,
-    upload_dir: Path,
+    storage: Storage,
     max_files: int,
 ) -> TaskFile:
-    """Add the row for a received upload and move its bytes into place with it."""
-    # The row lock serializes uploads to one task (the count stays exact) and orders them
-    # against a concurrent delete of the task (which collects file names under the same lock).
-    locked = session.scalar(
-        select(Task.id).where(Task.id == task_id, Task.user_id == owner_id).with_for_update()
-    )
-    if locked is None:
-        raise TaskNotFoundError(task_id)
-    if _count_files(session, task_id) >= max_files:
-        raise TooManyFilesError(max_files)
-    row = TaskFile(
-        task_id=task_id,
-        user_id=owner_id,
-        original_filename=upload.original_filename,
-        stored_filename=_new_stored_name(),
-        content_type=upload.content_type,
-        file_size=upload.file_size,
-        sha256=upload.sha256,
-    )
-    session.add(row)
-    session.flush()
-    final_path = stored_path(upload_dir, row.stored_filename)
-    os.replace(upload.temp_path, final_path)
-    _remove_unless_committed(session, final_path)
+    """Store a received upload and add its row; the bytes go again unless the row commits."""
+    key = store_upload(storage, upload)
+    try:
+        # The row lock serializes uploads to one task (the count stays exact) and orders them
+        # against a concurrent delete of the task (which collects file keys under the same lock).
+        locked = session.scalar(
+            select(Task.id).where(Task.id == task_id, Task.user_id == owner_id).with_for_update()
+        )
+        if locked is None:
+            raise TaskNotFoundError(task_id)
+        if _count_files(session, task_id) >= max_files:
+            raise TooManyFilesError(max_files)
+        row = TaskFile(
+            task_id=task_id,
+            user_id=owner_id,
+            original_filename=upload.original_filename,
+            stored_filename=key,
+            content_type=upload.content_type,
+            file_size=upload.file_size,
+            sha256=upload.sha256,
+        )
+        session.add(row)
+        session.flush()
+    except BaseException:
+        _delete_quietly(storage, key)
+        raise
+    _remove_unless_committed(session, storage, key)
     return row
 
 
@@ -502,17 +570,17 @@ async def upload_file(
     task: Task,
     headers: Mapping[str, str],
     body: AsyncIterator[bytes],
-    upload_dir: Path,
+    storage: Storage,
     max_bytes: int,
     max_files: int,
 ) -> TaskFile:
-    """Receive one file for the caller's task and attach it to the task."""
+    """Receive one file for the caller's task, store it and attach it to the task."""
     owner_id, task_id = task.user_id, task.id
     await anyio.to_thread.run_sync(
         partial(check_room_for_file, session, task=task, max_files=max_files)
     )
     upload = await receive_upload(
-        headers=headers, body=body, upload_dir=upload_dir, limit=max_bytes
+        headers=headers, body=body, upload_dir=storage.temp_dir, limit=max_bytes
     )
     try:
         return await anyio.to_thread.run_sync(
@@ -522,14 +590,14 @@ async def upload_file(
                 owner_id=owner_id,
                 task_id=task_id,
                 upload=upload,
-                upload_dir=upload_dir,
+                storage=storage,
                 max_files=max_files,
             )
         )
     finally:
-        # Gone already once renamed into place; otherwise it must not linger.
+        # Gone already once moved into place; otherwise it must not linger.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_unlink_quietly, upload.temp_path)
+            await anyio.to_thread.run_sync(upload.discard)
 
 
 def list_files(session: Session, *, task: Task) -> list[TaskFile]:
@@ -539,35 +607,46 @@ def list_files(session: Session, *, task: Task) -> list[TaskFile]:
 
 
 @dataclass(frozen=True)
+class Redirect:
+    """The bytes are at this (presigned) URL."""
+
+    url: str
+
+
+@dataclass(frozen=True)
 class Download:
-    path: Path
-    stat: os.stat_result
+    """What to answer for a download: the bytes (a local file or a stream) or a redirect."""
+
     content_type: str
     filename: str
+    body: LocalObject | StreamedObject | Redirect
 
 
 def prepare_download(
-    session: Session, *, owner_id: int, file_id: int, upload_dir: Path
+    session: Session, *, owner_id: int, file_id: int, storage: Storage
 ) -> Download:
-    """The caller's file, checked to be on disk; another user's file is a 404."""
+    """The caller's file, checked to be stored; another user's file is a 404."""
     row = session.scalar(
         select(TaskFile).where(TaskFile.id == file_id, TaskFile.user_id == owner_id)
     )
     if row is None:
         raise StoredFileNotFoundError(file_id)
-    path = stored_path(upload_dir, row.stored_filename)
+    redirect_url = storage.presigned_url(row.stored_filename)
+    if redirect_url is not None:
+        return Download(row.content_type, row.original_filename, Redirect(redirect_url))
     try:
-        stat = path.stat()
-    except FileNotFoundError:
-        logger.error("File %s has a row but no bytes on disk (%s)", file_id, row.stored_filename)
+        body = storage.open(row.stored_filename)
+    except ObjectMissingError:
+        logger.error("File %s has a row but no stored bytes (%s)", file_id, row.stored_filename)
         raise StoredFileNotFoundError(file_id) from None
-    return Download(
-        path=path, stat=stat, content_type=row.content_type, filename=row.original_filename
-    )
+    except StorageError:
+        logger.exception("Could not read the bytes of file %s", file_id)
+        raise StorageUnavailableError() from None
+    return Download(row.content_type, row.original_filename, body)
 
 
 def delete_file(session: Session, *, owner_id: int, file_id: int) -> str:
-    """Delete the caller's file row; returns the stored name whose bytes the caller removes."""
+    """Delete the caller's file row; returns the stored key whose bytes the caller removes."""
     stored: str | None = session.scalar(
         delete(TaskFile)
         .where(TaskFile.id == file_id, TaskFile.user_id == owner_id)
@@ -583,55 +662,59 @@ def delete_file(session: Session, *, owner_id: int, file_id: int) -> str:
 
 @dataclass
 class SweepReport:
-    """What a sweep found and removed from UPLOAD_DIR."""
+    """What a sweep found and removed from this deployment's storage namespace."""
 
     orphans_removed: list[str] = field(default_factory=list)
     temp_files_removed: list[str] = field(default_factory=list)
     bytes_freed: int = 0
     recent_orphans_kept: int = 0
+    temp_files_in_use: int = 0
+    failures: int = 0
 
     @property
     def removed(self) -> int:
         return len(self.orphans_removed) + len(self.temp_files_removed)
 
 
-def sweep_orphans(
-    session: Session, *, upload_dir: Path, min_age_seconds: float, dry_run: bool = False
-) -> SweepReport:
-    """Remove stored files no row points to, and abandoned temporary files.
-
-    Only names this service generates are touched. Files younger than `min_age_seconds` are
-    kept: they may belong to an upload whose transaction has not committed yet.
-    """
-    report = SweepReport()
-    upload_dir.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - min_age_seconds
-    candidates: dict[str, os.stat_result] = {}
-    with os.scandir(upload_dir) as entries:
-        for entry in entries:
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            stat = entry.stat(follow_symlinks=False)
-            if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX):
-                if stat.st_mtime < cutoff and (dry_run or _unlink_quietly(Path(entry.path))):
-                    report.temp_files_removed.append(entry.name)
-                    report.bytes_freed += stat.st_size
-            elif STORED_NAME.fullmatch(entry.name):
-                candidates[entry.name] = stat
-    names = sorted(candidates)
-    for start in range(0, len(names), 500):
-        batch = names[start : start + 500]
+def _unreferenced(session: Session, keys: list[str]) -> Iterator[str]:
+    for start in range(0, len(keys), 500):
+        batch = keys[start : start + 500]
         known = set(
             session.scalars(
                 select(TaskFile.stored_filename).where(TaskFile.stored_filename.in_(batch))
             )
         )
-        for name in batch:
-            if name in known:
-                continue
-            if candidates[name].st_mtime >= cutoff:
-                report.recent_orphans_kept += 1
-            elif dry_run or _unlink_quietly(upload_dir / name):
-                report.orphans_removed.append(name)
-                report.bytes_freed += candidates[name].st_size
+        yield from (key for key in batch if key not in known)
+
+
+def sweep_orphans(
+    session: Session, *, storage: Storage, min_age_seconds: float, dry_run: bool = False
+) -> SweepReport:
+    """Remove stored objects no row points to, and abandoned temporary files.
+
+    Only this deployment's namespace is looked at: objects of another database (another
+    namespace) and of the older flat layout are never touched. Objects younger than
+    `min_age_seconds` are kept (their upload may not have committed yet), and so is every
+    temporary file an upload still holds open, however old.
+    """
+    report = SweepReport()
+    cutoff = time.time() - min_age_seconds
+    for path, stat in storage.temp_files():
+        if stat.st_mtime >= cutoff:
+            continue
+        if storage_backends.remove_abandoned_temp(path, dry_run=dry_run):
+            report.temp_files_removed.append(path.name)
+            report.bytes_freed += stat.st_size
+        else:
+            report.temp_files_in_use += 1
+    objects = {item.key: item for item in storage.list_own()}
+    for key in _unreferenced(session, sorted(objects)):
+        item = objects[key]
+        if item.modified >= cutoff:
+            report.recent_orphans_kept += 1
+        elif dry_run or _delete_quietly(storage, key):
+            report.orphans_removed.append(key)
+            report.bytes_freed += item.size
+        else:
+            report.failures += 1
     return report

@@ -267,3 +267,61 @@ def _fresh_notice_budgets() -> Iterator[None]:
     yield
     assert notifications.notice_sender().wait_until_idle(60), "notices still being sent"
     notifications.reset_notice_budgets()
+
+
+# --- storage backends -----------------------------------------------------------------------
+
+import storage  # noqa: E402
+from tests.s3_server import S3Server, S3ServerError, start_s3_server  # noqa: E402
+
+TEST_BUCKET = "taskmanager-tests"
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3-compatible server with one bucket, for the whole run; fails, never skips."""
+    try:
+        server = start_s3_server(_TMP / "s3-data")
+    except S3ServerError as exc:
+        pytest.fail(str(exc))
+    try:
+        server.client().create_bucket(Bucket=TEST_BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_storage_for(
+    server: S3Server, *, presign_seconds: int | None = None, namespace: str | None = None
+) -> storage.S3Storage:
+    """An s3 storage on the test server, in this run's namespace unless told otherwise."""
+    settings = config.get_settings()
+    return storage.S3Storage(
+        namespace=namespace or storage.database_namespace(settings.database_url),
+        upload_dir=settings.upload_dir,
+        bucket=TEST_BUCKET,
+        client=server.client(),
+        presign_seconds=presign_seconds,
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_storage(s3_server: S3Server) -> storage.S3Storage:
+    return s3_storage_for(s3_server)
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_backend(request: pytest.FixtureRequest) -> Iterator[storage.Storage]:
+    """Run the test once on each storage backend: the app and its background work use it.
+
+    Swapped by hand rather than with `monkeypatch`, so a test's `monkeypatch.undo()` keeps it.
+    """
+    original = storage.get_storage
+    chosen: storage.Storage = (
+        request.getfixturevalue("s3_storage") if request.param == "s3" else original()
+    )
+    storage.get_storage = lambda: chosen  # type: ignore[assignment]
+    try:
+        yield chosen
+    finally:
+        storage.get_storage = original

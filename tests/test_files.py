@@ -1,4 +1,7 @@
-"""File attachments: upload, list, download, delete, and the bytes on disk behind them."""
+"""File attachments: upload, list, download, delete, and the stored bytes behind them.
+
+Every test here runs on each storage backend: the local disk and a real S3-compatible server.
+"""
 
 import hashlib
 import io
@@ -17,12 +20,15 @@ from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 import db_config
+import storage
 from config import Settings, get_settings
 from db_models import TaskFile
 from dependencies import get_app_settings
 from exceptions import AppError
 from services import files as file_service
 from tests.conftest import AuthUser
+
+pytestmark = pytest.mark.usefixtures("storage_backend")
 
 BOUNDARY = b"test-boundary-7f3a9c"
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY.decode()}"
@@ -60,17 +66,28 @@ def upload_dir() -> Path:
 
 
 def temp_files() -> list[Path]:
-    directory = upload_dir()
-    if not directory.exists():
-        return []
-    return sorted(directory.glob(f"{file_service.TEMP_PREFIX}*{file_service.TEMP_SUFFIX}"))
+    """Temporary files of uploads, wherever the storage spools them."""
+    return sorted(path for path, _stat in storage.get_storage().temp_files())
 
 
 def stored_files() -> set[str]:
-    directory = upload_dir()
-    if not directory.exists():
-        return set()
-    return {p.name for p in directory.iterdir() if file_service.STORED_NAME.fullmatch(p.name)}
+    """The keys of every object stored in this run's namespace."""
+    return {item.key for item in storage.get_storage().list_own()}
+
+
+def read_stored(key: str) -> bytes | None:
+    """The bytes stored under a key, read straight from the backend; None when absent."""
+    try:
+        found = storage.get_storage().open(key)
+    except storage.ObjectMissingError:
+        return None
+    if isinstance(found, storage.LocalObject):
+        return found.path.read_bytes()
+    return b"".join(found.chunks)
+
+
+def is_stored(key: str) -> bool:
+    return read_stored(key) is not None
 
 
 def stored_name(db_connection: Connection, file_id: int) -> str:
@@ -213,8 +230,7 @@ class TestUpload:
         assert body["task_id"] == task_id
         assert body["uploaded_at"].endswith("Z")
         assert response.headers["location"] == f"/files/{body['id']}"
-        on_disk = upload_dir() / stored_name(db_connection, body["id"])
-        assert on_disk.read_bytes() == content
+        assert read_stored(stored_name(db_connection, body["id"])) == content
         assert temp_files() == []
 
     def test_extension_is_case_insensitive(
@@ -532,8 +548,9 @@ class TestFilenames:
         assert response.status_code == 201, response.text
         assert response.json()["original_filename"] == "passwd.txt"
         stored = stored_name(db_connection, response.json()["id"])
-        assert file_service.STORED_NAME.fullmatch(stored)
-        assert (upload_dir() / stored).read_bytes() == b"root:x:0:0\n"
+        assert storage.KEY.fullmatch(stored)
+        assert "passwd" not in stored
+        assert read_stored(stored) == b"root:x:0:0\n"
         assert not (upload_dir().parent / "etc").exists()
 
     def test_a_name_without_an_allowed_extension_after_cleaning_is_415(
@@ -689,10 +706,10 @@ class TestDownload:
             f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
         )
 
-    def test_bytes_missing_from_disk_is_404_not_500(
+    def test_bytes_missing_from_storage_is_404_not_500(
         self, client: TestClient, alice: AuthUser, file_id: int, db_connection: Connection
     ) -> None:
-        (upload_dir() / stored_name(db_connection, file_id)).unlink()
+        storage.get_storage().delete(stored_name(db_connection, file_id))
         assert_problem(
             client.get(f"/files/{file_id}", headers=alice.headers), 404, "file_not_found"
         )
@@ -718,11 +735,11 @@ class TestDelete:
         file_id: int,
         db_connection: Connection,
     ) -> None:
-        path = upload_dir() / stored_name(db_connection, file_id)
+        key = stored_name(db_connection, file_id)
         assert_problem(
             client.delete(f"/files/{file_id}", headers=bob.headers), 404, "file_not_found"
         )
-        assert path.exists()
+        assert is_stored(key)
         assert client.get(f"/files/{file_id}", headers=alice.headers).content == PDF
 
     @pytest.mark.parametrize("bad_id", ["0", str(2**31), "x"])
@@ -741,12 +758,12 @@ class TestDelete:
         file_id: int,
         db_connection: Connection,
     ) -> None:
-        path = upload_dir() / stored_name(db_connection, file_id)
-        assert path.exists()
+        key = stored_name(db_connection, file_id)
+        assert is_stored(key)
         response = client.delete(f"/files/{file_id}", headers=alice.headers)
         assert response.status_code == 204
         assert response.content == b""
-        assert not path.exists()
+        assert not is_stored(key)
         assert_problem(
             client.get(f"/files/{file_id}", headers=alice.headers), 404, "file_not_found"
         )
@@ -785,11 +802,11 @@ class TestConsistency:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         file_id = upload(client, alice, task_id, "a.pdf", PDF).json()["id"]
-        path = upload_dir() / stored_name(db_connection, file_id)
+        key = stored_name(db_connection, file_id)
         failing_commit()
         response = server_errors_client.delete(f"/files/{file_id}", headers=alice.headers)
         assert_problem(response, 503, "service_unavailable")
-        assert path.read_bytes() == PDF
+        assert read_stored(key) == PDF
         monkeypatch.undo()
         assert client.get(f"/files/{file_id}", headers=alice.headers).content == PDF
 
@@ -804,55 +821,93 @@ class TestConsistency:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         file_id = upload(client, alice, task_id, "a.pdf", PDF).json()["id"]
-        path = upload_dir() / stored_name(db_connection, file_id)
+        key = stored_name(db_connection, file_id)
         failing_commit()
         response = server_errors_client.delete(f"/tasks/{task_id}", headers=alice.headers)
         assert_problem(response, 503, "service_unavailable")
-        assert path.exists()
+        assert is_stored(key)
         monkeypatch.undo()
         assert client.get(f"/files/{file_id}", headers=alice.headers).content == PDF
 
     def test_bytes_go_with_a_rolled_back_transaction_and_stay_with_a_committed_one(
-        self, alice: AuthUser, task_id: int, tmp_path: Path
+        self, alice: AuthUser, task_id: int
     ) -> None:
+        store = storage.get_storage()
+        before = stored_files()
+
         def received(name: str) -> file_service.ReceivedUpload:
-            temp = tmp_path / f"{file_service.TEMP_PREFIX}{name}{file_service.TEMP_SUFFIX}"
-            temp.write_bytes(PDF)
+            temp, handle = storage.create_temp_file(store.temp_dir)
+            handle.write(PDF)
             return file_service.ReceivedUpload(
                 temp_path=temp,
                 original_filename=f"{name}.pdf",
                 content_type="application/pdf",
                 file_size=len(PDF),
                 sha256=hashlib.sha256(PDF).hexdigest(),
+                file=handle,
             )
 
-        def attach(session: Session, name: str) -> Path:
-            row = file_service.attach_file(
-                session,
-                owner_id=alice.id,
-                task_id=task_id,
-                upload=received(name),
-                upload_dir=tmp_path,
-                max_files=20,
-            )
-            path = tmp_path / row.stored_filename
-            assert path.read_bytes() == PDF
-            return path
+        def attach(session: Session, name: str) -> str:
+            upload = received(name)
+            try:
+                row = file_service.attach_file(
+                    session,
+                    owner_id=alice.id,
+                    task_id=task_id,
+                    upload=upload,
+                    storage=store,
+                    max_files=20,
+                )
+            finally:
+                upload.discard()
+            assert read_stored(row.stored_filename) == PDF
+            return row.stored_filename
 
         with db_config.SessionLocal() as session:
             rolled_back = attach(session, "rolled-back")
             session.rollback()
-        assert not rolled_back.exists()
+        assert not is_stored(rolled_back)
 
         with db_config.SessionLocal() as session:
             abandoned = attach(session, "abandoned")
-        assert not abandoned.exists()
+        assert not is_stored(abandoned)
 
         with db_config.SessionLocal() as session:
             committed = attach(session, "committed")
             session.commit()
-        assert committed.exists()
-        assert sorted(p.name for p in tmp_path.iterdir()) == [committed.name]
+        assert is_stored(committed)
+        assert stored_files() - before == {committed}
+        assert temp_files() == []
+
+    def test_bytes_stored_for_a_task_deleted_meanwhile_are_removed(
+        self, client: TestClient, alice: AuthUser, task_id: int
+    ) -> None:
+        store = storage.get_storage()
+        before = stored_files()
+        temp, handle = storage.create_temp_file(store.temp_dir)
+        handle.write(PDF)
+        upload = file_service.ReceivedUpload(
+            temp_path=temp,
+            original_filename="late.pdf",
+            content_type="application/pdf",
+            file_size=len(PDF),
+            sha256=hashlib.sha256(PDF).hexdigest(),
+            file=handle,
+        )
+        assert client.delete(f"/tasks/{task_id}", headers=alice.headers).status_code == 204
+        with db_config.SessionLocal() as session, pytest.raises(AppError) as raised:
+            file_service.attach_file(
+                session,
+                owner_id=alice.id,
+                task_id=task_id,
+                upload=upload,
+                storage=store,
+                max_files=20,
+            )
+        upload.discard()
+        assert raised.value.code == "task_not_found"
+        assert stored_files() == before
+        assert temp_files() == []
 
 
 # --- DELETE /tasks/{task_id} with files ---------------------------------------------------
@@ -863,8 +918,8 @@ class TestTaskDeletion:
         self, client: TestClient, alice: AuthUser, task_id: int, db_connection: Connection
     ) -> None:
         ids = [upload(client, alice, task_id, f"{n}.pdf", PDF).json()["id"] for n in range(3)]
-        paths = [upload_dir() / stored_name(db_connection, i) for i in ids]
-        assert all(p.exists() for p in paths)
+        keys = [stored_name(db_connection, i) for i in ids]
+        assert all(is_stored(key) for key in keys)
         keep = make_task(client, alice, "Keep")
         kept_id = upload(client, alice, keep, "kept.pdf", PDF).json()["id"]
 
@@ -888,7 +943,7 @@ class TestTaskDeletion:
             select(TaskFile.id).where(TaskFile.id.in_([*ids, kept_id]))
         ).all()
         assert remaining == [kept_id]
-        assert not any(p.exists() for p in paths)
+        assert not any(is_stored(key) for key in keys)
         for file_id in ids:
             assert_problem(
                 client.get(f"/files/{file_id}", headers=alice.headers), 404, "file_not_found"
@@ -907,7 +962,7 @@ class TestTaskDeletion:
         assert_problem(
             client.delete(f"/tasks/{task_id}", headers=bob.headers), 404, "task_not_found"
         )
-        assert (upload_dir() / stored_name(db_connection, file_id)).exists()
+        assert is_stored(stored_name(db_connection, file_id))
 
     def test_a_task_without_files_deletes_as_before(
         self, client: TestClient, alice: AuthUser, task_id: int
