@@ -1,6 +1,7 @@
 """Application factory: settings, logging, middleware, error handlers and routers."""
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,7 @@ from config import Settings, get_settings
 from dependencies import get_current_user
 from exceptions import register_exception_handlers
 from logging_config import configure_logging
-from middleware import RequestContextMiddleware
+from middleware import BodyLimitMiddleware, RequestContextMiddleware, refuse_declared_oversize
 from models import RootInfo
 from openapi_docs import OPENAPI_TAGS, install_docs
 from openapi_errors import install_openapi
@@ -30,6 +31,9 @@ DESCRIPTION = (
     "A multi-user task manager: register, log in, and manage your own tasks, tags and files. "
     "Every error is an RFC 9457 problem document with a stable `code`."
 )
+
+# See create_app: a body limit of its own for the files routes that never comes into play.
+_UPLOADS_BOUND_THEMSELVES = sys.maxsize
 
 
 @asynccontextmanager
@@ -57,12 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
-        # First of every route's dependencies: a spent budget costs no query and no hash.
-        dependencies=[Depends(enforce_rate_limits)],
+        # First of every route's dependencies: an oversized body is refused before anything
+        # else; then a spent budget costs no query and no hash.
+        dependencies=[Depends(refuse_declared_oversize), Depends(enforce_rate_limits)],
     )
     app.state.settings = settings
     app.state.limiter = build_rate_limiter(settings)
     register_exception_handlers(app)
+    # Innermost of the three, so its 413 gets CORS headers, a request id and an access line.
+    app.add_middleware(BodyLimitMiddleware, max_body_size=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -80,7 +87,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Everything but auth and operations needs a token: nothing is public by accident.
     authenticated = [Depends(get_current_user)]
     app.include_router(task_routes.router, dependencies=authenticated)
-    app.include_router(file_routes.router, dependencies=authenticated)
+    # The upload route bounds its own body while streaming it to disk (MAX_UPLOAD_BYTES plus the
+    # multipart framing, declared or streamed: 413 file_too_large), so the general cap is lifted
+    # for the files routes; the others read no body at all.
+    app.include_router(
+        file_routes.router, dependencies=authenticated, max_body_size=_UPLOADS_BOUND_THEMSELVES
+    )
     app.include_router(health_routes.router)
 
     @app.get("/", response_model=RootInfo, tags=["operations"])
