@@ -37,10 +37,7 @@ def _shared_statuses(route: RouteContext, operation: dict[str, Any]) -> list[int
 
 
 # For routes without a 400 of their own, the only one left is a body that cannot be parsed.
-_DESCRIPTIONS = {
-    400: "The body could not be parsed (`bad_request`)",
-    413: "The request body is larger than `MAX_BODY_BYTES` (`body_too_large`)",
-}
+_DESCRIPTIONS = {400: "The body could not be parsed (`bad_request`)"}
 
 
 def _problem_response(status: int) -> dict[str, Any]:
