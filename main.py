@@ -1,7 +1,6 @@
 """Application factory: settings, logging, middleware, error handlers and routers."""
 
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -31,9 +30,6 @@ DESCRIPTION = (
     "A multi-user task manager: register, log in, and manage your own tasks, tags and files. "
     "Every error is an RFC 9457 problem document with a stable `code`."
 )
-
-# See create_app: a body limit of its own for the files routes that never comes into play.
-_UPLOADS_BOUND_THEMSELVES = sys.maxsize
 
 
 @asynccontextmanager
@@ -87,12 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Everything but auth and operations needs a token: nothing is public by accident.
     authenticated = [Depends(get_current_user)]
     app.include_router(task_routes.router, dependencies=authenticated)
-    # The upload route bounds its own body while streaming it to disk (MAX_UPLOAD_BYTES plus the
-    # multipart framing, declared or streamed: 413 file_too_large), so the general cap is lifted
-    # for the files routes; the others read no body at all.
-    app.include_router(
-        file_routes.router, dependencies=authenticated, max_body_size=_UPLOADS_BOUND_THEMSELVES
-    )
+    app.include_router(file_routes.router, dependencies=authenticated)
     app.include_router(health_routes.router)
 
     @app.get("/", response_model=RootInfo, tags=["operations"])

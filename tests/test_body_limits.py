@@ -164,6 +164,17 @@ def test_a_route_that_reads_no_body_refuses_a_declared_one_before_acting(
     assert response.status_code == 204
 
 
+def test_the_files_routes_that_read_no_body_keep_the_general_limit(
+    make_app: AppFactory, alice: AuthUser
+) -> None:
+    client = client_of(make_app())
+    task_id = client.post("/tasks", json={"title": "Files"}, headers=alice.headers).json()["id"]
+    response = client.request(
+        "GET", f"/tasks/{task_id}/files", content=b"x" * (LIMIT + 1), headers=alice.headers
+    )
+    assert_body_too_large(response)
+
+
 # --- login ----------------------------------------------------------------------------------
 
 
