@@ -94,8 +94,15 @@ class Settings(BaseSettings):
     rate_limit_create_task: str = "100/hour"
     rate_limit_upload: str = "20/hour"
     rate_limit_default: str = "300/minute"
-    # Read by uvicorn itself (--forwarded-allow-ips); kept here so .env documents it too.
-    forwarded_allow_ips: str = "127.0.0.1"
+
+    # Request bodies other than uploads; larger ones are refused (413) before they are parsed.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1, le=1024 * 1024 * 1024)
+
+    # Read by scripts/run.sh and scripts/serve.sh for uvicorn's options, so .env can hold them too.
+    # Empty: no proxy header is trusted (uvicorn alone would trust them from 127.0.0.1).
+    forwarded_allow_ips: str = ""
+    keep_alive_seconds: int = Field(default=5, ge=1, le=600)
+    max_connections_per_worker: int = Field(default=1000, ge=1, le=1_000_000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -163,6 +170,11 @@ class Settings(BaseSettings):
                 f"not a rate limit like '10/hour' or '5 per minute': {value!r}"
             ) from None
         return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _strip_forwarded_allow_ips(cls, value: str) -> str:
+        return value.strip()
 
     @field_validator("log_file", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from slowapi.errors import RateLimitExceeded
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,20 @@ class ConflictError(AppError):
 class PayloadTooLargeError(AppError):
     status_code = 413
     code = "file_too_large"
+
+
+class BodyTooLargeError(PayloadTooLargeError):
+    code = "body_too_large"
+
+    def __init__(self, limit: int | None) -> None:
+        limit_text = f" of {limit} bytes" if limit is not None else ""
+        super().__init__(f"The request body is larger than the limit{limit_text}")
+
+    @classmethod
+    def for_request(cls, request: Request) -> "BodyTooLargeError":
+        """The error for the body limit in force on this request (Starlette records it)."""
+        limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+        return cls(limit if isinstance(limit, int) else None)
 
 
 class UnsupportedMediaTypeError(AppError):
@@ -145,8 +160,8 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     return f"{where}: {first['msg']}{more}"
 
 
-async def _app_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    error = cast(AppError, exc)
+def app_error_response(request: Request, error: AppError) -> JSONResponse:
+    """Render an `AppError` as its problem document."""
     return problem_response(
         request,
         error.status_code,
@@ -155,6 +170,10 @@ async def _app_error_handler(request: Request, exc: Exception) -> JSONResponse:
         headers=error.headers,
         extra=error.extra,
     )
+
+
+async def _app_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    return app_error_response(request, cast(AppError, exc))
 
 
 def _validation_problem(request: Request, errors: list[dict[str, Any]]) -> JSONResponse:
@@ -178,6 +197,9 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
         # A JSON body that is not UTF-8 is invalid input like any other malformed JSON.
         errors = [{"loc": ["body"], "msg": "The body is not valid UTF-8", "type": "json_invalid"}]
         return _validation_problem(request, errors)
+    if error.status_code == 413:
+        # Only Starlette's body limit raises a 413 this way: the body passed the route's cap.
+        return app_error_response(request, BodyTooLargeError.for_request(request))
     status = HTTPStatus(error.status_code)
     code = _HTTP_CODES.get(status, status.phrase.lower().replace(" ", "_").replace("-", "_"))
     if isinstance(error.detail, str) and error.detail != status.phrase:

@@ -13,7 +13,7 @@ from config import Settings, get_settings
 from dependencies import get_current_user
 from exceptions import register_exception_handlers
 from logging_config import configure_logging
-from middleware import RequestContextMiddleware
+from middleware import BodyLimitMiddleware, RequestContextMiddleware, refuse_declared_oversize
 from models import RootInfo
 from openapi_docs import OPENAPI_TAGS, install_docs
 from openapi_errors import install_openapi
@@ -57,12 +57,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
-        # First of every route's dependencies: a spent budget costs no query and no hash.
-        dependencies=[Depends(enforce_rate_limits)],
+        # First of every route's dependencies: an oversized body is refused before anything
+        # else; then a spent budget costs no query and no hash.
+        dependencies=[Depends(refuse_declared_oversize), Depends(enforce_rate_limits)],
     )
     app.state.settings = settings
     app.state.limiter = build_rate_limiter(settings)
     register_exception_handlers(app)
+    # Innermost of the three, so its 413 gets CORS headers, a request id and an access line.
+    app.add_middleware(BodyLimitMiddleware, max_body_size=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

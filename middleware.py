@@ -1,4 +1,5 @@
-"""ASGI middleware: request ids, security and rate-limit headers, the access log, last-resort 500s."""
+"""ASGI middleware: request ids, security and rate-limit headers, the access log, last-resort 500s,
+and the request body limit."""
 
 import logging
 import re
@@ -6,11 +7,17 @@ import time
 import uuid
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY, RequestBodyLimitMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from exceptions import unhandled_error_response
+from exceptions import (
+    PROBLEM_MEDIA_TYPE,
+    BodyTooLargeError,
+    app_error_response,
+    unhandled_error_response,
+)
 from logging_config import request_id_var, request_state_var
 
 logger = logging.getLogger("access")
@@ -91,3 +98,55 @@ class RequestContextMiddleware:
             )
             request_state_var.reset(state_token)
             request_id_var.reset(token)
+
+
+# --- the request body limit -------------------------------------------------------------------
+
+
+class BodyLimitMiddleware:
+    """Starlette's `RequestBodyLimitMiddleware`, its refusal sent as a `body_too_large` problem.
+
+    Starlette counts the bytes a route reads, whether declared (`Content-Length`) or streamed
+    (chunked), and refuses with 413 once they pass the limit, so no body larger than the limit
+    is ever held or parsed. A router or route may set its own limit (FastAPI's `max_body_size`).
+    A 413 raised while a route reads its body reaches the exception handlers like any error;
+    only Starlette's own plain-text answer (a declared size over the limit) is replaced here.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_size: int) -> None:
+        self.app = RequestBodyLimitMiddleware(app, max_body_size=max_body_size)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def send_as_problem(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the rest of Starlette's plain-text answer
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                content_type = Headers(raw=message.get("headers", [])).get("content-type", "")
+                if not content_type.startswith(PROBLEM_MEDIA_TYPE):
+                    replaced = True
+                    request = Request(scope)
+                    response = app_error_response(request, BodyTooLargeError.for_request(request))
+                    await response(scope, receive, send)
+                    return
+            await send(message)
+
+        await self.app(scope, receive, send_as_problem)
+
+
+async def refuse_declared_oversize(request: Request) -> None:
+    """413 at once for a declared body over the route's limit, before any other dependency.
+
+    Starlette only refuses such a body when the route reads it; a route that never does (a GET,
+    a DELETE) would otherwise run (authenticate, count a rate limit, even change data) before
+    its answer is replaced by the 413.
+    """
+    limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+    declared = request.headers.get("content-length", "")
+    if isinstance(limit, int) and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(limit)

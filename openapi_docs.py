@@ -90,7 +90,7 @@ _DEFAULT_CODES: dict[int, tuple[str, ...]] = {
     401: ("not_authenticated", "invalid_token"),
     404: ("task_not_found",),
     409: ("conflict",),
-    413: ("file_too_large",),
+    413: ("body_too_large",),
     415: ("unsupported_file_type",),
     422: ("validation_error",),
     429: ("rate_limited",),
@@ -99,11 +99,13 @@ _DEFAULT_CODES: dict[int, tuple[str, ...]] = {
 }
 _PATH_CODES: list[tuple[int, re.Pattern[str], tuple[str, ...]]] = [
     (401, re.compile(r"^/auth/login$"), ("invalid_credentials",)),
+    (400, re.compile(r"^/auth/login$"), ("bad_request",)),
     (409, re.compile(r"^/auth/register$"), ("duplicate_username", "duplicate_email")),
     (404, re.compile(r"^/files/"), ("file_not_found",)),
     (404, re.compile(r"/files/\{"), ("task_not_found", "file_not_found")),
     (404, re.compile(r"/tags/\{"), ("task_not_found", "tag_not_found")),
     (409, re.compile(r"/files$"), ("too_many_files",)),
+    (413, re.compile(r"/files$"), ("file_too_large",)),
 ]
 _EXAMPLE_DETAILS = {
     "empty_update": "The update contains no fields to change",
@@ -117,6 +119,8 @@ _EXAMPLE_DETAILS = {
     "duplicate_email": "Email is already registered",
     "too_many_files": "Task 17 already has 20 files",
     "file_too_large": "The file is larger than 10485760 bytes",
+    "body_too_large": "The request body is larger than the limit of 1048576 bytes",
+    "bad_request": "Too many fields. Maximum number of fields is 16.",
     "unsupported_file_type": "The content of 'notes.pdf' is not a PDF document",
     "validation_error": "body.title: String should have at least 1 character",
     "rate_limited": "Rate limit exceeded: 5 per 1 minute",

@@ -28,8 +28,9 @@ def _shared_statuses(route: RouteContext, operation: dict[str, Any]) -> list[int
     if operation.get("parameters") or operation.get("requestBody"):
         statuses.append(422)
     if operation.get("requestBody"):
-        # A body the server cannot even parse (a broken multipart stream, say).
-        statuses.append(400)
+        # A body the server cannot even parse (a broken multipart stream, say), or one over
+        # MAX_BODY_BYTES (an upload documents its own 413).
+        statuses += [400, 413]
     if get_db in calls:
         statuses.append(503)
     return statuses

@@ -7,11 +7,10 @@ spent budget costs neither a database query nor a password hash.
 """
 
 import hashlib
-import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,8 +32,7 @@ logger = logging.getLogger(__name__)
 REDIS_TIMEOUT_SECONDS = 0.5
 
 _ROUTE_LIMITS_ATTRIBUTE = "__rate_limits__"
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-_MAX_USERNAME_BODY = 64 * 1024
+_BODY_READER_ATTRIBUTE = "__rate_limit_body_reader__"
 
 RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
@@ -78,31 +76,13 @@ def user_or_ip(request: Request) -> str:
 
 
 def login_username(request: Request) -> str:
-    """The account a login attempt targets, case-folded and hashed to a fixed-size key."""
+    """The account a login attempt targets, case-folded and hashed to a fixed-size key.
+
+    The login route's body reader (see `rate_limited`) records the username before counting.
+    """
     username: str = getattr(request.state, "login_username", "")
     digest = hashlib.sha256(username.casefold().encode("utf-8", "replace")).hexdigest()
     return f"username:{digest[:32]}"
-
-
-async def _read_login_username(request: Request) -> str | None:
-    """The username of a login body (JSON or form), or None when there is none to read.
-
-    The body is cached on the request, so the login route's own parser reads the same bytes.
-    """
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    try:
-        if content_type in _FORM_TYPES:
-            value: object = (await request.form()).get("username")
-        else:
-            body = await request.body()
-            if len(body) > _MAX_USERNAME_BODY:
-                return None
-            data = json.loads(body)
-            value = data.get("username") if isinstance(data, dict) else None
-    except Exception:
-        # Any unreadable body is the login route's own 422 to give.
-        return None
-    return value if isinstance(value, str) and value else None
 
 
 # --- named budgets ---------------------------------------------------------------------------
@@ -125,10 +105,18 @@ UPLOAD = RouteLimit("upload", "rate_limit_upload", user_or_ip)
 ROUTE_LIMITS = (REGISTER, LOGIN, LOGIN_USERNAME, CREATE_TASK, UPLOAD)
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+BodyReader = Callable[[Request], Awaitable[None]]
 
 
-def rate_limited(*limits: RouteLimit) -> Callable[[Endpoint], Endpoint]:
+def rate_limited(
+    *limits: RouteLimit, body_reader: BodyReader | None = None
+) -> Callable[[Endpoint], Endpoint]:
     """Give a route its own budgets in place of the default per-user one.
+
+    A budget keyed by something in the body (the login username) needs the body read first:
+    `body_reader` reads and parses it once, keeping the result on the request for the route,
+    and records the key. It runs before anything is counted, so a body refused for its size
+    (413) costs no budget; a body it cannot parse is still counted, and refused by the route.
 
     The endpoint is returned unchanged (no wrapper, no extra parameters); the app-wide
     `enforce_rate_limits` dependency reads the mark.
@@ -136,6 +124,7 @@ def rate_limited(*limits: RouteLimit) -> Callable[[Endpoint], Endpoint]:
 
     def mark(endpoint: Endpoint) -> Endpoint:
         setattr(endpoint, _ROUTE_LIMITS_ATTRIBUTE, limits)
+        setattr(endpoint, _BODY_READER_ATTRIBUTE, body_reader)
         return endpoint
 
     return mark
@@ -144,6 +133,11 @@ def rate_limited(*limits: RouteLimit) -> Callable[[Endpoint], Endpoint]:
 def route_limits_of(endpoint: object) -> tuple[RouteLimit, ...] | None:
     limits: tuple[RouteLimit, ...] | None = getattr(endpoint, _ROUTE_LIMITS_ATTRIBUTE, None)
     return limits
+
+
+def body_reader_of(endpoint: object) -> BodyReader | None:
+    reader: BodyReader | None = getattr(endpoint, _BODY_READER_ATTRIBUTE, None)
+    return reader
 
 
 def dependency_calls(dependant: Dependant) -> Iterator[Callable[..., Any]]:
@@ -292,12 +286,13 @@ async def enforce_rate_limits(request: Request) -> None:
         dependant = getattr(route, "dependant", None)
         if dependant is None or not requires_auth(dependant):
             return
-    elif LOGIN_USERNAME in limits:
-        username = await _read_login_username(request)
-        if username is None:
+    else:
+        reader = body_reader_of(endpoint)
+        if reader is not None:
+            await reader(request)
+        if LOGIN_USERNAME in limits and not getattr(request.state, "login_username", None):
+            # No username in the body: nothing to count per account (the route answers 4xx).
             limits = tuple(limit for limit in limits if limit is not LOGIN_USERNAME)
-        else:
-            request.state.login_username = username
     if limiter.uses_network:
         # Redis calls block: keep them off the event loop.
         await run_in_threadpool(limiter.check, request, endpoint, limits)

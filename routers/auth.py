@@ -5,6 +5,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from pydantic_core import from_json
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import rate_limit_config as rate_limits
 from dependencies import CurrentUser, DbSession, SettingsDep
@@ -38,19 +40,65 @@ _LOGIN_BODY: dict[str, Any] = {
 }
 
 
-async def login_credentials(request: Request) -> LoginRequest:
-    """Read credentials from a JSON body or an OAuth2 password form."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+# A login form holds two short fields (and OAuth2's optional grant_type, scope, client_id...).
+_LOGIN_FORM_LIMITS = {"max_files": 0, "max_fields": 16, "max_part_size": 4 * 1024}
+
+
+def _validate(fields: object) -> LoginRequest | RequestValidationError:
     try:
-        if content_type in _FORM_TYPES:
-            form = await request.form()
-            fields = {key: form.get(key) for key in ("username", "password") if key in form}
-            return LoginRequest.model_validate(fields)
-        return LoginRequest.model_validate_json(await request.body())
+        return LoginRequest.model_validate(fields)
     except ValidationError as exc:
-        raise RequestValidationError(
+        return RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
-        ) from None
+        )
+
+
+async def read_login(request: Request) -> None:
+    """Read and parse a login body (JSON or OAuth2 form) once; keep the result on the request.
+
+    Runs before the rate limiter counts the attempt: the body is read whole first, within
+    MAX_BODY_BYTES (a larger one is a 413 here, and costs no budget), then parsed, and the
+    username, however the body is shaped, is recorded for the per-username budget. A body that
+    cannot be parsed is kept as its error, for the route to answer after the counting.
+    """
+    if hasattr(request.state, "login"):
+        return
+    body = await request.body()
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    parsed: object
+    result: LoginRequest | Exception
+    if content_type in _FORM_TYPES:
+        try:
+            form = await request.form(**_LOGIN_FORM_LIMITS)
+        except StarletteHTTPException as exc:
+            # Starlette's 400 for a form it cannot parse (no boundary, too many fields, ...).
+            parsed, result = None, exc
+        else:
+            parsed = {key: form.get(key) for key in ("username", "password") if key in form}
+            await form.close()
+            result = _validate(parsed)
+    else:
+        try:
+            # pydantic's parser, like a JSON body anywhere else: a lone surrogate is invalid.
+            parsed = from_json(body)
+        except ValueError as exc:
+            parsed = None
+            error = {"type": "json_invalid", "loc": ("body",), "msg": f"Invalid JSON: {exc}"}
+            result = RequestValidationError([error])
+        else:
+            result = _validate(parsed)
+    username = parsed.get("username") if isinstance(parsed, dict) else None
+    request.state.login_username = username if isinstance(username, str) else None
+    request.state.login = result
+
+
+async def login_credentials(request: Request) -> LoginRequest:
+    """The credentials of a JSON body or an OAuth2 password form, read once by `read_login`."""
+    await read_login(request)
+    result: LoginRequest | Exception = request.state.login
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 @router.post(
@@ -71,7 +119,7 @@ def register(data: UserCreate, session: DbSession, settings: SettingsDep) -> Any
     responses=error_responses(401, 422),
     openapi_extra=_LOGIN_BODY,
 )
-@rate_limits.rate_limited(rate_limits.LOGIN, rate_limits.LOGIN_USERNAME)
+@rate_limits.rate_limited(rate_limits.LOGIN, rate_limits.LOGIN_USERNAME, body_reader=read_login)
 def login(
     credentials: Annotated[LoginRequest, Depends(login_credentials)],
     session: DbSession,

@@ -4,6 +4,7 @@
 # or .env (see .env.example); unlike `make run`, no .env is created: every worker and every
 # instance must share one SECRET_KEY, so it is yours to provide. Extra arguments go to uvicorn.
 #     HOST (default 0.0.0.0), PORT (default 8000), WORKERS (default: the number of CPUs)
+#     DRY_RUN=1: check the settings, then print the uvicorn command line instead of serving
 # Shared by all workers: SECRET_KEY (a token from one worker is checked by another),
 # DATABASE_URL, and REDIS_URL (rate-limit counters and the stats cache; without it each worker
 # counts and caches on its own).
@@ -21,12 +22,17 @@ workers=${WORKERS:-$(nproc)}
 
 # Fails here, once, with the reason (e.g. a missing SECRET_KEY), not in every worker.
 step "Checking the settings"
+# Proxy-header trust (FORWARDED_ALLOW_IPS) and the connection limits (KEEP_ALIVE_SECONDS,
+# MAX_CONNECTIONS_PER_WORKER), as `make run` applies them.
+options=$("$VENV_PY" scripts/uvicorn_options.py) \
+    || die "the settings are invalid (see above); .env.example documents each one"
+mapfile -t options <<<"$options"
 settings=$("$VENV_PY" -c '
 from config import get_settings
 s = get_settings()
-print(s.forwarded_allow_ips, "redis" if s.redis_url else "-", "file" if s.log_file else "-")
-') || die "the settings are invalid (see above); .env.example documents each one"
-read -r forwarded_allow_ips redis log_file <<<"$settings"
+print("redis" if s.redis_url else "-", "file" if s.log_file else "-")
+')
+read -r redis log_file <<<"$settings"
 if ((workers > 1)) && [[ $redis == - ]]; then
     warn "REDIS_URL is not set: each of the $workers workers counts rate limits on its own"
 fi
@@ -34,15 +40,24 @@ if ((workers > 1)) && [[ $log_file == file ]]; then
     warn "LOG_FILE with $workers workers: each rotates the file on its own; prefer stderr"
 fi
 
+# Our access line replaces uvicorn's; no server banner. Keep-alive and concurrency are bounded
+# here; header and body read timeouts and header size belong to the reverse proxy (README).
+command=(
+    "$VENV_BIN/uvicorn" main:app
+    --host "$host" --port "$port" --workers "$workers"
+    "${options[@]}"
+    --no-access-log --no-server-header
+    --timeout-graceful-shutdown 30
+    "$@"
+)
+if [[ ${DRY_RUN:-} == 1 ]]; then
+    printf '%q ' "${command[@]}"
+    printf '\n'
+    exit 0
+fi
+
 # Once, before any worker starts: workers never race each other migrating the schema.
 migrate
 
 step "Serving main:app on $host:$port with $workers workers (Ctrl-C to stop)"
-# --proxy-headers: the client address comes from X-Forwarded-For only when the peer is one of
-# FORWARDED_ALLOW_IPS (the reverse proxy); our access line replaces uvicorn's; no server banner.
-exec "$VENV_BIN/uvicorn" main:app \
-    --host "$host" --port "$port" --workers "$workers" \
-    --proxy-headers --forwarded-allow-ips "$forwarded_allow_ips" \
-    --no-access-log --no-server-header \
-    --timeout-graceful-shutdown 30 \
-    "$@"
+exec "${command[@]}"
