@@ -1,7 +1,8 @@
 """Work done after the response: completion notices, removing bytes, the orphan sweep.
 
-Each function takes ids or names (never ORM objects or the request's session), opens its own
-session, and never raises: the client already has its response, so a failure is logged.
+Each function takes ids or names (never ORM objects or the request's session) and opens its own
+session. `jobs.py` runs them as outbox jobs after the commit; those that must be retried when
+they fail raise (`send_completion_notices`), the others log and never raise.
 
 Command line: `python -m background_tasks sweep [--min-age-minutes N] [--dry-run]`.
 """
@@ -24,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import db_config
+import metrics
 from config import Settings, get_settings
 from db_models import Task, User
 from logging_config import configure_logging
@@ -71,6 +73,7 @@ class LogNotifier:
                     "user_id": notice.user_id,
                 },
             )
+            metrics.count("notices_sent")
 
 
 class SmtpNotifier:
@@ -143,12 +146,15 @@ class SmtpNotifier:
                     smtp.send_message(self.message(notice))
                 except (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException) as exc:
                     # One refused message must not cost the others theirs.
+                    metrics.count("notices_dropped", reason="refused")
                     logger.warning(
                         "Mail server refused the notice for task %s: %s",
                         notice.task_id,
                         type(exc).__name__,
                         extra={"event": "notification_failed", "task_id": notice.task_id},
                     )
+                else:
+                    metrics.count("notices_sent")
 
 
 def build_notifier(settings: Settings) -> Notifier:
@@ -180,15 +186,26 @@ def _completion_notices(session: Session, task_ids: Sequence[int]) -> list[Compl
     ]
 
 
+def send_completion_notices(task_ids: Sequence[int]) -> int:
+    """Send the notices of those tasks that are still completed; raises when they cannot be sent.
+
+    Returns how many notices were handed to the notifier.
+    """
+    if not task_ids:
+        return 0
+    with db_config.SessionLocal() as session:
+        notices = _completion_notices(session, task_ids)
+    if notices:
+        build_notifier(get_settings()).send(notices)
+    return len(notices)
+
+
 def notify_tasks_completed(task_ids: list[int]) -> None:
     """Send completion notices for tasks that just became completed; never raises."""
     if not task_ids:
         return
     try:
-        with db_config.SessionLocal() as session:
-            notices = _completion_notices(session, task_ids)
-        if notices:
-            build_notifier(get_settings()).send(notices)
+        send_completion_notices(task_ids)
     except Exception:
         logger.exception(
             "Could not send completion notices for %d task(s)",

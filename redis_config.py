@@ -5,6 +5,7 @@ frozen costs a request at most one short timeout before the cache is bypassed fo
 """
 
 import logging
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -16,6 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
+from sqlalchemy.engine import make_url
 
 from config import Settings, get_settings
 
@@ -257,6 +259,20 @@ class RedisCache(Cache):
 
     def close(self) -> None:
         self._client.close()
+
+
+def key_prefix(settings: Settings) -> str:
+    """The prefix of this deployment's own Redis names (the job queue, the job counters).
+
+    Derived from the database's name, so that two deployments sharing a Redis database keep
+    their jobs apart while every instance of one deployment agrees, whatever host name it
+    uses for the database. The one place these names are derived (REDIS_KEY_PREFIX, when set,
+    belongs here).
+    """
+    database = make_url(settings.database_url).database or "default"
+    if settings.is_sqlite:
+        database = database.rsplit("/", 1)[-1].removesuffix(".db")
+    return f"taskmanager:{re.sub(r'[^A-Za-z0-9_.-]', '_', database)[:64]}:"
 
 
 def _as_text(value: Any) -> str | None:

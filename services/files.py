@@ -29,6 +29,7 @@ from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session, SessionTransaction
 from starlette.requests import ClientDisconnect
 
+import outbox
 from db_models import Task, TaskFile
 from exceptions import (
     AppError,
@@ -566,8 +567,8 @@ def prepare_download(
     )
 
 
-def delete_file(session: Session, *, owner_id: int, file_id: int) -> str:
-    """Delete the caller's file row; returns the stored name whose bytes the caller removes."""
+def delete_file(session: Session, *, owner_id: int, file_id: int) -> None:
+    """Delete the caller's file row; its bytes are removed after the commit."""
     stored: str | None = session.scalar(
         delete(TaskFile)
         .where(TaskFile.id == file_id, TaskFile.user_id == owner_id)
@@ -575,7 +576,7 @@ def delete_file(session: Session, *, owner_id: int, file_id: int) -> str:
     )
     if stored is None:
         raise StoredFileNotFoundError(file_id)
-    return stored
+    outbox.stored_files_deleted(session, stored_filenames=[stored])
 
 
 # --- the orphan sweep ---------------------------------------------------------------------
