@@ -97,7 +97,8 @@ class MetricsMiddleware:
 # --- deployment-wide event counters -------------------------------------------------------
 
 
-def _field(name: str, labels: dict[str, str]) -> str:
+def event_key(name: str, labels: dict[str, str]) -> str:
+    """How one counter (an event and its labels) is keyed in the store: `name|label=value`."""
     return name + "".join(f"|{key}={labels[key]}" for key in sorted(labels))
 
 
@@ -126,7 +127,7 @@ class MemoryEventCounters(EventCounters):
 
     def add(self, name: str, labels: dict[str, str], amount: int) -> None:
         with self._lock:
-            self._counts[_field(name, labels)] += amount
+            self._counts[event_key(name, labels)] += amount
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
@@ -148,7 +149,7 @@ class RedisEventCounters(EventCounters):
 
     def add(self, name: str, labels: dict[str, str], amount: int) -> None:
         try:
-            self._client.hincrby(self.key, _field(name, labels), amount)
+            self._client.hincrby(self.key, event_key(name, labels), amount)
         except (RedisError, OSError) as error:
             logger.debug("Metric %s not counted: %s", name, error)
 
