@@ -207,7 +207,9 @@ class TestRecording:
         held_jobs: HeldJobs,
         db_connection: Connection,
     ) -> None:
-        paths = [stored_path(db_connection, upload(client, alice, task_id, f"{n}.pdf")) for n in "ab"]
+        paths = [
+            stored_path(db_connection, upload(client, alice, task_id, f"{n}.pdf")) for n in "ab"
+        ]
         assert client.delete(f"/tasks/{task_id}", headers=alice.headers).status_code == 204
         [job_id] = held_jobs.take()
         job = row(db_connection, job_id)
@@ -484,9 +486,7 @@ def rq_runner() -> Iterator[jobs.RqRunner]:
 
 @pytest.mark.postgres_redis
 class TestRq:
-    def test_the_queue_name_carries_the_deployments_prefix(
-        self, rq_runner: jobs.RqRunner
-    ) -> None:
+    def test_the_queue_name_carries_the_deployments_prefix(self, rq_runner: jobs.RqRunner) -> None:
         prefix = key_prefix(get_settings())
         assert prefix == "taskmanager:" + (get_settings().database_url.rsplit("/", 1)[-1]) + ":"
         assert rq_runner.queue.name == prefix + "jobs"
@@ -510,8 +510,9 @@ class TestRq:
         rq_runner.submit([notice_job])
         rq_runner.connection.flushdb()
         assert rq_runner.queued() == 0
-        first, second = jobs.Sweeper(get_settings(), rq_runner), jobs.Sweeper(
-            get_settings(), rq_runner
+        first, second = (
+            jobs.Sweeper(get_settings(), rq_runner),
+            jobs.Sweeper(get_settings(), rq_runner),
         )
         assert first.sweep_if_first() is True
         # One sweep per interval across every worker: the lock is taken.
