@@ -46,6 +46,8 @@ SWEEP_BATCH = 500
 # RQ keeps a failed run's record (a run killed with its worker) this long; the outbox decides.
 _RQ_FAILURE_TTL_SECONDS = 24 * 3600
 _RQ_JOB_ID = re.compile(r"^outbox-([0-9]+)-[0-9a-f]+$")
+# How long stopping the in-process runner waits for the job in hand.
+_STOP_WAIT_SECONDS = 30
 
 
 # --- what each job does -------------------------------------------------------------------
@@ -273,7 +275,8 @@ class InProcessRunner:
             return
         self._stopping.set()
         self._queue.put(None)
-        thread.join(timeout=self.settings.job_timeout_seconds)
+        # Bounded: a run cut short at exit is run again once its lease expires.
+        thread.join(timeout=min(self.settings.job_timeout_seconds, _STOP_WAIT_SECONDS))
         with self._idle:
             # What still waits is committed in the outbox: the next start's sweep finds it.
             self._queue = queue.SimpleQueue()
