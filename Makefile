@@ -9,7 +9,7 @@
 # in .PHONY. `make help` picks it up automatically.
 
 .DEFAULT_GOAL := help
-.PHONY: help run serve test lint migrate clean
+.PHONY: help run serve worker test lint migrate clean
 
 # Extra arguments for the script behind run/test (uvicorn / pytest options).
 ARGS ?=
@@ -24,6 +24,9 @@ run: ## Start the app (venv, deps, .env, migrations, uvicorn; HOST/PORT)
 
 serve: ## Production: migrations once, then uvicorn workers (HOST/PORT/WORKERS; needs SECRET_KEY)
 	scripts/serve.sh $(ARGS)
+
+worker: ## Production: one job worker (RQ; needs REDIS_URL); run any number, anywhere
+	scripts/worker.sh $(ARGS)
 
 test: ## Lint + tests on embedded and PostgreSQL+Redis backends (ARGS -> pytest)
 	scripts/test.sh $(ARGS)

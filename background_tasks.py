@@ -1,9 +1,9 @@
 """Work done after the response: completion notices, removing bytes, the orphan sweep.
 
-Completion notices are capped per user and sent on threads of their own (`notifications`).
-
-Each function takes ids or names (never ORM objects or the request's session), opens its own
-session, and never raises: the client already has its response, so a failure is logged.
+Each function takes ids or names (never ORM objects or the request's session) and opens its own
+session. `jobs.py` runs them as outbox jobs after the commit; those that must be retried when
+they fail raise (`send_completion_notices`), the others log and never raise. Completion notices
+are capped per user and hour (`notifications`).
 
 Command line: `python -m background_tasks sweep [--min-age-minutes N] [--dry-run]`.
 """
@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import db_config
+import metrics
 import notifications
 import storage
 from config import Settings, get_settings
@@ -75,6 +76,7 @@ class LogNotifier:
                     "user_id": notice.user_id,
                 },
             )
+            metrics.count("notices_sent")
 
 
 class SmtpNotifier:
@@ -147,12 +149,15 @@ class SmtpNotifier:
                     smtp.send_message(self.message(notice))
                 except (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException) as exc:
                     # One refused message must not cost the others theirs.
+                    metrics.count("notices_dropped", reason="refused")
                     logger.warning(
                         "Mail server refused the notice for task %s: %s",
                         notice.task_id,
                         type(exc).__name__,
                         extra={"event": "notification_failed", "task_id": notice.task_id},
                     )
+                else:
+                    metrics.count("notices_sent")
 
 
 def build_notifier(settings: Settings) -> Notifier:
@@ -184,68 +189,36 @@ def _completion_notices(session: Session, task_ids: Sequence[int]) -> list[Compl
     ]
 
 
-def send_completion_notices(notices: Sequence[CompletionNotice], settings: Settings) -> None:
-    """Send the notices each user's hourly budget allows (the rest are dropped); never raises.
+def send_completion_notices(task_ids: Sequence[int]) -> int:
+    """Send the notices of those tasks that are still completed, as far as each user's hourly
+    budget allows (the rest are dropped and counted); raises when they cannot be sent.
 
-    Blocks for as long as the mail server takes: call it from a job or the notice sender,
-    never from a request.
-    """
-    try:
-        allowed = notifications.allowed_notices(notices, settings)
-        if allowed:
-            build_notifier(settings).send(allowed)
-    except Exception:
-        logger.exception(
-            "Could not send completion notices for %d task(s)",
-            len(notices),
-            extra={
-                "event": "notification_failed",
-                "task_ids": [notice.task_id for notice in notices[:100]],
-            },
-        )
-
-
-def notify_tasks_completed(task_ids: list[int]) -> None:
-    """Queue completion notices for tasks that just became completed; never raises or waits.
-
-    Runs after the response: reads the notices, then hands them to the notice sender's own
-    threads, so a slow mail server holds none of the threads the routes run in.
+    Returns how many notices were handed to the notifier.
     """
     if not task_ids:
-        return
-    try:
-        with db_config.SessionLocal() as session:
-            notices = _completion_notices(session, task_ids)
-        if notices:
-            settings = get_settings()
-            notifications.notice_sender().submit(
-                lambda: send_completion_notices(notices, settings), size=len(notices)
-            )
-    except Exception:
-        logger.exception(
-            "Could not send completion notices for %d task(s)",
-            len(task_ids),
-            extra={"event": "notification_failed", "task_ids": task_ids[:100]},
-        )
-
-
-def notify_task_completed(task_id: int) -> None:
-    """Send the completion notice for one task that just became completed; never raises."""
-    notify_tasks_completed([task_id])
+        return 0
+    with db_config.SessionLocal() as session:
+        notices = _completion_notices(session, task_ids)
+    settings = get_settings()
+    allowed = notifications.allowed_notices(notices, settings)
+    metrics.count("notices_dropped", len(notices) - len(allowed), reason="capped")
+    if allowed:
+        build_notifier(settings).send(allowed)
+    return len(allowed)
 
 
 # --- stored bytes -------------------------------------------------------------------------
 
 
 def remove_stored_files(stored_filenames: list[str]) -> None:
-    """Remove the bytes of files whose rows were deleted and committed; never raises."""
+    """Remove the bytes of files whose rows were deleted and committed.
+
+    Removing what is already gone is no error; a storage failure raises, so the job is retried.
+    """
     if not stored_filenames:
         return
-    try:
-        removed = file_service.remove_stored_files(storage.get_storage(), stored_filenames)
-        logger.debug("Removed %d of %d stored files", removed, len(stored_filenames))
-    except Exception:
-        logger.exception("Could not remove %d stored files", len(stored_filenames))
+    removed = file_service.remove_stored_files(storage.get_storage(), stored_filenames)
+    logger.debug("Removed %d of %d stored files", removed, len(stored_filenames))
 
 
 def sweep_orphaned_files(

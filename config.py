@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=10, gt=0, le=120)
     notice_limit_per_hour: int = Field(default=30, ge=0, le=100_000)
 
+    # Work after a commit (notices, removing stored bytes), recorded in the outbox table.
+    job_timeout_seconds: int = Field(default=120, ge=1, le=3600)
+    job_max_attempts: int = Field(default=8, ge=1, le=100)
+    outbox_sweep_seconds: float = Field(default=30, gt=0, le=3600)
+
+    metrics_token: SecretStr | None = None
+
     cors_origins: Annotated[list[str], NoDecode] = []
 
     @field_validator("database_url")
@@ -209,6 +216,18 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _blank_metrics_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("METRICS_TOKEN must be at least 16 characters (or empty: no /metrics)")
+        return value
 
     @model_validator(mode="after")
     def _smtp_needs_a_server(self) -> Self:

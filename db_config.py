@@ -1,10 +1,10 @@
-"""Engine, session factory and the per-request session dependency."""
+"""Engine, session factory, the per-request session dependency and after-commit callbacks."""
 
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -15,7 +15,7 @@ from fastapi import Request
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from config import Settings, get_settings
@@ -52,6 +52,10 @@ def _make_private(database: str | None) -> None:
             continue
         except OSError as exc:
             logger.warning("Could not make %s readable by its owner only: %s", path, exc)
+
+
+_PENDING_CALLBACKS = "after_commit_pending"
+_COMMITTED_CALLBACKS = "after_commit_committed"
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:
@@ -211,3 +215,67 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
         raise
     finally:
         session.close()
+
+
+# --- after-commit callbacks ---------------------------------------------------------------
+
+
+def after_commit(session: Session, fn: Callable[[], None]) -> None:
+    """Run `fn` once the session's outermost transaction has committed, else never.
+
+    Registered inside a SAVEPOINT, `fn` follows it: dropped if the savepoint rolls back, and
+    still dropped if the savepoint is released but an enclosing transaction then rolls back.
+    `fn` runs after the connection has been handed back; it must not raise (a failure is
+    logged: the commit it follows has happened and cannot be undone).
+    """
+    transaction = session.get_nested_transaction() or session.get_transaction() or session.begin()
+    pending: dict[SessionTransaction, list[Callable[[], None]]]
+    pending = session.info.setdefault(_PENDING_CALLBACKS, {})
+    pending.setdefault(transaction, []).append(fn)
+
+
+def _enclosing(transaction: SessionTransaction) -> SessionTransaction | None:
+    # The nearest enclosing transaction that commits or rolls back on its own (a SAVEPOINT or
+    # the root): inner "subtransactions" never fire after_commit.
+    parent = transaction.parent
+    while parent is not None and not parent.nested and parent.parent is not None:
+        parent = parent.parent
+    return parent
+
+
+@event.listens_for(Session, "after_commit")
+def _promote_callbacks(session: Session) -> None:
+    pending: dict[SessionTransaction, list[Callable[[], None]]] | None
+    pending = session.info.get(_PENDING_CALLBACKS)
+    if not pending:
+        return
+    # Fired for a released SAVEPOINT too: while it fires, the committing transaction is
+    # still the innermost one.
+    committing = session.get_nested_transaction() or session.get_transaction()
+    callbacks = pending.pop(committing, None) if committing is not None else None
+    if not callbacks or committing is None:
+        return
+    enclosing = _enclosing(committing)
+    if enclosing is None:
+        session.info.setdefault(_COMMITTED_CALLBACKS, []).extend(callbacks)
+    else:
+        pending.setdefault(enclosing, []).extend(callbacks)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _run_or_drop_callbacks(session: Session, transaction: SessionTransaction) -> None:
+    if _PENDING_CALLBACKS not in session.info and _COMMITTED_CALLBACKS not in session.info:
+        return
+    pending: dict[SessionTransaction, list[Callable[[], None]]] | None
+    pending = session.info.get(_PENDING_CALLBACKS)
+    if pending:
+        # Still pending when its transaction ends: it was not committed, so it never runs.
+        pending.pop(transaction, None)
+    if transaction.parent is not None:
+        return
+    session.info.pop(_PENDING_CALLBACKS, None)
+    for fn in session.info.pop(_COMMITTED_CALLBACKS, ()):
+        try:
+            fn()
+        except Exception:
+            logger.exception("An after-commit callback failed")

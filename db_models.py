@@ -1,8 +1,10 @@
 """SQLAlchemy tables. Alembic migrations build exactly this schema (a test proves it)."""
 
 from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Date,
     DateTime,
@@ -193,3 +195,36 @@ class TaskFile(Base):
     task: Mapped[Task] = relationship(back_populates="files")
 
     __table_args__ = (NEVER_REUSE_IDS,)
+
+
+class OutboxJob(Base):
+    """Work a committed change still owes (a notice, removing bytes): the transactional outbox.
+
+    Written in the transaction of the change that causes it, so it exists exactly when the
+    change does; carried out after the commit, at least once, and marked done. See `outbox.py`.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Not run before this (a retry's backoff); the sweep picks up what is due and unclaimed.
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # A run's lease: while it lasts, no other run starts this job.
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    done_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(500))
+
+    __table_args__ = (
+        # The sweep reads only jobs not done yet: a partial index stays as small as they are.
+        Index(
+            "ix_outbox_pending",
+            "available_at",
+            postgresql_where=done_at.is_(None),
+            sqlite_where=done_at.is_(None),
+        ),
+        Index("ix_outbox_done_at", "done_at"),
+    )

@@ -9,10 +9,13 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import background_tasks
+import jobs
+import outbox
 from config import Settings, get_settings
 from dependencies import get_current_user
 from exceptions import register_exception_handlers
 from logging_config import configure_logging
+from metrics import MetricsMiddleware
 from middleware import BodyLimitMiddleware, RequestContextMiddleware, refuse_declared_oversize
 from models import RootInfo
 from openapi_docs import OPENAPI_TAGS, install_docs
@@ -21,6 +24,7 @@ from rate_limit_config import RATE_LIMIT_HEADERS, build_rate_limiter, enforce_ra
 from routers import auth as auth_routes
 from routers import files as file_routes
 from routers import health as health_routes
+from routers import metrics as metrics_routes
 from routers import tasks as task_routes
 
 logger = logging.getLogger(__name__)
@@ -41,7 +45,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.database_url.split(":", 1)[0],
     )
     await anyio.to_thread.run_sync(background_tasks.sweep_at_startup)
-    yield
+    # Embedded: the runner thread starts (and sweeps the outbox); with REDIS_URL, workers do.
+    runner = jobs.get_runner()
+    runner.start()
+    try:
+        yield
+    finally:
+        await anyio.to_thread.run_sync(runner.stop)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -79,12 +89,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
         )
     app.add_middleware(RequestContextMiddleware)
+    if settings.metrics_token is not None:
+        # Outermost: it sees the final status of every response, 500s included.
+        app.add_middleware(MetricsMiddleware)
+    # Jobs committed by any session of this process go to this process's runner.
+    outbox.set_dispatcher(jobs.dispatch)
     app.include_router(auth_routes.router)
     # Everything but auth and operations needs a token: nothing is public by accident.
     authenticated = [Depends(get_current_user)]
     app.include_router(task_routes.router, dependencies=authenticated)
     app.include_router(file_routes.router, dependencies=authenticated)
     app.include_router(health_routes.router)
+    app.include_router(metrics_routes.router)
 
     @app.get("/", response_model=RootInfo, tags=["operations"])
     def root() -> RootInfo:

@@ -1,20 +1,13 @@
-"""Completion notices: the per-user hourly cap, and a sender of their own off the request path.
+"""Completion notices: the per-user hourly cap.
 
-Two small pieces that a job runner can call as well as the request's background work:
-
-- `allowed_notices(notices, settings)`: keeps the notices a user's budget still allows
-  (`NOTICE_LIMIT_PER_HOUR` in any sliding hour) and logs how many it dropped. The count is shared
-  by every worker and instance through Redis when REDIS_URL is set (under REDIS_KEY_PREFIX), and
-  kept in this process otherwise or while Redis fails.
-- `NoticeSender`: a small pool of dedicated threads fed by a bounded queue. A slow or silent mail
-  server occupies these threads only, never the thread pool the routes run in; when the queue is
-  full, further notices are dropped and counted in the log rather than held in memory.
+`allowed_notices(notices, settings)` keeps the notices a user's budget still allows
+(`NOTICE_LIMIT_PER_HOUR` in any sliding hour) and logs how many it dropped. The count is shared
+by every worker and instance through Redis when REDIS_URL is set (under REDIS_KEY_PREFIX), and
+kept in this process otherwise or while Redis fails. The notices themselves are sent by outbox
+jobs (`jobs.py`), off the request path.
 """
 
-import atexit
-import contextvars
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -32,14 +25,10 @@ from config import Settings
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 3600
-# A Redis call made by a sender thread: it delays no request, but must not hang either.
+# A Redis call made by a job: it delays no request, but must not hang either.
 REDIS_TIMEOUT_SECONDS = 0.5
 # Users whose recent sends are remembered in memory; beyond this the oldest are forgotten.
 MAX_REMEMBERED_USERS = 100_000
-SENDER_THREADS = 2
-MAX_QUEUED_BATCHES = 1000
-# At exit, how long queued notices may still take to go out.
-EXIT_GRACE_SECONDS = 5.0
 
 
 class Notice(Protocol):
@@ -204,92 +193,3 @@ def allowed_notices(notices: Sequence[N], settings: Settings) -> list[N]:
             )
     keep = {id(notice) for notice in allowed}
     return [notice for notice in notices if id(notice) in keep]
-
-
-# --- the sender ---------------------------------------------------------------------------
-
-
-class NoticeSender:
-    """Runs notice deliveries on a few threads of its own, from a bounded queue.
-
-    `submit` never blocks: a full queue drops the batch and logs how many notices it held.
-    A delivery runs in a copy of the submitter's context, so its log records carry the request
-    id of the request that caused it.
-    """
-
-    def __init__(
-        self, *, threads: int = SENDER_THREADS, max_queued: int = MAX_QUEUED_BATCHES
-    ) -> None:
-        self._threads = threads
-        self._queue: queue.Queue[tuple[contextvars.Context, Callable[[], None]]] = queue.Queue(
-            max_queued
-        )
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._unfinished = 0
-        self._workers: list[threading.Thread] = []
-
-    def _ensure_started(self) -> None:
-        # Started on first use (in the serving process, after any fork).
-        if len(self._workers) == self._threads:
-            return
-        with self._lock:
-            while len(self._workers) < self._threads:
-                worker = threading.Thread(
-                    target=self._work, name=f"notice-sender-{len(self._workers)}", daemon=True
-                )
-                worker.start()
-                self._workers.append(worker)
-
-    def submit(self, deliver: Callable[[], None], *, size: int) -> bool:
-        """Queue `deliver` (which sends `size` notices); False when the queue is full."""
-        self._ensure_started()
-        with self._lock:
-            self._unfinished += 1
-        try:
-            self._queue.put_nowait((contextvars.copy_context(), deliver))
-        except queue.Full:
-            self._done()
-            logger.warning(
-                "Dropped %d completion notice(s): the notice queue is full",
-                size,
-                extra={"event": "notices_dropped", "dropped": size, "reason": "queue_full"},
-            )
-            return False
-        return True
-
-    def _done(self) -> None:
-        with self._lock:
-            self._unfinished -= 1
-            if self._unfinished <= 0:
-                self._idle.notify_all()
-
-    def _work(self) -> None:
-        while True:
-            context, deliver = self._queue.get()
-            try:
-                context.run(deliver)
-            except Exception:
-                # `deliver` logs its own failures; this is the last resort of a thread that
-                # must keep serving the queue.
-                logger.exception("Notice delivery failed")
-            finally:
-                self._done()
-
-    def wait_until_idle(self, timeout_seconds: float) -> bool:
-        """Wait until every queued delivery has finished; False if still busy at the timeout."""
-        with self._lock:
-            return self._idle.wait_for(lambda: self._unfinished <= 0, timeout_seconds)
-
-
-_sender = NoticeSender()
-
-
-def notice_sender() -> NoticeSender:
-    """The process-wide sender."""
-    return _sender
-
-
-@atexit.register
-def _drain_at_exit() -> None:
-    _sender.wait_until_idle(EXIT_GRACE_SECONDS)

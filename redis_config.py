@@ -268,6 +268,15 @@ class RedisCache(Cache):
         self._client.close()
 
 
+def key_prefix(settings: Settings) -> str:
+    """The prefix of this deployment's own Redis names (the job queue, job and metric counters).
+
+    `REDIS_KEY_PREFIX` (derived from the database when unset): two deployments sharing a Redis
+    database keep their jobs and counters apart, as they keep their cache and rate limits.
+    """
+    return f"{settings.redis_key_prefix}:"
+
+
 def _as_text(value: Any) -> str | None:
     return None if value is None else str(value)
 

@@ -3,10 +3,9 @@
 import sys
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
-import background_tasks
 import rate_limit_config as rate_limits
 from dependencies import CurrentUser, DbSession, FileStorage, OwnedTask, SettingsDep
 from models import MAX_ID, FileRead, error_responses
@@ -136,10 +135,6 @@ def download_file(
     response_class=Response,
     responses=error_responses(404, 422),
 )
-def delete_file(
-    file_id: FileId, user: CurrentUser, session: DbSession, background: BackgroundTasks
-) -> None:
+def delete_file(file_id: FileId, user: CurrentUser, session: DbSession) -> None:
     """Delete one of your files; its bytes are removed after the response."""
-    stored = file_service.delete_file(session, owner_id=user.id, file_id=file_id)
-    # Background tasks run only after a successful response, so only after the commit.
-    background.add_task(background_tasks.remove_stored_files, [stored])
+    file_service.delete_file(session, owner_id=user.id, file_id=file_id)

@@ -3,10 +3,9 @@
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, BackgroundTasks, Body, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from pydantic import AfterValidator
 
-import background_tasks
 import rate_limit_config as rate_limits
 from dependencies import CacheDep, CurrentUser, DbSession, OwnedTask, SettingsDep
 from models import (
@@ -129,18 +128,10 @@ def get_stats(
     responses=error_responses(400, 404, 422),
 )
 def bulk_update_tasks(
-    data: BulkTaskUpdate,
-    user: CurrentUser,
-    session: DbSession,
-    cache: CacheDep,
-    background: BackgroundTasks,
+    data: BulkTaskUpdate, user: CurrentUser, session: DbSession, cache: CacheDep
 ) -> Any:
     """Apply one update to many of your tasks: all or nothing, answered in request order."""
-    result = task_service.bulk_update(session, owner=user, data=data, cache=cache)
-    # Background tasks run only after a successful response, so never for a failed update.
-    if result.newly_completed_ids:
-        background.add_task(background_tasks.notify_tasks_completed, result.newly_completed_ids)
-    return result.tasks
+    return task_service.bulk_update(session, owner=user, data=data, cache=cache).tasks
 
 
 @router.get("/{task_id}", response_model=TaskRead, responses=error_responses(404, 422))
@@ -150,17 +141,8 @@ async def get_task(task: OwnedTask) -> Any:
 
 
 @router.patch("/{task_id}", response_model=TaskRead, responses=error_responses(400, 404, 422))
-def update_task(
-    task: OwnedTask,
-    data: TaskUpdate,
-    session: DbSession,
-    cache: CacheDep,
-    background: BackgroundTasks,
-) -> Any:
+def update_task(task: OwnedTask, data: TaskUpdate, session: DbSession, cache: CacheDep) -> Any:
     """Change some fields of a task; only the fields sent are changed."""
-    # Background tasks run only after a successful response, so never for a failed update.
-    if data.completed and not task.completed:
-        background.add_task(background_tasks.notify_task_completed, task.id)
     return task_service.update_task(session, task=task, data=data, cache=cache)
 
 
@@ -170,12 +152,9 @@ def update_task(
     response_class=Response,
     responses=error_responses(404, 422),
 )
-def delete_task(
-    task: OwnedTask, session: DbSession, cache: CacheDep, background: BackgroundTasks
-) -> None:
+def delete_task(task: OwnedTask, session: DbSession, cache: CacheDep) -> None:
     """Delete a task with its tags and files; the files' bytes are removed after the response."""
-    stored = task_service.delete_task(session, task=task, cache=cache)
-    background.add_task(background_tasks.remove_stored_files, stored)
+    task_service.delete_task(session, task=task, cache=cache)
 
 
 @router.post("/{task_id}/tags", response_model=TaskRead, responses=error_responses(404, 422))

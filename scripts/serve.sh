@@ -6,8 +6,11 @@
 #     HOST (default 0.0.0.0), PORT (default 8000), WORKERS (default: the number of CPUs)
 #     DRY_RUN=1: check the settings, then print the uvicorn command line instead of serving
 # Shared by all workers: SECRET_KEY (a token from one worker is checked by another),
-# DATABASE_URL, and REDIS_URL (rate-limit counters and the stats cache; without it each worker
-# counts and caches on its own).
+# DATABASE_URL, and REDIS_URL (rate-limit counters, the stats cache and the job queue; without
+# it each worker counts and caches on its own, and runs its own jobs).
+# With METRICS_TOKEN set, GET /metrics merges the metrics of every worker process: they write
+# them to PROMETHEUS_MULTIPROC_DIR (a fresh temporary directory unless you give one; emptied at
+# every start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -30,9 +33,13 @@ mapfile -t options <<<"$options"
 settings=$("$VENV_PY" -c '
 from config import get_settings
 s = get_settings()
-print("redis" if s.redis_url else "-", "file" if s.log_file else "-")
+print(
+    "redis" if s.redis_url else "-",
+    "file" if s.log_file else "-",
+    "metrics" if s.metrics_token else "-",
+)
 ')
-read -r redis log_file <<<"$settings"
+read -r redis log_file metrics <<<"$settings"
 if ((workers > 1)) && [[ $redis == - ]]; then
     warn "REDIS_URL is not set: each of the $workers workers counts rate limits on its own"
 fi
@@ -54,6 +61,17 @@ if [[ ${DRY_RUN:-} == 1 ]]; then
     printf '%q ' "${command[@]}"
     printf '\n'
     exit 0
+fi
+
+if [[ $metrics == metrics ]]; then
+    # prometheus-client reads this when a worker imports it: each worker process writes its
+    # counters to files there, and /metrics merges them. Files of an earlier run would add up
+    # into wrong totals, so they go.
+    metrics_dir=${PROMETHEUS_MULTIPROC_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/taskmanager-metrics.XXXXXX")}
+    mkdir -p -- "$metrics_dir"
+    find "$metrics_dir" -maxdepth 1 -type f -name '*.db' -delete
+    export PROMETHEUS_MULTIPROC_DIR=$metrics_dir
+    step "Metrics of the $workers workers merged through $metrics_dir"
 fi
 
 # Once, before any worker starts: workers never race each other migrating the schema.

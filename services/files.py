@@ -29,6 +29,7 @@ from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session, SessionTransaction
 from starlette.requests import ClientDisconnect
 
+import outbox
 import storage as storage_backends
 from db_models import Task, TaskFile
 from exceptions import (
@@ -204,13 +205,23 @@ def _discard_uncommitted(session: Session, transaction: SessionTransaction) -> N
 
 
 def remove_stored_files(store: Storage, keys: list[str]) -> int:
-    """Remove the bytes of deleted files; returns how many were removed. Never raises."""
+    """Remove the bytes of deleted files; returns how many were removed.
+
+    A key that is already gone counts as removed; a storage failure raises `StorageError`
+    once the other keys were tried, so the job that called this is retried.
+    """
     removed = 0
+    failed: list[str] = []
     for key in keys:
         if storage_backends.KEY.fullmatch(key) is None:
             logger.warning("Refusing to remove %r: not a stored object key", key)
             continue
-        removed += _delete_quietly(store, key)
+        if _delete_quietly(store, key):
+            removed += 1
+        else:
+            failed.append(key)
+    if failed:
+        raise StorageError(f"could not remove {len(failed)} stored object(s)")
     return removed
 
 
@@ -645,8 +656,8 @@ def prepare_download(
     return Download(row.content_type, row.original_filename, body)
 
 
-def delete_file(session: Session, *, owner_id: int, file_id: int) -> str:
-    """Delete the caller's file row; returns the stored key whose bytes the caller removes."""
+def delete_file(session: Session, *, owner_id: int, file_id: int) -> None:
+    """Delete the caller's file row; its bytes are removed after the commit."""
     stored: str | None = session.scalar(
         delete(TaskFile)
         .where(TaskFile.id == file_id, TaskFile.user_id == owner_id)
@@ -654,7 +665,7 @@ def delete_file(session: Session, *, owner_id: int, file_id: int) -> str:
     )
     if stored is None:
         raise StoredFileNotFoundError(file_id)
-    return stored
+    outbox.stored_files_deleted(session, stored_filenames=[stored])
 
 
 # --- the orphan sweep ---------------------------------------------------------------------

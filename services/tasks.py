@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, false, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session, joinedload
 
+import outbox
 from db_models import Task, TaskFile, TaskTag, User, utcnow
 from exceptions import AppError, EmptyUpdateError, NotFoundError
 from models import (
@@ -225,17 +226,17 @@ def update_task(session: Session, *, task: Task, data: TaskUpdate, cache: Cache)
         raise EmptyUpdateError()
     if "tags" in changes:
         lock_for_tag_change(session, task)
+    became_completed = changes.get("completed") is True and not task.completed
     apply_changes(task, changes)
     session.flush()
+    if became_completed:
+        outbox.tasks_completed(session, task_ids=[task.id])
     stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
     return task
 
 
-def delete_task(session: Session, *, task: Task, cache: Cache) -> list[str]:
-    """Delete a task; its tags and file rows go with it by database cascade.
-
-    Returns the stored names of its files, whose bytes the caller removes after the commit.
-    """
+def delete_task(session: Session, *, task: Task, cache: Cache) -> None:
+    """Delete a task; its tags and file rows go with it, their bytes after the commit."""
     # The task row is locked as an upload locks it, so no file is attached after this read.
     names = session.scalars(
         select(TaskFile.stored_filename)
@@ -248,8 +249,10 @@ def delete_task(session: Session, *, task: Task, cache: Cache) -> list[str]:
     # would first delete every loaded tag row itself.
     session.execute(delete(Task).where(Task.id == task.id, Task.user_id == task.user_id))
     session.expunge(task)
+    outbox.stored_files_deleted(
+        session, stored_filenames=[name for name in names if name is not None]
+    )
     stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
-    return [name for name in names if name is not None]
 
 
 def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> Task:
@@ -327,4 +330,5 @@ def bulk_update(
     newly_completed = (
         [i for i in ids if not was_completed[i]] if changes.get("completed") is True else []
     )
+    outbox.tasks_completed(session, task_ids=newly_completed)
     return BulkUpdateResult(tasks=[by_id[i] for i in ids], newly_completed_ids=newly_completed)

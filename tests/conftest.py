@@ -46,8 +46,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import Connection, text  # noqa: E402
 
 import db_config  # noqa: E402
+import jobs  # noqa: E402
 from alembic import command  # noqa: E402
 from main import create_app  # noqa: E402
+from tests.job_helpers import HeldJobs, RunAtOnce  # noqa: E402
 
 PROJECT_DIR = config.PROJECT_DIR
 
@@ -118,6 +120,35 @@ def db_connection() -> Iterator[Connection]:
         if transaction.is_active:
             transaction.rollback()
         connection.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _jobs_run_at_once() -> Iterator[RunAtOnce]:
+    """Jobs run before the committing call returns, so a test sees their effect at once.
+
+    Embedded: on the real runner thread (the committing thread waits for it); production: on
+    RQ, enqueued and run in the committing thread. Only one of them uses the test's single
+    connection at any time. The periodic sweep is off; its tests run it themselves.
+    """
+    runner = RunAtOnce.for_settings(config.get_settings())
+    previous = jobs.set_runner(runner)
+    runner.start_for_tests()
+    try:
+        yield runner
+    finally:
+        runner.stop_for_tests()
+        jobs.set_runner(previous)
+
+
+@pytest.fixture
+def held_jobs(_jobs_run_at_once: RunAtOnce) -> Iterator[HeldJobs]:
+    """Committed jobs are only collected during the test (`held_jobs.take()` hands them out)."""
+    held = HeldJobs()
+    jobs.set_runner(held)
+    try:
+        yield held
+    finally:
+        jobs.set_runner(_jobs_run_at_once)
 
 
 @pytest.fixture(scope="session")
@@ -265,7 +296,6 @@ def _fresh_notice_budgets() -> Iterator[None]:
 
     notifications.reset_notice_budgets()
     yield
-    assert notifications.notice_sender().wait_until_idle(60), "notices still being sent"
     notifications.reset_notice_budgets()
 
 

@@ -1,0 +1,41 @@
+"""GET /metrics: Prometheus text for the deployment, for the holder of METRICS_TOKEN only."""
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Response
+
+import jobs
+import metrics
+from dependencies import DbSession, SettingsDep
+from exceptions import AuthenticationError, NotFoundError
+
+router = APIRouter(tags=["operations"])
+
+
+async def require_metrics_token(
+    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """404 unless METRICS_TOKEN is set; then 401 without `Authorization: Bearer <it>`."""
+    if settings.metrics_token is None:
+        # Indistinguishable from a path that does not exist.
+        raise NotFoundError("Not Found")
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError("Not authenticated: send Authorization: Bearer <METRICS_TOKEN>")
+    expected = settings.metrics_token.get_secret_value().encode()
+    if not hmac.compare_digest(token.strip().encode(), expected):
+        raise AuthenticationError("Invalid metrics token", code="invalid_token")
+
+
+# Not in the OpenAPI description: it is for the monitoring system, not for API clients.
+@router.get(
+    "/metrics",
+    include_in_schema=False,
+    response_class=Response,
+    dependencies=[Depends(require_metrics_token)],
+)
+def get_metrics(session: DbSession) -> Response:
+    """Requests by route and status, latencies, job queue depth, job failures and notices."""
+    body = metrics.render(jobs.queue_state(session))
+    return Response(body, media_type=metrics.CONTENT_TYPE)

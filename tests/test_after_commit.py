@@ -1,0 +1,123 @@
+"""`db_config.after_commit`: work that runs only once the outermost transaction has committed."""
+
+import logging
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+import db_config
+from db_models import User
+
+
+def add_user(session: Session, name: str) -> None:
+    session.add(User(username=name, email=f"{name}@example.com", hashed_password="x"))
+    session.flush()
+
+
+def user_exists(name: str) -> bool:
+    with db_config.SessionLocal() as other:
+        return other.scalar(select(User.id).where(User.username == name)) is not None
+
+
+class TestAfterCommit:
+    def test_runs_once_after_the_commit_and_not_before(self) -> None:
+        calls: list[bool] = []
+        with db_config.SessionLocal() as session:
+            add_user(session, "committed")
+            db_config.after_commit(session, lambda: calls.append(user_exists("committed")))
+            session.flush()
+            assert calls == []
+            session.commit()
+            assert calls == [True]
+            session.commit()
+        assert calls == [True]
+
+    def test_never_runs_after_a_rollback(self) -> None:
+        calls: list[str] = []
+        with db_config.SessionLocal() as session:
+            add_user(session, "rolled")
+            db_config.after_commit(session, lambda: calls.append("ran"))
+            session.rollback()
+            add_user(session, "next")
+            session.commit()
+        assert calls == []
+
+    def test_never_runs_when_the_session_closes_without_committing(self) -> None:
+        calls: list[str] = []
+        with db_config.SessionLocal() as session:
+            add_user(session, "abandoned")
+            db_config.after_commit(session, lambda: calls.append("ran"))
+        assert calls == []
+
+    def test_a_rolled_back_savepoint_drops_only_its_own(self) -> None:
+        calls: list[str] = []
+        with db_config.SessionLocal() as session:
+            add_user(session, "outer")
+            db_config.after_commit(session, lambda: calls.append("outer"))
+            savepoint = session.begin_nested()
+            add_user(session, "inner")
+            db_config.after_commit(session, lambda: calls.append("inner"))
+            savepoint.rollback()
+            assert calls == []
+            session.commit()
+        assert calls == ["outer"]
+
+    def test_a_released_savepoint_waits_for_the_outermost_commit(self) -> None:
+        calls: list[str] = []
+        with db_config.SessionLocal() as session:
+            with session.begin_nested():
+                add_user(session, "inner")
+                db_config.after_commit(session, lambda: calls.append("inner"))
+            assert calls == []
+            session.commit()
+        assert calls == ["inner"]
+
+    def test_a_released_savepoint_is_dropped_when_the_outer_transaction_rolls_back(
+        self,
+    ) -> None:
+        calls: list[str] = []
+        with db_config.SessionLocal() as session:
+            add_user(session, "outer")
+            with session.begin_nested():
+                with session.begin_nested():
+                    add_user(session, "deepest")
+                    db_config.after_commit(session, lambda: calls.append("deepest"))
+                db_config.after_commit(session, lambda: calls.append("middle"))
+            session.rollback()
+            session.commit()
+        assert calls == []
+
+    def test_order_is_kept_and_a_failing_callback_costs_no_other(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        calls: list[str] = []
+
+        def broken() -> None:
+            raise RuntimeError("boom")
+
+        with db_config.SessionLocal() as session:
+            add_user(session, "ordered")
+            db_config.after_commit(session, lambda: calls.append("first"))
+            db_config.after_commit(session, broken)
+            with session.begin_nested():
+                db_config.after_commit(session, lambda: calls.append("nested"))
+            db_config.after_commit(session, lambda: calls.append("last"))
+            session.commit()
+        assert calls == ["first", "nested", "last"]
+        assert user_exists("ordered")
+        [record] = [r for r in caplog.records if r.name == "db_config"]
+        assert record.levelno == logging.ERROR
+        assert record.exc_info is not None
+
+    def test_each_transaction_of_a_session_has_its_own(self) -> None:
+        calls: list[str] = []
+        with db_config.SessionLocal() as session:
+            add_user(session, "first")
+            db_config.after_commit(session, lambda: calls.append("first"))
+            session.commit()
+            add_user(session, "second")
+            db_config.after_commit(session, lambda: calls.append("second"))
+            session.rollback()
+            session.commit()
+        assert calls == ["first"]

@@ -1,0 +1,349 @@
+"""Two API instances, job workers, one PostgreSQL, one Redis and a real SMTP server.
+
+Each instance is a uvicorn process of its own on its own port, each worker a `python -m worker`
+process (what `make worker` runs); they share nothing but the database, Redis and their
+settings. Processes are killed with SIGKILL where a crash is the point. The database is a fresh
+one of its own (these processes commit for real), dropped afterwards.
+"""
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from aiosmtpd.controller import Controller
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine, make_url, select, text
+from sqlalchemy.engine import Engine
+
+import db_config
+from db_models import OutboxJob
+from tests.conftest import PASSWORD, TEST_REDIS_URL
+from tests.process_helpers import GatedInbox, Process, migrate, serve_api, spawn, wait_until
+from tests.test_notifications import SENDER, free_port
+
+pytestmark = pytest.mark.postgres_redis
+
+METRICS_TOKEN = "instances-metrics-token-0123456789"
+CREATE_TASK_LIMIT = 6
+# Short, so that the tests that kill a worker mid-job wait little for its lease to expire.
+JOB_TIMEOUT_SECONDS = 4
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    logs: Path
+    engine: Engine
+    queue_key: str
+    ports: dict[str, int] = field(default_factory=dict)
+    apis: dict[str, Process] = field(default_factory=dict)
+    workers: list[Process] = field(default_factory=list)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    def start_api(self, name: str) -> None:
+        port = self.ports.setdefault(name, free_port())
+        self.apis[name] = serve_api(name, port, env=self.env, log_dir=self.logs)
+
+    def kill_api(self, name: str) -> None:
+        self.apis.pop(name).kill()
+
+    def start_worker(self) -> Process:
+        process = spawn("worker", ["-m", "worker"], env=self.env, log_dir=self.logs)
+        self.workers.append(process)
+        wait_until(
+            lambda: "Worker started on queue" in process.log.read_text(), "the worker to start"
+        )
+        return process
+
+    def kill_workers(self) -> None:
+        for process in self.workers:
+            process.kill()
+        self.workers.clear()
+
+    def stop(self) -> None:
+        for process in [*self.apis.values(), *self.workers]:
+            process.stop()
+        self.apis.clear()
+        self.workers.clear()
+
+    def queued(self) -> int:
+        with redis.Redis.from_url(TEST_REDIS_URL) as client:
+            return int(client.llen(self.queue_key))
+
+    def jobs_not_done(self) -> int:
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                select(OutboxJob.id).where(OutboxJob.done_at.is_(None))
+            ).all()
+        return len(found)
+
+    def attempts(self) -> list[int]:
+        with self.engine.connect() as connection:
+            return list(connection.scalars(select(OutboxJob.attempts).order_by(OutboxJob.id)))
+
+    def quiet(self) -> bool:
+        """Every job done: nothing can send a notice any more."""
+        return self.jobs_not_done() == 0
+
+
+@dataclass
+class Client:
+    """One user, talking to whichever instance each call names."""
+
+    cluster: Cluster
+    username: str
+    email: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def call(self, instance: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(
+            method, self.cluster.url(instance) + path, headers=self.headers, timeout=30, **kwargs
+        )
+
+    def register(self, on: str, login_on: str) -> "Client":
+        self.email = f"{self.username}@example.com"
+        body = {"username": self.username, "email": self.email, "password": PASSWORD}
+        assert self.call(on, "POST", "/auth/register", json=body).status_code == 201
+        response = self.call(
+            login_on,
+            "POST",
+            "/auth/login",
+            json={"username": self.username, "password": PASSWORD},
+        )
+        assert response.status_code == 200, response.text
+        self.headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+        return self
+
+    def create_task(self, on: str, title: str) -> int:
+        response = self.call(on, "POST", "/tasks", json={"title": title})
+        assert response.status_code == 201, response.text
+        task_id: int = response.json()["id"]
+        return task_id
+
+    def complete(self, on: str, task_id: int) -> None:
+        response = self.call(on, "PATCH", f"/tasks/{task_id}", json={"completed": True})
+        assert response.status_code == 200, response.text
+
+
+@pytest.fixture(scope="module")
+def inbox() -> Iterator[GatedInbox]:
+    handler = GatedInbox(free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
+    controller.start()
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    name = f"tm_instances_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(db_config.engine.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(db_config.engine.url).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    database_url: str, inbox: GatedInbox, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """Instances `a` and `b` and one worker, sharing the settings every instance must share."""
+    directory = tmp_path_factory.mktemp("instances")
+    logs = directory / "logs"
+    logs.mkdir()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": TEST_REDIS_URL,
+        "REDIS_SOCKET_TIMEOUT_MS": "1000",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "BCRYPT_ROUNDS": "4",
+        "RATE_LIMIT_ENABLED": "true",
+        "RATE_LIMIT_CREATE_TASK": f"{CREATE_TASK_LIMIT}/hour",
+        "RATE_LIMIT_REGISTER": "1000/hour",
+        "RATE_LIMIT_LOGIN": "1000/minute",
+        "RATE_LIMIT_LOGIN_USERNAME": "1000/minute",
+        "RATE_LIMIT_DEFAULT": "1000/minute",
+        "NOTIFIER": "smtp",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(inbox.port),
+        "SMTP_FROM": SENDER,
+        "SMTP_STARTTLS": "false",
+        "SMTP_TIMEOUT_SECONDS": "30",
+        "JOB_TIMEOUT_SECONDS": str(JOB_TIMEOUT_SECONDS),
+        "OUTBOX_SWEEP_SECONDS": "0.5",
+        "METRICS_TOKEN": METRICS_TOKEN,
+        "UPLOAD_DIR": str(directory / "uploads"),
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "text",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    engine = create_engine(database_url)
+    queue_key = f"rq:queue:taskmanager:{make_url(database_url).database}:jobs"
+    running = Cluster(env=env, logs=logs, engine=engine, queue_key=queue_key)
+    try:
+        running.start_api("a")
+        running.start_api("b")
+        running.start_worker()
+        yield running
+    finally:
+        running.stop()
+        engine.dispose()
+
+
+@pytest.fixture
+def running(cluster: Cluster, inbox: GatedInbox) -> Iterator[Cluster]:
+    """The cluster with both instances and a worker up, and the inbox open, for each test."""
+    inbox.hold.clear()
+    for name in ("a", "b"):
+        if name not in cluster.apis:
+            cluster.start_api(name)
+    if not cluster.workers:
+        cluster.start_worker()
+    yield cluster
+    inbox.hold.clear()
+    wait_until(cluster.quiet, "every job to be done after the test")
+
+
+def user(cluster: Cluster) -> Client:
+    return Client(cluster, f"u{uuid.uuid4().hex[:10]}")
+
+
+def scrape(cluster: Cluster, instance: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = httpx.get(
+        f"{cluster.url(instance)}/metrics",
+        headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+
+def test_a_completion_through_one_instance_sends_exactly_one_notice(
+    running: Cluster, inbox: GatedInbox
+) -> None:
+    alice = user(running).register(on="a", login_on="b")
+    first = alice.create_task("a", "Written on a")
+    second = alice.create_task("b", "Written on b")
+    alice.complete("b", first)
+    wait_until(lambda: len(inbox.to(alice.email)) == 1, "the notice")
+    # Completed again through the other instance, and in bulk with another: one more notice.
+    alice.complete("a", first)
+    response = alice.call(
+        "a",
+        "PATCH",
+        "/tasks/bulk",
+        json={"task_ids": [first, second], "updates": {"completed": True}},
+    )
+    assert response.status_code == 200, response.text
+    wait_until(running.quiet, "every job to be done")
+    subjects = sorted(message["Subject"] for message in inbox.to(alice.email))
+    assert subjects == ["Task completed: Written on a", "Task completed: Written on b"]
+    # The workers' notices count in every instance's metrics.
+    for instance in ("a", "b"):
+        assert scrape(running, instance)[("taskmanager_notices_sent_total", frozenset())] == 2
+
+
+def test_rate_limits_and_the_stats_cache_are_shared(running: Cluster) -> None:
+    bob = user(running).register(on="b", login_on="a")
+    task_ids = [bob.create_task("ab"[n % 2], f"Task {n}") for n in range(CREATE_TASK_LIMIT)]
+    for instance in ("a", "b"):
+        response = bob.call(instance, "POST", "/tasks", json={"title": "One too many"})
+        assert response.status_code == 429, response.text
+        assert response.json()["code"] == "rate_limited"
+
+    def stats(instance: str) -> tuple[str, int]:
+        response = bob.call(instance, "GET", "/tasks/stats")
+        assert response.status_code == 200, response.text
+        return response.headers["X-Cache"], response.json()["completed"]
+
+    assert stats("a") == ("MISS", 0)
+    assert stats("b") == ("HIT", 0)
+    bob.complete("b", task_ids[0])
+    # The write through b made a's next answer a fresh one.
+    assert stats("a") == ("MISS", 1)
+    assert stats("b") == ("HIT", 1)
+
+
+def test_an_instance_killed_right_after_a_2xx_still_gets_its_notice_delivered(
+    running: Cluster, inbox: GatedInbox
+) -> None:
+    carol = user(running).register(on="a", login_on="a")
+    task_id = carol.create_task("a", "Finish before the crash")
+    # No worker: the job can only be where the committed change left it.
+    running.kill_workers()
+    carol.complete("a", task_id)
+    running.kill_api("a")
+    assert inbox.to(carol.email) == []
+    assert running.jobs_not_done() == 1
+    running.start_api("a")
+    running.start_worker()
+    wait_until(lambda: len(inbox.to(carol.email)) == 1, "the notice")
+    wait_until(running.quiet, "every job to be done")
+    assert len(inbox.to(carol.email)) == 1
+    assert carol.call("a", "GET", f"/tasks/{task_id}").json()["completed"] is True
+
+
+def test_a_redis_flush_with_jobs_queued_loses_nothing(running: Cluster, inbox: GatedInbox) -> None:
+    dave = user(running).register(on="a", login_on="b")
+    running.kill_workers()
+    task_ids = [dave.create_task("a", f"Queued {n}") for n in range(3)]
+    for n, task_id in enumerate(task_ids):
+        dave.complete("ab"[n % 2], task_id)
+    assert running.queued() == 3
+    with redis.Redis.from_url(TEST_REDIS_URL) as client:
+        client.flushdb()
+    assert running.queued() == 0
+    running.start_worker()
+    wait_until(running.quiet, "every job to be done")
+    subjects = sorted(message["Subject"] for message in inbox.to(dave.email))
+    assert subjects == [f"Task completed: Queued {n}" for n in range(3)]
+
+
+def test_a_worker_killed_in_the_middle_of_a_job_loses_nothing(
+    running: Cluster, inbox: GatedInbox
+) -> None:
+    erin = user(running).register(on="b", login_on="b")
+    task_id = erin.create_task("b", "Sent twice? Never")
+    inbox.hold.set()
+    inbox.held.clear()
+    erin.complete("b", task_id)
+    wait_until(inbox.held.is_set, "the worker to be sending the notice")
+    running.kill_workers()
+    inbox.hold.clear()
+    assert inbox.to(erin.email) == []
+    running.start_worker()
+    # Once the dead run's lease expires, the sweep enqueues the job again.
+    wait_until(running.quiet, "every job to be done")
+    assert len(inbox.to(erin.email)) == 1
+    assert running.attempts()[-1] == 2
+
+
+# File up/download across instances belongs here too: with STORAGE_BACKEND=s3 and one bucket,
+# a file uploaded through instance a is downloaded through instance b (storage backends).
