@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_venv
-ensure_requirements requirements-dev.txt
+ensure_locked requirements-dev.lock
 lint
 step "Lint passed"

@@ -60,7 +60,7 @@ pytest_args=("$@")
 
 # 1. virtualenv + dev requirements
 ensure_venv
-ensure_requirements requirements-dev.txt
+ensure_locked requirements-dev.lock
 
 # The docs browser test drives Debian's Chromium: install it when missing.
 step "Browser for the docs test (chromium, chromium-driver)"
