@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint only: ruff check, ruff format --check, mypy (dev requirements in the venv).
+# Lint only: ruff check, ruff format --check, mypy (requirements-dev.lock in the venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Start the app locally: venv + runtime deps, .env with a random SECRET_KEY,
-# database migrations, then uvicorn. Safe to re-run: reuses the venv, the .env
-# and the database. Extra arguments are passed to uvicorn (e.g. --reload).
+# Start the app locally: venv + runtime deps (requirements.lock, hash-checked), .env with a
+# random SECRET_KEY, database migrations, then uvicorn. Safe to re-run: reuses the venv, the
+# .env and the database. Extra arguments are passed to uvicorn (e.g. --reload).
 #     HOST (default 127.0.0.1), PORT (default 8000)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -87,7 +87,7 @@ print_summary() {
 
 pytest_args=("$@")
 
-# 1. virtualenv + dev requirements
+# 1. virtualenv + dev requirements (requirements-dev.lock, hash-checked)
 ensure_venv
 ensure_locked requirements-dev.lock
 
