@@ -9,7 +9,7 @@
 # in .PHONY. `make help` picks it up automatically.
 
 .DEFAULT_GOAL := help
-.PHONY: help run serve worker test lint migrate clean
+.PHONY: help run serve worker test lint lock migrate clean
 
 # Extra arguments for the script behind run/test (uvicorn / pytest options).
 ARGS ?=
@@ -33,6 +33,9 @@ test: ## Lint + tests on embedded and PostgreSQL+Redis backends (ARGS -> pytest)
 
 lint: ## Lint only: ruff check, ruff format --check, mypy
 	scripts/lint.sh
+
+lock: ## Regenerate requirements*.lock (hashes) from requirements*.txt (ARGS -> uv pip compile)
+	scripts/lock.sh $(ARGS)
 
 migrate: ## Apply database migrations (alembic upgrade head)
 	scripts/migrate.sh

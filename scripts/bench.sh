@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_venv
-ensure_requirements requirements-dev.txt
+ensure_locked requirements-dev.lock
 
 if ! command -v wrk >/dev/null 2>&1; then
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then

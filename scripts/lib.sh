@@ -94,18 +94,48 @@ requirements_hash() {
 # pip-install a requirements file into $VENV, skipped when neither it nor the
 # files it includes changed since the last successful install. The stamp lives
 # inside the venv, so deleting the venv (make clean) also forgets it.
+# Extra arguments go to pip (e.g. --require-hashes).
 ensure_requirements() {
     local req=$1 stamp hash
+    shift
     stamp=$VENV/.stamp-$(basename -- "$req").sha256
     hash=$(requirements_hash "$req")
     if [[ -f $stamp && $(<"$stamp") == "$hash" ]]; then
         step "$req unchanged since last install; skipping pip"
         return 0
     fi
-    step "Installing $req into $VENV (pip)"
-    "$VENV_PY" -m pip install --disable-pip-version-check --no-input -q -r "$req" \
+    step "Installing $req into $VENV (pip${*:+ $*})"
+    "$VENV_PY" -m pip install --disable-pip-version-check --no-input -q "$@" -r "$req" \
         || die "pip install -r $req failed"
     printf '%s\n' "$hash" >"$stamp"
+}
+
+# --- lock files ----------------------------------------------------------------------------
+# requirements.lock and requirements-dev.lock pin every package, transitive ones included,
+# with the hashes of its published files. scripts/lock.sh (make lock) writes them from
+# requirements.txt and requirements-dev.txt and records LOCK_INPUTS_TAG: the sha256 of the
+# requirement lines they were made from (comments and blank lines do not count).
+LOCK_INPUTS=requirements-dev.txt  # it includes requirements.txt
+LOCK_INPUTS_TAG='# requirements sha256: '
+
+lock_inputs_hash() {
+    local f
+    while IFS= read -r f; do
+        printf '### %s\n' "$f"
+        sed -E 's/(^|[[:space:]])#.*$//; s/[[:space:]]+$//; /^$/d' -- "$f"
+    done < <(requirements_closure "$LOCK_INPUTS") | sha256sum | cut -d' ' -f1
+}
+
+# Install a lock file with --require-hashes: pip refuses any file whose hash differs and any
+# package the lock does not pin. Stops first when the lock is older than the requirements.
+ensure_locked() {
+    local lock=$1 recorded
+    [[ -f $lock ]] || die "$lock is missing: run make lock"
+    recorded=$(sed -n "s/^$LOCK_INPUTS_TAG//p" -- "$lock")
+    if [[ $recorded != "$(lock_inputs_hash)" ]]; then
+        die "$lock was not made from requirements*.txt as they are now: run make lock"
+    fi
+    ensure_requirements "$lock" --require-hashes
 }
 
 # Create .env with a fresh random SECRET_KEY if there is none. Never overwrites.

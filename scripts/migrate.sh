@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_venv
-ensure_requirements requirements.txt
+ensure_locked requirements.lock
 ensure_dotenv
 migrate

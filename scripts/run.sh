@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Start the app locally: venv + runtime deps, .env with a random SECRET_KEY,
-# database migrations, then uvicorn. Safe to re-run: reuses the venv, the .env
-# and the database. Extra arguments are passed to uvicorn (e.g. --reload).
+# Start the app locally: venv + runtime deps (requirements.lock, hash-checked), .env with a
+# random SECRET_KEY, database migrations, then uvicorn. Safe to re-run: reuses the venv, the
+# .env and the database. Extra arguments are passed to uvicorn (e.g. --reload).
 #     HOST (default 127.0.0.1), PORT (default 8000)
 #     DRY_RUN=1: instead of migrating and serving, print the uvicorn command line
 # uvicorn's proxy-header trust and connection limits come from the settings
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_venv
-ensure_requirements requirements.txt
+ensure_locked requirements.lock
 ensure_dotenv
 
 options=$("$VENV_PY" scripts/uvicorn_options.py) \

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_venv
-ensure_requirements requirements.txt
+ensure_locked requirements.lock
 
 host=${HOST:-0.0.0.0}
 port=${PORT:-8000}

@@ -3,6 +3,9 @@
 #   pass 1 "embedded"          SQLite temp file, no Redis (TEST_* variables unset)
 #   pass 2 "postgresql+redis"  TEST_DATABASE_URL / TEST_REDIS_URL exported
 # Arguments are passed to pytest in both passes (e.g. -k login, -x).
+# Both passes run under coverage ([tool.coverage] in pyproject.toml); their data is combined
+# into .coverage, reported, and held to the floor (fail_under) when the whole suite ran on
+# both backends (no arguments). `.venv/bin/coverage html` then shows the lines missed.
 #
 # Environment:
 #   TEST_DATABASE_URL  default postgresql://postgres@127.0.0.1:5432/test
@@ -40,7 +43,7 @@ run_pass() {
     shift 2
     step "Tests, pass \"$name\""
     pass_rc=0
-    env "$@" "$VENV_PY" -m pytest "${pytest_opts[@]}" "${pytest_args[@]}" 2>&1 \
+    env "$@" "$VENV_PY" -m coverage run -m pytest "${pytest_opts[@]}" "${pytest_args[@]}" 2>&1 \
         | tee -- "$log" || pass_rc=$?
     pass_line=$(pytest_summary_line "$log")
     if [[ -z $pass_line ]]; then
@@ -50,17 +53,43 @@ run_pass() {
     fi
 }
 
+# report_coverage SCOPE ENFORCE -- combines the passes' data, prints the report, sets
+# coverage_line and coverage_rc (1 when ENFORCE=1 and the total is below the floor).
+report_coverage() {
+    local scope=$1 enforce=$2 floor total
+    coverage_rc=0
+    step "Coverage ($scope)"
+    if ! "$VENV_PY" -m coverage combine --quiet 2>"$tmp/coverage.err"; then
+        cat -- "$tmp/coverage.err" >&2
+        coverage_line="not measured (no coverage data)"
+        coverage_rc=$enforce
+        return 0
+    fi
+    floor=$("$VENV_PY" -c 'import coverage; print(f"{coverage.Coverage().config.fail_under:g}")')
+    "$VENV_PY" -m coverage report --fail-under=0 || true
+    total=$("$VENV_PY" -m coverage report --format=total --fail-under=0)
+    if ((!enforce)); then
+        coverage_line="$total% ($scope; the $floor% floor holds for the whole suite only)"
+    elif "$VENV_PY" -m coverage report --format=total >/dev/null; then
+        coverage_line="$total% ($scope; floor $floor%)"
+    else
+        coverage_line="$total% ($scope) is BELOW the floor of $floor% (fail_under in pyproject.toml)"
+        coverage_rc=1
+    fi
+}
+
 print_summary() {
     printf '\n========== test summary ==========\n'
+    printf '%-18s %s\n' "coverage:" "$coverage_line"
     printf '%-18s %s\n' "embedded:" "$embedded_line" "postgresql+redis:" "$backend_line"
     printf '==================================\n'
 }
 
 pytest_args=("$@")
 
-# 1. virtualenv + dev requirements
+# 1. virtualenv + dev requirements (requirements-dev.lock, hash-checked)
 ensure_venv
-ensure_requirements requirements-dev.txt
+ensure_locked requirements-dev.lock
 
 # The docs browser test drives Debian's Chromium: install it when missing.
 step "Browser for the docs test (chromium, chromium-driver)"
@@ -75,6 +104,12 @@ if [[ ${SKIP_LINT:-} == 1 ]]; then
 else
     lint
 fi
+
+# Coverage data of this run only (absolute: the processes the tests start write there too).
+export COVERAGE_FILE=$PWD/.coverage
+"$VENV_PY" -m coverage erase
+whole_suite=$((${#pytest_args[@]} == 0))
+coverage_line="not measured"
 
 # 3. pass 1: embedded (SQLite, no Redis)
 run_pass embedded "$tmp/embedded.log" -u TEST_DATABASE_URL -u TEST_REDIS_URL
@@ -101,6 +136,7 @@ if ((probe_rc != 0)); then
     fi
     warn "postgresql+redis pass skipped, only the embedded pass ran: $unreachable"
     backend_line="skipped (service unreachable; CI=true would make this a failure)"
+    report_coverage "embedded pass only" 0
     print_summary
     exit "$embedded_rc"
 fi
@@ -111,8 +147,9 @@ run_pass postgresql+redis "$tmp/backend.log"
 backend_rc=$pass_rc
 backend_line=$pass_line
 
-# 7. summary
+# 7. coverage of both passes, then the summary
+report_coverage "both passes combined" "$whole_suite"
 print_summary
-if ((embedded_rc != 0 || backend_rc != 0)); then
+if ((embedded_rc != 0 || backend_rc != 0 || coverage_rc != 0)); then
     exit 1
 fi

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, text
 
@@ -289,13 +288,6 @@ def test_an_unhandled_error_is_a_500_problem_whose_request_id_is_in_the_tracebac
 # --- secrets never logged ------------------------------------------------------------------
 
 
-def _route_exists(app: FastAPI, method: str, path: str) -> bool:
-    return any(
-        route.path_format == path and method in (route.methods or ())
-        for route in iter_route_contexts(app.routes)
-    )
-
-
 def _scan(lines: list[str], secrets: dict[str, str]) -> list[str]:
     return [
         f"{name} in: {line[:200]}" for line in lines for name, s in secrets.items() if s in line
@@ -303,11 +295,10 @@ def _scan(lines: list[str], secrets: dict[str, str]) -> list[str]:
 
 
 def test_passwords_tokens_hashes_and_file_contents_never_reach_the_log(
-    app: FastAPI, client: TestClient, db_connection: Connection
+    client: TestClient, db_connection: Connection
 ) -> None:
     password = f"pw-{uuid.uuid4().hex}"
     file_content = f"file-content-{uuid.uuid4().hex}"
-    upload_path = "/tasks/{task_id}/files"
     with captured_logs() as logs:
         user = register_and_login(client, "secretive", password)
         # The form login, a wrong password, bad input and a conflict log nothing secret either.
@@ -326,18 +317,16 @@ def test_passwords_tokens_hashes_and_file_contents_never_reach_the_log(
         assert client.get("/auth/me", headers=user.headers).status_code == 200
         task = client.post("/tasks", json={"title": "holds a file"}, headers=user.headers)
         assert task.status_code == 201
+        # The file's bytes pass through the upload and the download, and are logged by neither.
         upload = client.post(
-            upload_path.format(task_id=task.json()["id"]),
+            f"/tasks/{task.json()['id']}/files",
             files={"file": ("notes.txt", file_content.encode(), "text/plain")},
             headers=user.headers,
         )
-        if _route_exists(app, "POST", upload_path):
-            assert upload.status_code == 201, upload.text
-            download = client.get(f"/files/{upload.json()['id']}", headers=user.headers)
-            assert download.status_code == 200
-            assert download.content == file_content.encode()
-        else:
-            assert upload.status_code in (404, 405)
+        assert upload.status_code == 201, upload.text
+        download = client.get(f"/files/{upload.json()['id']}", headers=user.headers)
+        assert download.status_code == 200
+        assert download.content == file_content.encode()
     hashed = db_connection.execute(
         text("SELECT hashed_password FROM users WHERE id = :id"), {"id": user.id}
     ).scalar_one()

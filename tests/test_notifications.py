@@ -310,7 +310,11 @@ class TestSmtpNotifier:
         self, client: TestClient, alice: AuthUser, inbox: Inbox
     ) -> None:
         task = make_task(client, alice)
-        client.patch(f"/tasks/{task['id']}", json={"priority": "high"}, headers=alice.headers)
+        response = client.patch(
+            f"/tasks/{task['id']}", json={"priority": "high"}, headers=alice.headers
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["priority"] == "high"
         assert inbox.messages == []
 
     def test_bulk_notices_go_to_each_owner_in_one_batch(

@@ -134,9 +134,17 @@ class TestGet:
         response = client.get(f"/tasks/{task['id']}", headers=bob.headers)
         assert response.status_code == 404
         assert response.json()["code"] == "task_not_found"
-        missing = client.get("/tasks/2147483647", headers=bob.headers).json()
-        # Indistinguishable from a task that does not exist.
-        assert response.json()["title"] == missing["title"]
+        missing = client.get("/tasks/2147483647", headers=bob.headers)
+        # Indistinguishable from a task that does not exist: the same problem, bar the request id
+        # and the id named in the detail.
+        assert missing.status_code == 404
+
+        def problem(body: dict[str, Any], task_id: int) -> dict[str, Any]:
+            shape = {key: value for key, value in body.items() if key != "request_id"}
+            shape["detail"] = shape["detail"].replace(str(task_id), "{id}")
+            return shape
+
+        assert problem(response.json(), task["id"]) == problem(missing.json(), 2147483647)
 
     @pytest.mark.parametrize(
         "task_id", ["0", "-1", "2147483648", "99999999999999999999", "abc", "1.5"]
@@ -219,12 +227,20 @@ class TestPatch:
     def test_another_users_task_is_404_and_unchanged(
         self, client: TestClient, alice: AuthUser, bob: AuthUser
     ) -> None:
-        task = create(client, alice)
-        response = client.patch(
-            f"/tasks/{task['id']}", json={"title": "pwned"}, headers=bob.headers
-        )
+        task = create(client, alice, description="mine", tags=["a"], due_date="2030-01-01")
+        pwned = {
+            "title": "pwned",
+            "description": None,
+            "completed": True,
+            "priority": "high",
+            "due_date": None,
+            "tags": ["b"],
+        }
+        response = client.patch(f"/tasks/{task['id']}", json=pwned, headers=bob.headers)
         assert response.status_code == 404
-        assert client.get(f"/tasks/{task['id']}", headers=alice.headers).json()["title"] == "Task"
+        assert response.json()["code"] == "task_not_found"
+        # Every field as it was, updated_at included.
+        assert client.get(f"/tasks/{task['id']}", headers=alice.headers).json() == task
 
     def test_needs_a_token(self, client: TestClient, alice: AuthUser) -> None:
         task = create(client, alice)
