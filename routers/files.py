@@ -8,10 +8,14 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, BackgroundTasks, Path, Request, Response, status
 from fastapi.responses import FileResponse
+from pydantic import TypeAdapter
 
 import background_tasks
+import etags
 import rate_limit_config as rate_limits
+from conditional import ETAG_HEADER, NOT_MODIFIED, IfNoneMatchHeader, not_modified
 from dependencies import CurrentUser, DbSession, OwnedTask, SettingsDep
+from idempotent_requests import IDEMPOTENCY_ERRORS, SUCCESS_HEADERS, UploadIdempotency
 from models import MAX_ID, FileRead, error_responses
 from services import files as file_service
 
@@ -41,8 +45,11 @@ _DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
             content_type: {"schema": {"type": "string", "format": "binary"}}
             for content_type in file_service.CONTENT_TYPES
         },
-    }
+        "headers": ETAG_HEADER,
+    },
+    **NOT_MODIFIED,
 }
+_FILE = TypeAdapter(FileRead)
 _UNSAFE_IN_QUOTES = re.compile(r'[^\x20-\x7e]|["\\]')
 
 
@@ -65,12 +72,21 @@ def content_disposition(filename: str) -> str:
     "/tasks/{task_id}/files",
     status_code=status.HTTP_201_CREATED,
     response_model=FileRead,
-    responses=error_responses(404, 409, 413, 415, 422),
+    responses={
+        201: {"headers": SUCCESS_HEADERS},
+        **error_responses(404, 409, 413, 415, 422),
+        **IDEMPOTENCY_ERRORS,
+    },
     openapi_extra=_UPLOAD_BODY,
 )
 @rate_limits.rate_limited(rate_limits.UPLOAD)
 async def upload_file(
-    request: Request, task: OwnedTask, session: DbSession, settings: SettingsDep, response: Response
+    request: Request,
+    idempotency: UploadIdempotency,
+    task: OwnedTask,
+    session: DbSession,
+    settings: SettingsDep,
+    response: Response,
 ) -> Any:
     """Attach a file to one of your tasks: multipart/form-data with one part named `file`."""
     row = await file_service.upload_file(
@@ -81,9 +97,10 @@ async def upload_file(
         upload_dir=settings.upload_dir,
         max_bytes=settings.max_upload_bytes,
         max_files=settings.max_files_per_task,
+        before_attach=idempotency.claim_upload,
     )
     response.headers["Location"] = f"/files/{row.id}"
-    return row
+    return await idempotency.respond_async(row, adapter=_FILE, status_code=201, response=response)
 
 
 @router.get(
@@ -100,12 +117,19 @@ def list_files(task: OwnedTask, session: DbSession) -> Any:
     responses={**_DOWNLOAD_RESPONSE, **error_responses(404, 422)},
 )
 def download_file(
-    file_id: FileId, user: CurrentUser, session: DbSession, settings: SettingsDep
-) -> FileResponse:
-    """Download one of your files, streamed from disk."""
+    file_id: FileId,
+    user: CurrentUser,
+    session: DbSession,
+    settings: SettingsDep,
+    if_none_match: IfNoneMatchHeader = None,
+) -> Response:
+    """Download one of your files, streamed from disk; its `ETag` is its sha256."""
     found = file_service.prepare_download(
         session, owner_id=user.id, file_id=file_id, upload_dir=settings.upload_dir
     )
+    etag = etags.file_etag(found.sha256)
+    if if_none_match is not None and etags.weak_match(if_none_match, etag):
+        return not_modified(etag)
     return FileResponse(
         found.path,
         media_type=found.content_type,
@@ -114,6 +138,7 @@ def download_file(
             "Content-Disposition": content_disposition(found.filename),
             # The stored type was checked at upload; never let a browser guess another.
             "X-Content-Type-Options": "nosniff",
+            "ETag": etag,
         },
     )
 

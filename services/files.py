@@ -16,7 +16,7 @@ import time
 import unicodedata
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -505,8 +505,13 @@ async def upload_file(
     upload_dir: Path,
     max_bytes: int,
     max_files: int,
+    before_attach: Callable[[ReceivedUpload], None] | None = None,
 ) -> TaskFile:
-    """Receive one file for the caller's task and attach it to the task."""
+    """Receive one file for the caller's task and attach it to the task.
+
+    `before_attach` runs in the attaching transaction once the file is received and checked
+    (the Idempotency-Key claim); whatever it raises leaves nothing behind.
+    """
     owner_id, task_id = task.user_id, task.id
     await anyio.to_thread.run_sync(
         partial(check_room_for_file, session, task=task, max_files=max_files)
@@ -514,18 +519,21 @@ async def upload_file(
     upload = await receive_upload(
         headers=headers, body=body, upload_dir=upload_dir, limit=max_bytes
     )
-    try:
-        return await anyio.to_thread.run_sync(
-            partial(
-                attach_file,
-                session,
-                owner_id=owner_id,
-                task_id=task_id,
-                upload=upload,
-                upload_dir=upload_dir,
-                max_files=max_files,
-            )
+
+    def attach() -> TaskFile:
+        if before_attach is not None:
+            before_attach(upload)
+        return attach_file(
+            session,
+            owner_id=owner_id,
+            task_id=task_id,
+            upload=upload,
+            upload_dir=upload_dir,
+            max_files=max_files,
         )
+
+    try:
+        return await anyio.to_thread.run_sync(attach)
     finally:
         # Gone already once renamed into place; otherwise it must not linger.
         with anyio.CancelScope(shield=True):
@@ -544,6 +552,7 @@ class Download:
     stat: os.stat_result
     content_type: str
     filename: str
+    sha256: str
 
 
 def prepare_download(
@@ -562,7 +571,11 @@ def prepare_download(
         logger.error("File %s has a row but no bytes on disk (%s)", file_id, row.stored_filename)
         raise StoredFileNotFoundError(file_id) from None
     return Download(
-        path=path, stat=stat, content_type=row.content_type, filename=row.original_filename
+        path=path,
+        stat=stat,
+        content_type=row.content_type,
+        filename=row.original_filename,
+        sha256=row.sha256,
     )
 
 

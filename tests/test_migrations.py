@@ -17,7 +17,15 @@ import db_config
 from config import PROJECT_DIR
 from db_models import Base, exists_on
 
-EXPECTED_TABLES = {"alembic_version", "users", "tasks", "task_tags", "task_files"}
+EXPECTED_TABLES = {
+    "alembic_version",
+    "users",
+    "tasks",
+    "task_tags",
+    "task_files",
+    "user_change_counters",
+    "idempotency_keys",
+}
 
 
 def _drift(connection: Connection) -> list[object]:
