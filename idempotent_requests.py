@@ -137,7 +137,6 @@ class IdempotentRequest:
                 location=response.headers.get("Location"),
                 etag=response.headers.get("ETag"),
             ),
-            ttl=self.ttl,
         )
         return Response(
             body,

@@ -7,8 +7,9 @@ second request with the same key must not start the work again:
 - on PostgreSQL each request takes a transaction-level advisory lock on (user, key) without
   waiting (`pg_try_advisory_xact_lock`); a request that cannot take it answers 409 at once,
   and one that takes it sees every result committed before (the lock is released at commit);
-- on SQLite writes are serialized by the database itself; should two requests still collide
-  on the row, the unique (user, key) constraint turns the later one into a 409.
+- on SQLite the claim starts with a write (the purge of expired keys), which waits for the
+  database's write lock and so for the other request's transaction to end; then it sees the
+  stored result. Should two requests still collide, the later one is a 409.
 """
 
 import hashlib
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import delete, func, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from db_models import IdempotencyKey, utcnow
@@ -51,12 +52,21 @@ def _lock_key(owner_id: int, key: str) -> int:
     return int.from_bytes(raw, "big", signed=True)
 
 
-def _take_lock(session: Session, *, owner_id: int, key: str) -> None:
-    if session.get_bind().dialect.name != "postgresql":
+def _serialize(session: Session, *, owner_id: int, key: str, ttl: timedelta) -> None:
+    """Make sure no other transaction is doing this key's work while this one decides."""
+    if session.get_bind().dialect.name == "postgresql":
+        taken = session.scalar(select(func.pg_try_advisory_xact_lock(_lock_key(owner_id, key))))
+        if not taken:
+            raise IdempotencyInProgressError(RETRY_AFTER_SECONDS)
+        purge_expired(session, ttl=ttl)
         return
-    taken = session.scalar(select(func.pg_try_advisory_xact_lock(_lock_key(owner_id, key))))
-    if not taken:
-        raise IdempotencyInProgressError(RETRY_AFTER_SECONDS)
+    # SQLite: the purge is a write, so it takes the database's write lock now, waiting (up to
+    # the busy timeout) for a transaction doing this key's work to finish; the read below then
+    # sees its result. A transaction that read before that commit cannot write any more.
+    try:
+        purge_expired(session, ttl=ttl)
+    except OperationalError:
+        raise IdempotencyInProgressError(RETRY_AFTER_SECONDS) from None
 
 
 def claim(
@@ -68,7 +78,7 @@ def claim(
         IdempotencyInProgressError: another request with this key is still running.
         IdempotencyKeyReusedError: the key stands for a different request.
     """
-    _take_lock(session, owner_id=owner_id, key=key)
+    _serialize(session, owner_id=owner_id, key=key, ttl=ttl)
     row = session.scalar(
         select(IdempotencyKey).where(IdempotencyKey.user_id == owner_id, IdempotencyKey.key == key)
     )
@@ -90,7 +100,6 @@ def record(
     key: str,
     fingerprint: str,
     result: StoredResult,
-    ttl: timedelta,
 ) -> None:
     """Store a 2xx result with the work of its request (call it in the same transaction)."""
     try:
@@ -109,7 +118,6 @@ def record(
     except IntegrityError:
         # The whole transaction, work included, is rolled back with this answer.
         raise IdempotencyInProgressError(RETRY_AFTER_SECONDS) from None
-    purge_expired(session, ttl=ttl)
 
 
 def purge_expired(session: Session, *, ttl: timedelta, limit: int = _PURGE_BATCH) -> int:
