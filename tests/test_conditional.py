@@ -29,7 +29,8 @@ def problem(response: Response, status: int, code: str) -> dict[str, Any]:
 
 
 def get(client: TestClient, user: AuthUser, task_id: int, **headers: str) -> Response:
-    return client.get(f"/tasks/{task_id}", headers={**user.headers, **headers})
+    response: Response = client.get(f"/tasks/{task_id}", headers={**user.headers, **headers})
+    return response
 
 
 def assert_not_modified(response: Response, etag: str) -> None:
@@ -148,7 +149,9 @@ class TestTaskETag:
         for response in responses:
             assert response.status_code in (200, 201), response.text
             etag = response.headers["ETag"]
-            assert etag.startswith('"') and etag.endswith('"') and len(etag) > 2
+            assert etag.startswith('"')
+            assert etag.endswith('"')
+            assert len(etag) > 2
             tags.append(etag)
         # Created and read: one version, one tag; then each write a new one, never reused.
         assert tags[0] == tags[1]
@@ -232,9 +235,10 @@ def write(
     body: Any,
     **headers: str,
 ) -> Response:
-    return client.request(
+    response: Response = client.request(
         method, f"/tasks/{task_id}{suffix}", json=body, headers={**user.headers, **headers}
     )
+    return response
 
 
 class TestIfMatch:
@@ -426,7 +430,8 @@ class TestRequireIfMatch:
 
 
 def bulk(client: TestClient, user: AuthUser, body: dict[str, Any]) -> Response:
-    return client.patch("/tasks/bulk", json=body, headers=user.headers)
+    response: Response = client.patch("/tasks/bulk", json=body, headers=user.headers)
+    return response
 
 
 class TestBulkIfMatch:
@@ -531,7 +536,8 @@ class TestCollectionETag:
     ) -> None:
         create_task(client, alice)
         etag = collection_tag(client, alice, url)
-        assert etag.startswith('W/"') and etag.endswith('"')
+        assert etag.startswith('W/"')
+        assert etag.endswith('"')
         client.get("/tasks/stats", headers=alice.headers)
         client.get("/tasks?completed=true", headers=alice.headers)
         assert collection_tag(client, alice, url) == etag

@@ -87,23 +87,27 @@ Send = Callable[[TestClient, AuthUser, dict[str, Any], int], Response]
 
 
 def _create(client: TestClient, user: AuthUser, headers: dict[str, Any], task_id: int) -> Response:
-    return client.post("/tasks", json={"title": "Buy milk"}, headers=headers)
+    response: Response = client.post("/tasks", json={"title": "Buy milk"}, headers=headers)
+    return response
 
 
 def _bulk(client: TestClient, user: AuthUser, headers: dict[str, Any], task_id: int) -> Response:
-    return client.patch(
+    response: Response = client.patch(
         "/tasks/bulk", json={"task_ids": [task_id], "updates": {"completed": True}}, headers=headers
     )
+    return response
 
 
 def _tags(client: TestClient, user: AuthUser, headers: dict[str, Any], task_id: int) -> Response:
-    return client.post(f"/tasks/{task_id}/tags", json=["urgent"], headers=headers)
+    response: Response = client.post(f"/tasks/{task_id}/tags", json=["urgent"], headers=headers)
+    return response
 
 
 def _upload(client: TestClient, user: AuthUser, headers: dict[str, Any], task_id: int) -> Response:
-    return client.post(
+    response: Response = client.post(
         f"/tasks/{task_id}/files", files={"file": ("a.png", PNG, "image/png")}, headers=headers
     )
+    return response
 
 
 ROUTES = [
@@ -331,7 +335,7 @@ class TestReuse:
         "second",
         [
             pytest.param(
-                lambda c, h, t: c.post("/tasks", json={"title": "Other"}, headers=h), id="body"
+                lambda c, h, _: c.post("/tasks", json={"title": "Other"}, headers=h), id="body"
             ),
             pytest.param(
                 lambda c, h, t: c.post(f"/tasks/{t}/tags", json=["x"], headers=h), id="path"
@@ -440,7 +444,8 @@ class TestExpiry:
         assert task_count(client, alice) == 2
         with db_config.SessionLocal() as session:
             bodies = session.scalars(select(IdempotencyKey.body)).all()
-        assert len(bodies) == 1 and '"another"' in bodies[0]
+        assert len(bodies) == 1
+        assert '"another"' in bodies[0]
 
     def test_the_ttl_is_a_setting(
         self, client: TestClient, alice: AuthUser, settings_override: Callable[..., Settings]
@@ -520,7 +525,8 @@ def test_two_simultaneous_requests_on_postgresql_one_2xx_and_one_409(
     headers = keyed(user, "simultaneous")
 
     def send() -> Response:
-        return client.post("/tasks", json={"title": "once"}, headers=headers)
+        response: Response = client.post("/tasks", json={"title": "once"}, headers=headers)
+        return response
 
     # Hold the user's change counter: the first request stops on it, inside its transaction,
     # after claiming the key and inserting its task.
