@@ -85,6 +85,16 @@ def not_modified(etag: str) -> Response:
     return Response(status_code=304, headers={"ETag": etag})
 
 
+def tag_or_not_modified(
+    response: Response, etag: str, if_none_match: str | None
+) -> Response | None:
+    """A 304 when the client's tag is current; otherwise None, with the tag on `response`."""
+    if if_none_match is not None and etags.weak_match(if_none_match, etag):
+        return not_modified(etag)
+    response.headers["ETag"] = etag
+    return None
+
+
 def with_task_etag(response: Response, task: Task) -> Task:
     """Send the task's current tag with the response that carries it."""
     response.headers["ETag"] = etags.task_etag(task)
@@ -93,36 +103,31 @@ def with_task_etag(response: Response, task: Task) -> Task:
 
 def task_or_not_modified(task: Task, response: Response, if_none_match: str | None) -> Any:
     """The task with its tag, or a 304 when the client's tag is current."""
-    etag = etags.task_etag(task)
-    if if_none_match is not None and etags.weak_match(if_none_match, etag):
-        return not_modified(etag)
-    response.headers["ETag"] = etag
-    return task
+    unchanged = tag_or_not_modified(response, etags.task_etag(task), if_none_match)
+    return task if unchanged is None else unchanged
 
 
-def revalidate_collection(
-    session: Session,
-    *,
-    kind: str,
-    owner_id: int,
-    request: Request,
-    response: Response,
-    if_none_match: str | None,
-) -> Response | None:
-    """Tag a list or summary of the owner's tasks; a 304 when the client's tag is current.
-
-    One read of the owner's change counter decides it, before any query of the tasks. Read
-    first: a write committed after it only makes this tag older than the body, never newer.
-    """
-    counter = change_service.current_counter(session, owner_id=owner_id)
-    etag = etags.collection_etag(
+def collection_etag(request: Request, *, kind: str, owner_id: int, counter: int) -> str:
+    """The weak tag of a list or summary of the owner's tasks, for this query string and day."""
+    return etags.collection_etag(
         kind=kind,
         user_id=owner_id,
         counter=counter,
         query_string=request.scope.get("query_string", b""),
         today=stats_service.utc_today(),
     )
-    if if_none_match is not None and etags.weak_match(if_none_match, etag):
-        return not_modified(etag)
-    response.headers["ETag"] = etag
-    return None
+
+
+def revalidate_collection(
+    session: Session, *, kind: str, owner_id: int, request: Request, if_none_match: str | None
+) -> Response | None:
+    """A 304 when the client's tag of the list is current, decided by one counter read.
+
+    None when there is no If-None-Match or it names another tag: the caller then answers in
+    full and tags the answer with the counter it reads along with it.
+    """
+    if if_none_match is None:
+        return None
+    counter = change_service.current_counter(session, owner_id=owner_id)
+    etag = collection_etag(request, kind=kind, owner_id=owner_id, counter=counter)
+    return not_modified(etag) if etags.weak_match(if_none_match, etag) else None

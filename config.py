@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # Writes to one task without If-Match answer 428 (clients must prove what they saw).
     require_if_match: bool = False
     # How long a stored Idempotency-Key result is replayed; after that the key is new again.
-    idempotency_ttl_hours: int = Field(default=24, ge=1, le=24 * 365)
+    idempotency_ttl_hours: float = Field(default=24, gt=0, le=24 * 365)
 
     @field_validator("database_url")
     @classmethod

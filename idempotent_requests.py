@@ -157,7 +157,7 @@ class IdempotentRequest:
 
 
 def _request_of(
-    request: Request, user_id: int, session: Session, ttl_hours: int, raw_key: str | None
+    request: Request, user_id: int, session: Session, ttl_hours: float, raw_key: str | None
 ) -> IdempotentRequest:
     return IdempotentRequest(
         key=None if raw_key is None else parse_key(raw_key),

@@ -14,7 +14,9 @@ from conditional import (
     PRECONDITION_ERRORS,
     IfNoneMatchHeader,
     WritableTask,
+    collection_etag,
     revalidate_collection,
+    tag_or_not_modified,
     task_or_not_modified,
     with_task_etag,
 )
@@ -106,19 +108,16 @@ def list_tasks(
     if_none_match: IfNoneMatchHeader = None,
 ) -> Any:
     """The caller's tasks matching every filter given, a page at a time (weak `ETag`)."""
-    if (
-        unchanged := revalidate_collection(
-            session,
-            kind="tasks",
-            owner_id=user.id,
-            request=request,
-            response=response,
-            if_none_match=if_none_match,
-        )
-    ) is not None:
+    # A poll of an unchanged list costs one read of the change counter, not the list query.
+    unchanged = revalidate_collection(
+        session, kind="tasks", owner_id=user.id, request=request, if_none_match=if_none_match
+    )
+    if unchanged is not None:
         return unchanged
     page = task_service.list_tasks(session, owner=user, params=params)
     _set_paging_headers(request, response, params, page.total)
+    etag = collection_etag(request, kind="tasks", owner_id=user.id, counter=page.change_counter)
+    response.headers["ETag"] = etag
     return page.tasks
 
 
@@ -163,20 +162,13 @@ def get_stats(
     if_none_match: IfNoneMatchHeader = None,
 ) -> Any:
     """Counts of the caller's tasks: completion, overdue, by priority and by tag (weak `ETag`)."""
-    if (
-        unchanged := revalidate_collection(
-            session,
-            kind="stats",
-            owner_id=user.id,
-            request=request,
-            response=response,
-            if_none_match=if_none_match,
-        )
-    ) is not None:
-        return unchanged
     result = stats_service.get_stats(
         session, owner_id=user.id, cache=cache, ttl_seconds=settings.stats_cache_ttl_seconds
     )
+    # The tag comes with the cached answer: a revalidation from the cache needs no database.
+    etag = collection_etag(request, kind="stats", owner_id=user.id, counter=result.change_counter)
+    if (unchanged := tag_or_not_modified(response, etag, if_none_match)) is not None:
+        return unchanged
     response.headers["X-Cache"] = "HIT" if result.cache_hit else "MISS"
     return result.stats
 

@@ -5,7 +5,7 @@ the counter a reader sees is never older than the rows it then reads. The row is
 in each transaction (after the task rows are locked), which keeps one lock order everywhere.
 """
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -31,3 +31,13 @@ def current_counter(session: Session, *, owner_id: int) -> int:
         select(UserChangeCounter.counter).where(UserChangeCounter.user_id == owner_id)
     )
     return counter or 0
+
+
+def counter_column(owner_id: int) -> ColumnElement[int]:
+    """The owner's change counter as a column, to read it with another query's round trip."""
+    counter = (
+        select(UserChangeCounter.counter)
+        .where(UserChangeCounter.user_id == owner_id)
+        .scalar_subquery()
+    )
+    return func.coalesce(counter, 0)

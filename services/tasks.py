@@ -79,6 +79,8 @@ def get_owned_task(
 class TaskPage:
     tasks: list[Task]
     total: int
+    # The owner's change counter, read before the page (services/changes.py).
+    change_counter: int
 
 
 _SORT_COLUMNS: dict[str, Any] = {
@@ -159,10 +161,15 @@ def list_tasks(session: Session, *, owner: User, params: TaskListParams) -> Task
     """One page of the caller's matching tasks, and how many match in all."""
     conditions = _conditions(owner.id, params, datetime.now(UTC).date())
     # The count stays a query of its own: it is an index-only scan, where a window count over
-    # the page query would read every matching row of a large user.
-    total = session.scalar(select(func.count()).select_from(Task).where(*conditions)) or 0
+    # the page query would read every matching row of a large user. The change counter comes
+    # with it, in the same round trip.
+    total, changes = session.execute(
+        select(func.count(), change_service.counter_column(owner.id))
+        .select_from(Task)
+        .where(*conditions)
+    ).one()
     if total <= params.skip:
-        return TaskPage(tasks=[], total=total)
+        return TaskPage(tasks=[], total=total, change_counter=changes)
     # The page and its tags in one round trip.
     page = session.scalars(
         select(Task)
@@ -172,7 +179,7 @@ def list_tasks(session: Session, *, owner: User, params: TaskListParams) -> Task
         .limit(params.limit)
         .options(joinedload(Task.tag_rows))
     ).unique()
-    return TaskPage(tasks=list(page), total=total)
+    return TaskPage(tasks=list(page), total=total, change_counter=changes)
 
 
 # --- writes -------------------------------------------------------------------------------

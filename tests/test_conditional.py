@@ -1,5 +1,6 @@
 """Task versions, ETags and preconditions: If-Match on writes, If-None-Match on reads."""
 
+import socket
 from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
@@ -11,8 +12,9 @@ from httpx import Response
 from sqlalchemy import Connection
 
 from config import Settings, get_settings
-from dependencies import get_app_settings
+from dependencies import get_app_settings, get_request_cache
 from main import create_app
+from redis_config import RedisCache
 from services import stats as stats_service
 from tests.conftest import AuthUser
 from tests.task_helpers import count_statements, create_task
@@ -655,19 +657,64 @@ class TestCollectionETag:
         response = client.get("/tasks?limit=0", headers={**alice.headers, "If-None-Match": "*"})
         problem(response, 422, "validation_error")
 
-    @pytest.mark.parametrize("url", COLLECTIONS)
-    def test_a_revalidated_poll_reads_one_counter_not_the_tasks(
-        self, client: TestClient, alice: AuthUser, db_connection: Connection, url: str
+    def test_a_revalidated_list_reads_one_counter_not_the_tasks(
+        self, client: TestClient, alice: AuthUser, db_connection: Connection
     ) -> None:
         create_task(client, alice, tags=["a"])
-        etag = collection_tag(client, alice, url)
+        etag = collection_tag(client, alice, "/tasks")
         with count_statements(db_connection) as log:
-            response = client.get(url, headers={**alice.headers, "If-None-Match": etag})
+            response = client.get("/tasks", headers={**alice.headers, "If-None-Match": etag})
         assert response.status_code == 304
         queries = [s for s in log.statements if s.lstrip().upper().startswith("SELECT")]
         assert len(queries) == 1, log.statements
         assert "user_change_counters" in queries[0]
         assert not any("tasks" in s or "task_tags" in s for s in log.statements)
+
+    def test_a_list_costs_no_extra_round_trip_for_its_tag(
+        self, client: TestClient, alice: AuthUser, db_connection: Connection
+    ) -> None:
+        create_task(client, alice, tags=["a"])
+        with count_statements(db_connection) as log:
+            response = client.get("/tasks", headers=alice.headers)
+        assert response.headers["ETag"]
+        queries = [s for s in log.statements if s.lstrip().upper().startswith("SELECT")]
+        # The count (with the counter) and the page with its tags.
+        assert len(queries) == 2, log.statements
+
+    def test_revalidated_stats_from_the_cache_need_no_database(
+        self, client: TestClient, alice: AuthUser, db_connection: Connection
+    ) -> None:
+        create_task(client, alice, tags=["a"])
+        etag = collection_tag(client, alice, "/tasks/stats")
+        with count_statements(db_connection) as log:
+            response = client.get("/tasks/stats", headers={**alice.headers, "If-None-Match": etag})
+        assert_not_modified(response, etag)
+        assert log.statements == []
+
+    def test_stats_are_tagged_from_the_database_while_the_cache_is_down(
+        self, client: TestClient, alice: AuthUser, app: FastAPI
+    ) -> None:
+        dead = RedisCache(f"redis://127.0.0.1:{_closed_port()}/0", timeout_seconds=0.05)
+        app.dependency_overrides[get_request_cache] = lambda: dead
+        try:
+            create_task(client, alice)
+            etag = collection_tag(client, alice, "/tasks/stats")
+            again = client.get("/tasks/stats", headers={**alice.headers, "If-None-Match": etag})
+            assert_not_modified(again, etag)
+            create_task(client, alice)
+            changed = client.get("/tasks/stats", headers={**alice.headers, "If-None-Match": etag})
+            assert changed.status_code == 200
+            assert changed.json()["total"] == 2
+            assert changed.headers["ETag"] != etag
+        finally:
+            dead.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 # --- files ---------------------------------------------------------------------------------
