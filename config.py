@@ -145,6 +145,11 @@ class Settings(BaseSettings):
 
     cors_origins: Annotated[list[str], NoDecode] = []
 
+    # Writes to one task without If-Match answer 428 (clients must prove what they saw).
+    require_if_match: bool = False
+    # How long a stored Idempotency-Key result is replayed; after that the key is new again.
+    idempotency_ttl_hours: float = Field(default=24, gt=0, le=24 * 365)
+
     @field_validator("database_url")
     @classmethod
     def _use_psycopg2(cls, url: str) -> str:

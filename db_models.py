@@ -16,7 +16,9 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -117,6 +119,9 @@ class Task(Base):
     due_date: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # Raised by every change to the task's fields or tags; the task's ETag derives from it.
+    # ORM flushes raise it themselves (version_id_col); UPDATE statements must set it.
+    version: Mapped[int] = mapped_column(Integer, server_default=text("1"))
 
     tag_rows: Mapped[list["TaskTag"]] = relationship(
         back_populates="task",
@@ -157,6 +162,8 @@ class Task(Base):
         ),
         NEVER_REUSE_IDS,
     )
+
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 (SQLAlchemy's own attribute)
 
     @property
     def tags(self) -> list[str]:
@@ -227,4 +234,45 @@ class OutboxJob(Base):
             sqlite_where=done_at.is_(None),
         ),
         Index("ix_outbox_done_at", "done_at"),
+    )
+
+
+class UserChangeCounter(Base):
+    """How many times a user's tasks or tags have changed: the weak ETag of their lists.
+
+    Raised in the same transaction as every such write, so a client revalidating a list costs
+    one read of this row, not the list query.
+    """
+
+    __tablename__ = "user_change_counters"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    counter: Mapped[int] = mapped_column(BigInteger)
+
+
+class IdempotencyKey(Base):
+    """The stored 2xx result of a request sent with an Idempotency-Key, per user and key.
+
+    Written in the same transaction as the work it records; rows older than
+    IDEMPOTENCY_TTL_HOURS are forgotten and purged.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(SmallInteger)
+    body: Mapped[str] = mapped_column(Text)
+    location: Mapped[str | None] = mapped_column(String(255))
+    etag: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("user_id", "key"),
+        # The purge reads the oldest rows first.
+        Index("ix_idempotency_keys_created_at", "created_at"),
     )

@@ -8,7 +8,7 @@ from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from slowapi.errors import RateLimitExceeded
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -102,6 +102,67 @@ class UnsupportedMediaTypeError(AppError):
 class ServiceUnavailableError(AppError):
     status_code = 503
     code = "service_unavailable"
+
+
+class PreconditionFailedError(AppError):
+    """If-Match named no current tag: nothing was changed; the current tag is sent back."""
+
+    status_code = 412
+    code = "precondition_failed"
+
+    def __init__(
+        self, detail: str, *, etag: str | None = None, extra: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(detail, headers={"ETag": etag} if etag else None, extra=extra)
+
+
+class PreconditionRequiredError(AppError):
+    status_code = 428
+    code = "precondition_required"
+
+
+class InvalidIdempotencyKeyError(BadRequestError):
+    code = "invalid_idempotency_key"
+
+
+class IdempotencyKeyReusedError(AppError):
+    """The key already stands for a different request (method, path or body)."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        message = "this key was already used for a different request; use a new key"
+        super().__init__(
+            f"Idempotency-Key: {message}",
+            extra={
+                "errors": [
+                    {"loc": ["header", "Idempotency-Key"], "msg": message, "type": self.code}
+                ]
+            },
+        )
+
+
+class IdempotencyInProgressError(ConflictError):
+    code = "idempotency_in_progress"
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__(
+            "A request with this Idempotency-Key is still being processed; retry shortly",
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+
+
+class EarlyResponse(Exception):
+    """A complete response decided before the route ran, such as a replayed stored result.
+
+    Raised (from a dependency, say) so that the request's transaction rolls back and the
+    route's work never starts; rendered as the response it carries.
+    """
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
 
 
 def request_id_of(request: Request) -> str:
@@ -266,8 +327,13 @@ async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResp
     return unhandled_error_response(request, exc)
 
 
+async def _early_response_handler(_request: Request, exc: Exception) -> Response:
+    return cast(EarlyResponse, exc).response
+
+
 def register_exception_handlers(app: FastAPI) -> None:
     """Render every error the app can raise as problem+json."""
+    app.add_exception_handler(EarlyResponse, _early_response_handler)
     app.add_exception_handler(AppError, _app_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)

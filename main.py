@@ -81,11 +81,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            allow_headers=[
+                *("Authorization", "Content-Type", "X-Request-ID"),
+                *("If-Match", "If-None-Match", "Idempotency-Key"),
+            ],
             expose_headers=[
                 *("X-Request-ID", "X-Total-Count", "Link", "Location", "X-Cache"),
                 *RATE_LIMIT_HEADERS,
                 "Retry-After",
+                *("ETag", "Idempotent-Replayed"),
             ],
         )
     app.add_middleware(RequestContextMiddleware)

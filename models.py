@@ -14,6 +14,7 @@ from pydantic import (
     StrictBool,
     StrictStr,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -117,6 +118,11 @@ class Problem(BaseModel):
     )
     missing_ids: list[int] | None = Field(
         default=None, description="Ids that do not exist or are not yours (bulk update only)."
+    )
+    conflicts: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Tasks whose `if_match` tag is not current, each with its current `etag` "
+        "(bulk update 412 only).",
     )
 
 
@@ -268,11 +274,35 @@ class BulkTaskUpdate(StrictBody):
 
     task_ids: list[ResourceId] = Field(min_length=1, max_length=100, examples=[[1, 2, 3]])
     updates: TaskUpdate
+    if_match: dict[ResourceId, Annotated[StrictStr, Field(max_length=255)]] | None = Field(
+        default=None,
+        max_length=100,
+        description="Optional preconditions: task id -> the ETag you last saw, exactly as the "
+        "`ETag` header sent it. Any task whose tag is no longer current makes the whole update "
+        "a 412 listing `conflicts`; every key must be one of `task_ids`.",
+        examples=[{"1": '"3f2a9c0d1e4b5a6978c1d2e3"'}],
+    )
 
     @model_validator(mode="after")
     def _dedupe_ids(self) -> Self:
         self.task_ids = list(dict.fromkeys(self.task_ids))
         return self
+
+    @field_validator("if_match")
+    @classmethod
+    def _keys_are_task_ids(
+        cls, value: dict[int, str] | None, info: ValidationInfo
+    ) -> dict[int, str] | None:
+        task_ids = info.data.get("task_ids")
+        if value is None or task_ids is None:
+            return value
+        strangers = [task_id for task_id in value if task_id not in task_ids]
+        if strangers:
+            raise ValueError(
+                "every key must be one of task_ids; not in task_ids: "
+                + ", ".join(map(str, strangers))
+            )
+        return value
 
 
 class TaskRead(BaseModel):
@@ -291,6 +321,7 @@ class TaskRead(BaseModel):
                     "created_at": "2026-01-15T09:30:00Z",
                     "updated_at": "2026-01-15T09:30:00Z",
                     "user_id": 1,
+                    "version": 1,
                 }
             ]
         },
@@ -306,6 +337,10 @@ class TaskRead(BaseModel):
     created_at: datetime
     updated_at: datetime
     user_id: int
+    version: int = Field(
+        description="1 for a new task, raised by every change to its fields or tags; the "
+        "task's `ETag` changes with it."
+    )
 
 
 class TaskStats(BaseModel):
@@ -472,8 +507,10 @@ _ERROR_DESCRIPTIONS = {
     404: "Not found, or not yours (`task_not_found`, `file_not_found`, `tag_not_found`)",
     409: "Conflict (`duplicate_username`, `duplicate_email`, `too_many_files`)",
     413: "Upload larger than the limit (`file_too_large`)",
+    412: "The task changed since the ETag you sent (`precondition_failed`)",
     415: "File type not allowed or content does not match (`unsupported_file_type`)",
     422: "Invalid input (`validation_error`)",
+    428: "This route needs an If-Match header (`precondition_required`)",
     429: "Rate limit exceeded (`rate_limited`)",
     503: "A backing service is unavailable (`service_unavailable`)",
 }

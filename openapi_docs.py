@@ -90,9 +90,11 @@ _DEFAULT_CODES: dict[int, tuple[str, ...]] = {
     401: ("not_authenticated", "invalid_token"),
     404: ("task_not_found",),
     409: ("conflict",),
+    412: ("precondition_failed",),
     413: ("body_too_large",),
     415: ("unsupported_file_type",),
     422: ("validation_error",),
+    428: ("precondition_required",),
     429: ("rate_limited",),
     500: ("internal_error",),
     503: ("service_unavailable",),
@@ -107,6 +109,14 @@ _PATH_CODES: list[tuple[int, re.Pattern[str], tuple[str, ...]]] = [
     (409, re.compile(r"/files$"), ("too_many_files",)),
     (413, re.compile(r"/files$"), ("file_too_large",)),
 ]
+# Codes an operation can answer because of a request header it accepts.
+_HEADER_CODES: dict[str, dict[int, tuple[str, ...]]] = {
+    "idempotency-key": {
+        400: ("invalid_idempotency_key",),
+        409: ("idempotency_in_progress",),
+        422: ("idempotency_key_reused",),
+    },
+}
 _EXAMPLE_DETAILS = {
     "empty_update": "The update contains no fields to change",
     "not_authenticated": "Not authenticated: send Authorization: Bearer <token>",
@@ -127,6 +137,14 @@ _EXAMPLE_DETAILS = {
     "service_unavailable": "The database is unavailable; try again shortly",
     "internal_error": "An unexpected error occurred; quote request id "
     "3f1c2a9e6b7d4e0f8a1b2c3d4e5f6a7b when reporting it",
+    "precondition_failed": "Task 17 has changed since the ETag you sent; nothing was changed",
+    "precondition_required": "Send If-Match with the task's ETag (read it with GET /tasks/{id})",
+    "invalid_idempotency_key": "Idempotency-Key must be 1 to 255 visible ASCII characters, "
+    "or a quoted string of them",
+    "idempotency_in_progress": "A request with this Idempotency-Key is still being processed; "
+    "retry shortly",
+    "idempotency_key_reused": "Idempotency-Key: this key was already used for a different "
+    "request; use a new key",
 }
 _ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {
@@ -230,7 +248,7 @@ def complete_openapi(schema: dict[str, Any]) -> None:
     for path, method, operation in _operations(schema):
         _summarize(operation, path, method)
         _tag(operation, path)
-        _document_errors(operation, path)
+        _document_errors(operation, path, method)
         _describe_errors(operation)
         _add_examples(operation, schemas)
         for response in operation["responses"].values():
@@ -282,14 +300,31 @@ def _tag(operation: dict[str, Any], path: str) -> None:
         operation["tags"] = [first if first in known else "operations"]
 
 
-def _codes(status: int, path: str) -> tuple[str, ...]:
+def _codes(status: int, path: str, method: str) -> tuple[str, ...]:
     for rule_status, pattern, codes in _PATH_CODES:
         if rule_status == status and pattern.search(path):
             return codes
+    if status == 400 and method != "patch":
+        # Only an update can be empty; elsewhere a 400 is a body that cannot be parsed.
+        return ("bad_request",)
     return _DEFAULT_CODES.get(status, (HTTPStatus(status).phrase.lower().replace(" ", "_"),))
 
 
-def _document_errors(operation: dict[str, Any], path: str) -> None:
+def _header_codes(operation: dict[str, Any], status: int) -> tuple[str, ...]:
+    headers = {
+        parameter.get("name", "").lower()
+        for parameter in operation.get("parameters", [])
+        if parameter.get("in") == "header"
+    }
+    return tuple(
+        code
+        for header, by_status in _HEADER_CODES.items()
+        if header in headers
+        for code in by_status.get(status, ())
+    )
+
+
+def _document_errors(operation: dict[str, Any], path: str, method: str) -> None:
     responses: dict[str, Any] = operation["responses"]
     if operation.get("security"):
         responses.setdefault("401", {})
@@ -301,7 +336,7 @@ def _document_errors(operation: dict[str, Any], path: str) -> None:
         if not key.isdigit() or int(key) < 400:
             continue
         status = int(key)
-        codes = _codes(status, path)
+        codes = _codes(status, path, method) + _header_codes(operation, status)
         phrase = HTTPStatus(status).phrase
         response["description"] = f"{phrase}: " + ", ".join(f"`{code}`" for code in codes)
         response["content"] = {
@@ -327,6 +362,17 @@ def _problem_example(status: int, code: str, path: str) -> dict[str, Any]:
     if code == "task_not_found" and path.endswith("/bulk"):
         value["detail"] = "Tasks 4, 9 not found"
         value["missing_ids"] = [4, 9]
+    if code == "precondition_failed" and path.endswith("/bulk"):
+        value["detail"] = "Some tasks changed since the given ETags: 4"
+        value["conflicts"] = [{"id": 4, "etag": '"3f2a9c0d1e4b5a6978c1d2e3"'}]
+    if code == "idempotency_key_reused":
+        value["errors"] = [
+            {
+                "loc": ["header", "Idempotency-Key"],
+                "msg": "this key was already used for a different request; use a new key",
+                "type": "idempotency_key_reused",
+            }
+        ]
     if code == "validation_error":
         value["errors"] = [
             {

@@ -42,6 +42,7 @@ class _TaskShape:
     updated_at: datetime
     user_id: int
     tags: list[str] = field(default_factory=list)
+    version: int = 1
 
 
 def _objects() -> list[_TaskShape]:

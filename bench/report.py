@@ -40,15 +40,26 @@ class Row:
     ratio_objects: float | None = None
     cache: dict[str, int] = field(default_factory=dict)
 
+    statuses: dict[str, int] = field(default_factory=dict)
+
     @property
     def cache_note(self) -> str:
         total = sum(self.cache.values())
         if not total:
-            return ""
+            return self.status_note
         shares = ", ".join(
             f"{name} {100 * n / total:.0f} %" for name, n in sorted(self.cache.items())
         )
         return f"X-Cache: {shares}"
+
+    @property
+    def status_note(self) -> str:
+        """For a scenario that expects one status: how many answers had it."""
+        expected = self.scenario.expected_status
+        total = sum(self.statuses.values())
+        if expected is None or not total:
+            return ""
+        return f"{expected}: {100 * self.statuses.get(expected, 0) / total:.0f} %"
 
 
 def _per_repeat_ratio(runs: Runs, name: str, ceiling: str, repeats: int) -> float | None:
@@ -71,14 +82,17 @@ def aggregate(scenarios: Sequence[Scenario], runs: Runs, repeats: int) -> dict[s
             continue
         detail: dict[str, int] = {}
         cache: dict[str, int] = {}
+        statuses: dict[str, int] = {}
         for result in results:
-            for code, count in result.non_2xx.items():
+            for code, count in result.unexpected.items():
                 detail[code] = detail.get(code, 0) + count
             for kind, count in result.socket_errors.items():
                 if kind != "status" and count:
                     detail[kind] = detail.get(kind, 0) + count
             for name, count in result.cache.items():
                 cache[name] = cache.get(name, 0) + count
+            for code, count in result.statuses.items():
+                statuses[code] = statuses.get(code, 0) + count
         rows[scenario.name] = Row(
             scenario=scenario,
             rps=median(r.rps for r in results),
@@ -97,6 +111,7 @@ def aggregate(scenarios: Sequence[Scenario], runs: Runs, repeats: int) -> dict[s
                 else None
             ),
             cache=cache,
+            statuses=statuses,
         )
     return rows
 

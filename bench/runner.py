@@ -147,6 +147,23 @@ def seed_files(
     return files, None
 
 
+def prime_etags(
+    api_url: str, path: str, users: Sequence[seed.SeededUser], settings: Settings, out: Path
+) -> str | None:
+    """Each user's current ETag of `path`, as a Lua chunk for revalidate.lua; None when fine."""
+    tags = []
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        for user in users:
+            token = auth.create_access_token(user.id, settings, created_at=user.created_at)[0]
+            response = client.get(path, headers={"Authorization": f"Bearer {token}"})
+            etag = response.headers.get("ETag")
+            if response.status_code != 200 or not etag or "'" in etag:
+                return f"{path}: no usable ETag ({response.status_code}); revalidations will fail"
+            tags.append(etag)
+    out.write_text("return {" + ", ".join(f"'{tag}'" for tag in tags) + "}\n")
+    return None
+
+
 def prime_stats(api_url: str, users: Sequence[seed.SeededUser], settings: Settings) -> None:
     """One stats request per user, so the warm-stats run finds every cache filled."""
     with httpx.Client(base_url=api_url, timeout=30) as client:
@@ -301,6 +318,8 @@ class _Run:
         args = [str(self.data_dir / f"{scenario.dataset}.lua"), *scenario.args]
         if scenario.script == "upload.lua":
             args.append(str(options.threads))
+        if scenario.script == "revalidate.lua":
+            args.append(str(self.data_dir / "etags.lua"))
         if scenario.bcrypt_bound:
             # ~10 logins/s: a short run would end before the first few complete.
             duration_s = max(duration_s, BCRYPT_MIN_DURATION_S)
@@ -312,6 +331,7 @@ class _Run:
             threads=options.threads,
             connections=connections,
             timeout_s=options.timeout_s,
+            expected_status=scenario.expected_status,
         )
 
     def warm_up(self) -> None:
@@ -336,6 +356,17 @@ class _Run:
             for scenario in self.scenarios:
                 if scenario.warm_stats_first:
                     prime_stats(self.servers[API].url, seeded.main, self.settings)
+                if scenario.script == "revalidate.lua":
+                    # Other scenarios edit these users' tasks: take the tags as they are now.
+                    problem = prime_etags(
+                        self.servers[scenario.server].url,
+                        scenario.args[0],
+                        seeded.main,
+                        self.settings,
+                        self.data_dir / "etags.lua",
+                    )
+                    if problem and problem not in self.notes:
+                        self.notes.append(problem)
                 result = self.drive(scenario, options.duration_s)
                 runs.setdefault(scenario.name, []).append(result)
                 errors = f"  errors {result.errors}" if result.errors else ""

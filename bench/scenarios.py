@@ -14,6 +14,9 @@ FILTERED_LIST = (
     "&sort_by=due_date&sort_order=desc&limit=20"
 )
 
+# The list a polling client revalidates with the tag it last received.
+REVALIDATED_LIST = "/tasks?limit=20"
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -28,6 +31,8 @@ class Scenario:
     warm_stats_first: bool = False
     group: str = "main"  # ceiling, main, workers, scale
     size: int = 0  # scale curve: tasks of the user
+    # The one status every answer should have, when it is not "any 2xx" (a revalidation: 304).
+    expected_status: str | None = None
 
 
 LOGIN_BODY_FOR_CEILING = '{"username": "bench01", "password": "same-size-as-a-login"}'
@@ -68,6 +73,15 @@ CEILINGS = (
 
 MAIN = (
     Scenario("list", "GET /tasks?limit=20", API, "read.lua", "main", ("/tasks?limit=20",)),
+    Scenario(
+        "list_304",
+        "GET /tasks?limit=20 (If-None-Match: 304)",
+        API,
+        "revalidate.lua",
+        "main",
+        (REVALIDATED_LIST,),
+        expected_status="304",
+    ),
     Scenario("list_filtered", "GET " + FILTERED_LIST, API, "read.lua", "main", (FILTERED_LIST,)),
     Scenario("get", "GET /tasks/{id}", API, "read.lua", "main", ("/tasks/{task}",)),
     Scenario("create", "POST /tasks", API, "create.lua", "writers"),

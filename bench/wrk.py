@@ -30,19 +30,24 @@ class RunResult:
     socket_errors: dict[str, int]
     cache: dict[str, int] = field(default_factory=dict)
     output: str = ""
+    # The status every answer should have; None: any 2xx.
+    expected_status: str | None = None
 
     @property
     def rps(self) -> float:
         return self.requests / self.duration_s if self.duration_s > 0 else 0.0
 
     @property
-    def non_2xx(self) -> dict[str, int]:
+    def unexpected(self) -> dict[str, int]:
+        """Responses by status that are not what the scenario expects (2xx unless it says)."""
+        if self.expected_status is not None:
+            return {code: n for code, n in self.statuses.items() if code != self.expected_status}
         return {code: n for code, n in self.statuses.items() if not code.startswith("2")}
 
     @property
     def errors(self) -> int:
-        """Responses other than 2xx plus connect/read/write errors and timeouts."""
-        return sum(self.non_2xx.values()) + sum(
+        """Unexpected responses plus connect/read/write errors and timeouts."""
+        return sum(self.unexpected.values()) + sum(
             n for kind, n in self.socket_errors.items() if kind != "status"
         )
 
@@ -99,6 +104,7 @@ def run(
     threads: int,
     connections: int,
     timeout_s: int,
+    expected_status: str | None = None,
 ) -> RunResult:
     """Drive `url` with bench/lua/<script> for duration_s seconds."""
     command = [
@@ -122,4 +128,6 @@ def run(
     output = completed.stdout + completed.stderr
     if completed.returncode != 0:
         raise WrkError(f"wrk exited with code {completed.returncode}: {output.strip()[-300:]}")
-    return parse(output)
+    result = parse(output)
+    result.expected_status = expected_status
+    return result

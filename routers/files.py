@@ -5,9 +5,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from pydantic import TypeAdapter
 
+import etags
 import rate_limit_config as rate_limits
+from conditional import ETAG_HEADER, NOT_MODIFIED, IfNoneMatchHeader, not_modified
 from dependencies import CurrentUser, DbSession, FileStorage, OwnedTask, SettingsDep
+from idempotent_requests import IDEMPOTENCY_ERRORS, SUCCESS_HEADERS, UploadIdempotency
 from models import MAX_ID, FileRead, error_responses
 from services import files as file_service
 from storage import LocalObject
@@ -38,6 +42,7 @@ _DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
             content_type: {"schema": {"type": "string", "format": "binary"}}
             for content_type in file_service.CONTENT_TYPES
         },
+        "headers": ETAG_HEADER,
     },
     302: {
         "description": "With `S3_PRESIGN_SECONDS` set: the bytes are at the presigned URL in "
@@ -46,7 +51,9 @@ _DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
             "Location": {"description": "The presigned URL.", "schema": {"type": "string"}}
         },
     },
+    **NOT_MODIFIED,
 }
+_FILE = TypeAdapter(FileRead)
 # Built with the file's row; kept importable here, where it is sent.
 content_disposition = file_service.content_disposition
 # An upload is counted while it streams to disk and refused past MAX_UPLOAD_BYTES (413
@@ -58,13 +65,18 @@ _UPLOAD_BOUNDS_ITSELF = sys.maxsize
     "/tasks/{task_id}/files",
     status_code=status.HTTP_201_CREATED,
     response_model=FileRead,
-    responses=error_responses(404, 409, 413, 415, 422),
+    responses={
+        201: {"headers": SUCCESS_HEADERS},
+        **error_responses(404, 409, 413, 415, 422),
+        **IDEMPOTENCY_ERRORS,
+    },
     openapi_extra=_UPLOAD_BODY,
     max_body_size=_UPLOAD_BOUNDS_ITSELF,
 )
 @rate_limits.rate_limited(rate_limits.UPLOAD)
 async def upload_file(
     request: Request,
+    idempotency: UploadIdempotency,
     task: OwnedTask,
     session: DbSession,
     settings: SettingsDep,
@@ -80,9 +92,10 @@ async def upload_file(
         storage=storage,
         max_bytes=settings.max_upload_bytes,
         max_files=settings.max_files_per_task,
+        before_attach=idempotency.claim_upload,
     )
     response.headers["Location"] = f"/files/{row.id}"
-    return row
+    return await idempotency.respond_async(row, adapter=_FILE, status_code=201, response=response)
 
 
 @router.get(
@@ -99,12 +112,19 @@ def list_files(task: OwnedTask, session: DbSession) -> Any:
     responses={**_DOWNLOAD_RESPONSE, **error_responses(404, 422)},
 )
 def download_file(
-    file_id: FileId, user: CurrentUser, session: DbSession, storage: FileStorage
+    file_id: FileId,
+    user: CurrentUser,
+    session: DbSession,
+    storage: FileStorage,
+    if_none_match: IfNoneMatchHeader = None,
 ) -> Response:
-    """Download one of your files: its bytes, or a redirect to them (`S3_PRESIGN_SECONDS`)."""
+    """Download one of your files (or a redirect to it); its `ETag` is its sha256."""
     found = file_service.prepare_download(
         session, owner_id=user.id, file_id=file_id, storage=storage
     )
+    etag = etags.file_etag(found.sha256)
+    if if_none_match is not None and etags.weak_match(if_none_match, etag):
+        return not_modified(etag)
     if isinstance(found.body, file_service.Redirect):
         # The URL is a credential for a while: no cache keeps it.
         return RedirectResponse(
@@ -114,6 +134,7 @@ def download_file(
         "Content-Disposition": content_disposition(found.filename),
         # The stored type was checked at upload; never let a browser guess another.
         "X-Content-Type-Options": "nosniff",
+        "ETag": etag,
     }
     if isinstance(found.body, LocalObject):
         return FileResponse(

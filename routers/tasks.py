@@ -4,10 +4,23 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response, status
-from pydantic import AfterValidator
+from pydantic import AfterValidator, TypeAdapter
 
 import rate_limit_config as rate_limits
+from conditional import (
+    ETAG_HEADER,
+    NOT_MODIFIED,
+    PRECONDITION_ERRORS,
+    IfNoneMatchHeader,
+    WritableTask,
+    collection_etag,
+    revalidate_collection,
+    tag_or_not_modified,
+    task_or_not_modified,
+    with_task_etag,
+)
 from dependencies import CacheDep, CurrentUser, DbSession, OwnedTask, SettingsDep
+from idempotent_requests import IDEMPOTENCY_ERRORS, SUCCESS_HEADERS, Idempotency
 from models import (
     MAX_TAG_LENGTH,
     BulkTaskUpdate,
@@ -35,11 +48,20 @@ _LIST_HEADERS = {
         "schema": {"type": "string"},
     },
 }
+_LOCATION_HEADER = {"description": "The new task's URL.", "schema": {"type": "string"}}
 _STATS_HEADERS = {
     "X-Cache": {
         "description": "`HIT` when served from the cache, `MISS` when computed.",
         "schema": {"type": "string", "enum": ["HIT", "MISS"]},
     }
+}
+
+_TASK = TypeAdapter(TaskRead)
+_TASKS = TypeAdapter(list[TaskRead])
+_ONE_TASK: dict[int | str, dict[str, Any]] = {200: {"headers": ETAG_HEADER}}
+_KEYED_TASK: dict[int | str, dict[str, Any]] = {
+    200: {"headers": {**ETAG_HEADER, **SUCCESS_HEADERS}},
+    **IDEMPOTENCY_ERRORS,
 }
 
 PathTag = Annotated[
@@ -70,7 +92,11 @@ def _set_paging_headers(
 @router.get(
     "",
     response_model=list[TaskRead],
-    responses={200: {"headers": _LIST_HEADERS}, **error_responses(422)},
+    responses={
+        200: {"headers": {**_LIST_HEADERS, **ETAG_HEADER}},
+        **NOT_MODIFIED,
+        **error_responses(422),
+    },
 )
 def list_tasks(
     params: Annotated[TaskListParams, Query()],
@@ -78,10 +104,19 @@ def list_tasks(
     session: DbSession,
     request: Request,
     response: Response,
+    if_none_match: IfNoneMatchHeader = None,
 ) -> Any:
-    """The caller's tasks matching every filter given, a page at a time."""
+    """The caller's tasks matching every filter given, a page at a time (weak `ETag`)."""
+    # A poll of an unchanged list costs one read of the change counter, not the list query.
+    unchanged = revalidate_collection(
+        session, kind="tasks", owner_id=user.id, request=request, if_none_match=if_none_match
+    )
+    if unchanged is not None:
+        return unchanged
     page = task_service.list_tasks(session, owner=user, params=params)
     _set_paging_headers(request, response, params, page.total)
+    etag = collection_etag(request, kind="tasks", owner_id=user.id, counter=page.change_counter)
+    response.headers["ETag"] = etag
     return page.tasks
 
 
@@ -89,35 +124,50 @@ def list_tasks(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskRead,
-    responses=error_responses(422),
+    responses={
+        201: {"headers": {"Location": _LOCATION_HEADER, **ETAG_HEADER, **SUCCESS_HEADERS}},
+        **IDEMPOTENCY_ERRORS,
+    },
 )
 @rate_limits.rate_limited(rate_limits.CREATE_TASK)
 def create_task(
-    data: TaskCreate, user: CurrentUser, session: DbSession, cache: CacheDep, response: Response
+    data: TaskCreate,
+    user: CurrentUser,
+    idempotency: Idempotency,
+    session: DbSession,
+    cache: CacheDep,
+    response: Response,
 ) -> Any:
     """Create a task owned by the caller."""
     task = task_service.create_task(session, owner=user, data=data, cache=cache)
     response.headers["Location"] = f"/tasks/{task.id}"
-    return task
+    with_task_etag(response, task)
+    return idempotency.respond(task, adapter=_TASK, status_code=201, response=response)
 
 
 # /stats and /bulk are declared before /{task_id}, which would otherwise capture them.
 @router.get(
     "/stats",
     response_model=TaskStats,
-    responses={200: {"headers": _STATS_HEADERS}},
+    responses={200: {"headers": {**_STATS_HEADERS, **ETAG_HEADER}}, **NOT_MODIFIED},
 )
 def get_stats(
     user: CurrentUser,
     session: DbSession,
     cache: CacheDep,
     settings: SettingsDep,
+    request: Request,
     response: Response,
+    if_none_match: IfNoneMatchHeader = None,
 ) -> Any:
-    """Counts of the caller's tasks: completion, overdue, by priority and by tag."""
+    """Counts of the caller's tasks: completion, overdue, by priority and by tag (weak `ETag`)."""
     result = stats_service.get_stats(
         session, owner_id=user.id, cache=cache, ttl_seconds=settings.stats_cache_ttl_seconds
     )
+    # The tag comes with the cached answer: a revalidation from the cache needs no database.
+    etag = collection_etag(request, kind="stats", owner_id=user.id, counter=result.change_counter)
+    if (unchanged := tag_or_not_modified(response, etag, if_none_match)) is not None:
+        return unchanged
     response.headers["X-Cache"] = "HIT" if result.cache_hit else "MISS"
     return result.stats
 
@@ -125,52 +175,89 @@ def get_stats(
 @router.patch(
     "/bulk",
     response_model=list[TaskRead],
-    responses=error_responses(400, 404, 422),
+    responses={
+        200: {"headers": SUCCESS_HEADERS},
+        **error_responses(400, 404, 412, 422),
+        **IDEMPOTENCY_ERRORS,
+    },
 )
 def bulk_update_tasks(
-    data: BulkTaskUpdate, user: CurrentUser, session: DbSession, cache: CacheDep
+    data: BulkTaskUpdate,
+    user: CurrentUser,
+    idempotency: Idempotency,
+    session: DbSession,
+    cache: CacheDep,
+    response: Response,
 ) -> Any:
     """Apply one update to many of your tasks: all or nothing, answered in request order."""
-    return task_service.bulk_update(session, owner=user, data=data, cache=cache).tasks
+    result = task_service.bulk_update(session, owner=user, data=data, cache=cache)
+    return idempotency.respond(result.tasks, adapter=_TASKS, status_code=200, response=response)
 
 
-@router.get("/{task_id}", response_model=TaskRead, responses=error_responses(404, 422))
-async def get_task(task: OwnedTask) -> Any:
-    """One of the caller's tasks."""
-    return task
+@router.get(
+    "/{task_id}",
+    response_model=TaskRead,
+    responses={**_ONE_TASK, **NOT_MODIFIED, **error_responses(404, 422)},
+)
+async def get_task(
+    task: OwnedTask, response: Response, if_none_match: IfNoneMatchHeader = None
+) -> Any:
+    """One of the caller's tasks, with its `ETag`."""
+    return task_or_not_modified(task, response, if_none_match)
 
 
-@router.patch("/{task_id}", response_model=TaskRead, responses=error_responses(400, 404, 422))
-def update_task(task: OwnedTask, data: TaskUpdate, session: DbSession, cache: CacheDep) -> Any:
+@router.patch(
+    "/{task_id}",
+    response_model=TaskRead,
+    responses={**_ONE_TASK, **error_responses(400, 404, 422), **PRECONDITION_ERRORS},
+)
+def update_task(
+    task: WritableTask, data: TaskUpdate, session: DbSession, cache: CacheDep, response: Response
+) -> Any:
     """Change some fields of a task; only the fields sent are changed."""
-    return task_service.update_task(session, task=task, data=data, cache=cache)
+    task = task_service.update_task(session, task=task, data=data, cache=cache)
+    return with_task_etag(response, task)
 
 
 @router.delete(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(404, 422),
+    responses={**error_responses(404, 422), **PRECONDITION_ERRORS},
 )
-def delete_task(task: OwnedTask, session: DbSession, cache: CacheDep) -> None:
+def delete_task(task: WritableTask, session: DbSession, cache: CacheDep) -> None:
     """Delete a task with its tags and files; the files' bytes are removed after the response."""
     task_service.delete_task(session, task=task, cache=cache)
 
 
-@router.post("/{task_id}/tags", response_model=TaskRead, responses=error_responses(404, 422))
+@router.post(
+    "/{task_id}/tags",
+    response_model=TaskRead,
+    responses={**_KEYED_TASK, **error_responses(404, 422), **PRECONDITION_ERRORS},
+)
 def add_tags(
-    task: OwnedTask,
+    # The key first: a repeat is answered from its stored result, before any precondition.
+    idempotency: Idempotency,
+    task: WritableTask,
     tags: Annotated[TagList, Body(examples=[["work", "urgent"]])],
     session: DbSession,
     cache: CacheDep,
+    response: Response,
 ) -> Any:
     """Add tags to a task (a bare JSON array); tags it already has are ignored."""
-    return task_service.add_tags(session, task=task, tags=tags, cache=cache)
+    task = task_service.add_tags(session, task=task, tags=tags, cache=cache)
+    with_task_etag(response, task)
+    return idempotency.respond(task, adapter=_TASK, status_code=200, response=response)
 
 
 @router.delete(
-    "/{task_id}/tags/{tag}", response_model=TaskRead, responses=error_responses(404, 422)
+    "/{task_id}/tags/{tag}",
+    response_model=TaskRead,
+    responses={**_ONE_TASK, **error_responses(404, 422), **PRECONDITION_ERRORS},
 )
-def remove_tag(task: OwnedTask, tag: PathTag, session: DbSession, cache: CacheDep) -> Any:
+def remove_tag(
+    task: WritableTask, tag: PathTag, session: DbSession, cache: CacheDep, response: Response
+) -> Any:
     """Remove one tag from a task."""
-    return task_service.remove_tag(session, task=task, tag=tag, cache=cache)
+    task = task_service.remove_tag(session, task=task, tag=tag, cache=cache)
+    return with_task_etag(response, task)

@@ -15,7 +15,7 @@ import re
 import time
 import unicodedata
 import zipfile
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -584,8 +584,13 @@ async def upload_file(
     storage: Storage,
     max_bytes: int,
     max_files: int,
+    before_attach: Callable[[ReceivedUpload], None] | None = None,
 ) -> TaskFile:
-    """Receive one file for the caller's task, store it and attach it to the task."""
+    """Receive one file for the caller's task and attach it to the task.
+
+    `before_attach` runs in the attaching transaction once the file is received and checked
+    (the Idempotency-Key claim); whatever it raises leaves nothing behind.
+    """
     owner_id, task_id = task.user_id, task.id
     await anyio.to_thread.run_sync(
         partial(check_room_for_file, session, task=task, max_files=max_files)
@@ -593,18 +598,21 @@ async def upload_file(
     upload = await receive_upload(
         headers=headers, body=body, upload_dir=storage.temp_dir, limit=max_bytes
     )
-    try:
-        return await anyio.to_thread.run_sync(
-            partial(
-                attach_file,
-                session,
-                owner_id=owner_id,
-                task_id=task_id,
-                upload=upload,
-                storage=storage,
-                max_files=max_files,
-            )
+
+    def attach() -> TaskFile:
+        if before_attach is not None:
+            before_attach(upload)
+        return attach_file(
+            session,
+            owner_id=owner_id,
+            task_id=task_id,
+            upload=upload,
+            storage=storage,
+            max_files=max_files,
         )
+
+    try:
+        return await anyio.to_thread.run_sync(attach)
     finally:
         # Gone already once moved into place; otherwise it must not linger.
         with anyio.CancelScope(shield=True):
@@ -630,6 +638,7 @@ class Download:
 
     content_type: str
     filename: str
+    sha256: str
     body: LocalObject | StreamedObject | Redirect
 
 
@@ -644,7 +653,7 @@ def prepare_download(
         raise StoredFileNotFoundError(file_id)
     redirect_url = storage.presigned_url(row.stored_filename)
     if redirect_url is not None:
-        return Download(row.content_type, row.original_filename, Redirect(redirect_url))
+        return Download(row.content_type, row.original_filename, row.sha256, Redirect(redirect_url))
     try:
         body = storage.open(row.stored_filename)
     except ObjectMissingError:
@@ -653,7 +662,7 @@ def prepare_download(
     except StorageError:
         logger.exception("Could not read the bytes of file %s", file_id)
         raise StorageUnavailableError() from None
-    return Download(row.content_type, row.original_filename, body)
+    return Download(row.content_type, row.original_filename, row.sha256, body)
 
 
 def delete_file(session: Session, *, owner_id: int, file_id: int) -> None:

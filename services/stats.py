@@ -4,12 +4,16 @@ Each user's cache entries are keyed by a version counter that every committed wr
 by the UTC date (`overdue` changes at midnight). A computation reads the version before it reads
 the database and stores its result under that version, so a result computed before a write is
 stored under a version nobody reads once the write's bump has landed.
+
+Each entry also holds the user's change counter (services/changes.py), read from the database
+before the statistics: the weak ETag of GET /tasks/stats, so a cached answer and a revalidation
+need no database at all.
 """
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import event, false, func, select
 from sqlalchemy.orm import Session
 
@@ -17,9 +21,10 @@ from db_models import Task, TaskTag
 from enums import Priority
 from models import TaskStats
 from redis_config import Cache
+from services import changes as change_service
 
 # Bump when the cached JSON changes shape, so entries written by an older release are ignored.
-_ENTRY_FORMAT = 1
+_ENTRY_FORMAT = 2
 # Far longer than any entry lives: a version must never vanish while entries under it exist.
 _VERSION_TTL_SECONDS = 7 * 24 * 3600
 _PENDING_INVALIDATIONS = "stats_cache_invalidations"
@@ -29,6 +34,13 @@ _PENDING_INVALIDATIONS = "stats_cache_invalidations"
 class StatsResult:
     stats: TaskStats
     cache_hit: bool
+    # The owner's change counter as of (or before) these statistics.
+    change_counter: int
+
+
+class _Entry(BaseModel):
+    change_counter: int
+    stats: TaskStats
 
 
 def _version_key(owner_id: int) -> str:
@@ -80,17 +92,22 @@ def get_stats(session: Session, *, owner_id: int, cache: Cache, ttl_seconds: int
     version = cache.counter(_version_key(owner_id))
     if version is None:
         # The cache is unreachable: without a version, a stored result could not be trusted.
-        return StatsResult(compute_stats(session, owner_id=owner_id, today=today), False)
+        changes = change_service.current_counter(session, owner_id=owner_id)
+        return StatsResult(compute_stats(session, owner_id=owner_id, today=today), False, changes)
     key = _entry_key(owner_id, version, today)
     cached = cache.get(key)
     if cached is not None:
         try:
-            return StatsResult(TaskStats.model_validate_json(cached), True)
+            entry = _Entry.model_validate_json(cached)
+            return StatsResult(entry.stats, True, entry.change_counter)
         except ValidationError:
             pass
+    # The counter first: the statistics are then at least as new as the counter says.
+    changes = change_service.current_counter(session, owner_id=owner_id)
     stats = compute_stats(session, owner_id=owner_id, today=today)
-    cache.set(key, stats.model_dump_json(), ttl_seconds)
-    return StatsResult(stats, False)
+    entry = _Entry(change_counter=changes, stats=stats)
+    cache.set(key, entry.model_dump_json(), ttl_seconds)
+    return StatsResult(stats, False, changes)
 
 
 def invalidate_after_commit(session: Session, *, cache: Cache, owner_id: int) -> None:

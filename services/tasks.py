@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, delete, false, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session, joinedload
 
+import etags
 import outbox
 from db_models import Task, TaskFile, TaskTag, User, utcnow
-from exceptions import AppError, EmptyUpdateError, NotFoundError
+from exceptions import AppError, EmptyUpdateError, NotFoundError, PreconditionFailedError
 from models import (
     MAX_TAGS_PER_TASK,
     BulkTaskUpdate,
@@ -19,6 +20,7 @@ from models import (
     TaskUpdate,
 )
 from redis_config import Cache
+from services import changes as change_service
 from services import stats as stats_service
 
 
@@ -48,14 +50,23 @@ class TooManyTagsError(AppError):
         )
 
 
-def get_owned_task(session: Session, *, owner_id: int, task_id: int) -> Task:
-    """The caller's task; another user's task is indistinguishable from a missing one."""
+def get_owned_task(
+    session: Session, *, owner_id: int, task_id: int, for_update: bool = False
+) -> Task:
+    """The caller's task; another user's task is indistinguishable from a missing one.
+
+    `for_update` locks the task's row (on PostgreSQL) until the transaction ends, so that a
+    precondition checked against its version still holds when the write lands.
+    """
     # Tags in the same round trip: a single task needs no second query for them.
     query = (
         select(Task)
         .where(Task.id == task_id, Task.user_id == owner_id)
         .options(joinedload(Task.tag_rows))
     )
+    if for_update:
+        # Only the task row: the tags' side of the outer join cannot be locked (nor needs to).
+        query = query.with_for_update(of=Task)
     task = session.scalars(query).unique().one_or_none()
     if task is None:
         raise TaskNotFoundError(task_id)
@@ -69,6 +80,8 @@ def get_owned_task(session: Session, *, owner_id: int, task_id: int) -> Task:
 class TaskPage:
     tasks: list[Task]
     total: int
+    # The owner's change counter, read before the page (services/changes.py).
+    change_counter: int
 
 
 _SORT_COLUMNS: dict[str, Any] = {
@@ -149,10 +162,15 @@ def list_tasks(session: Session, *, owner: User, params: TaskListParams) -> Task
     """One page of the caller's matching tasks, and how many match in all."""
     conditions = _conditions(owner.id, params, datetime.now(UTC).date())
     # The count stays a query of its own: it is an index-only scan, where a window count over
-    # the page query would read every matching row of a large user.
-    total = session.scalar(select(func.count()).select_from(Task).where(*conditions)) or 0
+    # the page query would read every matching row of a large user. The change counter comes
+    # with it, in the same round trip.
+    total, changes = session.execute(
+        select(func.count(), change_service.counter_column(owner.id))
+        .select_from(Task)
+        .where(*conditions)
+    ).one()
     if total <= params.skip:
-        return TaskPage(tasks=[], total=total)
+        return TaskPage(tasks=[], total=total, change_counter=changes)
     # The page and its tags in one round trip.
     page = session.scalars(
         select(Task)
@@ -162,7 +180,7 @@ def list_tasks(session: Session, *, owner: User, params: TaskListParams) -> Task
         .limit(params.limit)
         .options(joinedload(Task.tag_rows))
     ).unique()
-    return TaskPage(tasks=list(page), total=total)
+    return TaskPage(tasks=list(page), total=total, change_counter=changes)
 
 
 # --- writes -------------------------------------------------------------------------------
@@ -192,6 +210,13 @@ def replace_tags(task: Task, tags: Iterable[str]) -> None:
     task.tag_rows = [current.get(tag) or TaskTag(tag=tag, user_id=task.user_id) for tag in wanted]
 
 
+def _record_change(session: Session, *, owner_id: int, cache: Cache) -> None:
+    # Both in this transaction's terms: the counter commits with the change, and the stats
+    # cache is invalidated once it has.
+    change_service.record_change(session, owner_id=owner_id)
+    stats_service.invalidate_after_commit(session, cache=cache, owner_id=owner_id)
+
+
 def create_task(session: Session, *, owner: User, data: TaskCreate, cache: Cache) -> Task:
     """Create a task owned by the caller."""
     task = Task(
@@ -205,8 +230,15 @@ def create_task(session: Session, *, owner: User, data: TaskCreate, cache: Cache
     replace_tags(task, data.tags)
     session.add(task)
     session.flush()
-    stats_service.invalidate_after_commit(session, cache=cache, owner_id=owner.id)
+    _record_change(session, owner_id=owner.id, cache=cache)
     return task
+
+
+def _differs(task: Task, changes: dict[str, Any], tags: list[str] | None) -> bool:
+    """Whether applying these changes would change the task at all."""
+    if tags is not None and sorted(set(tags)) != task.tags:
+        return True
+    return any(getattr(task, field) != value for field, value in changes.items())
 
 
 def apply_changes(task: Task, changes: dict[str, Any]) -> None:
@@ -226,12 +258,17 @@ def update_task(session: Session, *, task: Task, data: TaskUpdate, cache: Cache)
         raise EmptyUpdateError()
     if "tags" in changes:
         lock_for_tag_change(session, task)
+    fields = {field: value for field, value in changes.items() if field != "tags"}
+    if not _differs(task, fields, changes.get("tags")):
+        # Nothing would change: the version, updated_at and the list tags stay as they are.
+        return task
     became_completed = changes.get("completed") is True and not task.completed
     apply_changes(task, changes)
+    # The flush raises the version (version_id_col) along with updated_at.
     session.flush()
     if became_completed:
         outbox.tasks_completed(session, task_ids=[task.id])
-    stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
+    _record_change(session, owner_id=task.user_id, cache=cache)
     return task
 
 
@@ -252,7 +289,7 @@ def delete_task(session: Session, *, task: Task, cache: Cache) -> None:
     outbox.stored_files_deleted(
         session, stored_filenames=[name for name in names if name is not None]
     )
-    stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
+    _record_change(session, owner_id=task.user_id, cache=cache)
 
 
 def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> Task:
@@ -263,9 +300,10 @@ def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> 
         raise TooManyTagsError(len(merged))
     if merged != set(task.tags):
         replace_tags(task, merged)
+        # Also what makes the flush update the task's row, and so raise its version.
         task.updated_at = utcnow()
         session.flush()
-        stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
+        _record_change(session, owner_id=task.user_id, cache=cache)
     return task
 
 
@@ -277,7 +315,7 @@ def remove_tag(session: Session, *, task: Task, tag: str, cache: Cache) -> Task:
     replace_tags(task, (t for t in task.tags if t != tag))
     task.updated_at = utcnow()
     session.flush()
-    stats_service.invalidate_after_commit(session, cache=cache, owner_id=task.user_id)
+    _record_change(session, owner_id=task.user_id, cache=cache)
     return task
 
 
@@ -288,47 +326,80 @@ class BulkUpdateResult:
     newly_completed_ids: list[int]
 
 
+def _bulk_conflicts(
+    ids: list[int], tasks: dict[int, Task], if_match: dict[int, str]
+) -> list[dict[str, Any]]:
+    conflicts = []
+    for task_id in ids:
+        if task_id not in if_match:
+            continue
+        current = etags.task_etag(tasks[task_id])
+        # Compared as the ETag header sends it: a weak or differently quoted tag never matches.
+        if if_match[task_id].strip() != current:
+            conflicts.append({"id": task_id, "etag": current})
+    return conflicts
+
+
 def bulk_update(
     session: Session, *, owner: User, data: BulkTaskUpdate, cache: Cache
 ) -> BulkUpdateResult:
-    """Apply one update to many of the caller's tasks, all or nothing, in constant queries."""
+    """Apply one update to many of the caller's tasks, all or nothing, in constant queries.
+
+    Only the tasks the update really changes get a new version, updated_at and tag rows.
+    """
     changes = data.updates.changes()
     if not changes:
         raise EmptyUpdateError()
     ids = data.task_ids
     owned_scope = (Task.user_id == owner.id, Task.id.in_(ids))
-    # Locked (on PostgreSQL) so that no concurrent write changes or deletes them meanwhile.
-    was_completed: dict[int, bool] = dict(
-        session.execute(select(Task.id, Task.completed).where(*owned_scope).with_for_update()).all()
-    )
-    missing = [task_id for task_id in ids if task_id not in was_completed]
+    # Locked (on PostgreSQL) so that no concurrent write changes or deletes them meanwhile;
+    # their tags come in one more query.
+    found = session.scalars(select(Task).where(*owned_scope).with_for_update(of=Task)).all()
+    by_id = {task.id: task for task in found}
+    missing = [task_id for task_id in ids if task_id not in by_id]
     if missing:
         raise NotFoundError(
             f"Tasks not found: {', '.join(map(str, missing))}",
             code="task_not_found",
             extra={"missing_ids": missing},
         )
+    conflicts = _bulk_conflicts(ids, by_id, data.if_match or {})
+    if conflicts:
+        raise PreconditionFailedError(
+            "Some tasks changed since the given ETags: "
+            + ", ".join(str(conflict["id"]) for conflict in conflicts),
+            extra={"conflicts": conflicts},
+        )
     tags: list[str] | None = changes.pop("tags", None)
+    changed = [task_id for task_id in ids if _differs(by_id[task_id], changes, tags)]
+    if not changed:
+        return BulkUpdateResult(tasks=[by_id[i] for i in ids], newly_completed_ids=[])
+    was_completed = {task_id: by_id[task_id].completed for task_id in changed}
+    changed_scope = (Task.user_id == owner.id, Task.id.in_(changed))
     session.execute(
-        update(Task).where(*owned_scope).values(**changes, updated_at=utcnow()),
+        update(Task)
+        .where(*changed_scope)
+        .values(**changes, updated_at=utcnow(), version=Task.version + 1),
         execution_options={"synchronize_session": False},
     )
     if tags is not None:
-        session.execute(
-            delete(TaskTag).where(TaskTag.user_id == owner.id, TaskTag.task_id.in_(ids)),
-            execution_options={"synchronize_session": False},
-        )
-        if tags:
-            rows = [{"task_id": i, "tag": t, "user_id": owner.id} for i in ids for t in tags]
+        retagged = [i for i in changed if by_id[i].tags != sorted(set(tags))]
+        if retagged:
+            session.execute(
+                delete(TaskTag).where(TaskTag.user_id == owner.id, TaskTag.task_id.in_(retagged)),
+                execution_options={"synchronize_session": False},
+            )
+        if retagged and tags:
+            rows = [{"task_id": i, "tag": t, "user_id": owner.id} for i in retagged for t in tags]
             # One multi-row INSERT (at most 100 x 20 rows), not one statement per task.
             session.execute(insert(TaskTag).values(rows))
-    tasks = session.scalars(
-        select(Task).where(*owned_scope).execution_options(populate_existing=True)
+    # The changed tasks again, as the database now has them (fields, version and tags).
+    session.scalars(
+        select(Task).where(*changed_scope).execution_options(populate_existing=True)
     ).all()
-    by_id = {task.id: task for task in tasks}
-    stats_service.invalidate_after_commit(session, cache=cache, owner_id=owner.id)
+    _record_change(session, owner_id=owner.id, cache=cache)
     newly_completed = (
-        [i for i in ids if not was_completed[i]] if changes.get("completed") is True else []
+        [i for i in changed if not was_completed[i]] if changes.get("completed") is True else []
     )
     outbox.tasks_completed(session, task_ids=newly_completed)
     return BulkUpdateResult(tasks=[by_id[i] for i in ids], newly_completed_ids=newly_completed)

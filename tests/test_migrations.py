@@ -17,7 +17,16 @@ import db_config
 from config import PROJECT_DIR
 from db_models import Base, exists_on
 
-EXPECTED_TABLES = {"alembic_version", "users", "tasks", "task_tags", "task_files", "outbox"}
+EXPECTED_TABLES = {
+    "alembic_version",
+    "users",
+    "tasks",
+    "task_tags",
+    "task_files",
+    "user_change_counters",
+    "idempotency_keys",
+    "outbox",
+}
 
 
 def _drift(connection: Connection) -> list[object]:
@@ -93,3 +102,39 @@ def test_upgrade_head_builds_an_empty_postgres_database(empty_postgres_database:
             assert set(inspect(connection).get_table_names()) == {"alembic_version"}
     finally:
         engine.dispose()
+
+
+def _existing_task_gets_version_1(database_url: str) -> None:
+    result = _alembic(database_url, "upgrade", "0002_task_search")
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO users (id, username, email, hashed_password, created_at) "
+                    "VALUES (1, 'old', 'old@example.com', 'x', CURRENT_TIMESTAMP)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO tasks (id, user_id, title, completed, priority, created_at, "
+                    "updated_at) VALUES (7, 1, 'From before', false, 2, CURRENT_TIMESTAMP, "
+                    "CURRENT_TIMESTAMP)"
+                )
+            )
+        result = _alembic(database_url, "upgrade", "head")
+        assert result.returncode == 0, result.stderr
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT version FROM tasks")).scalars().all() == [1]
+    finally:
+        engine.dispose()
+
+
+def test_tasks_from_before_versions_start_at_1_on_sqlite(tmp_path: Path) -> None:
+    _existing_task_gets_version_1(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+@pytest.mark.postgres_redis
+def test_tasks_from_before_versions_start_at_1_on_postgres(empty_postgres_database: str) -> None:
+    _existing_task_gets_version_1(empty_postgres_database)

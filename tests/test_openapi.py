@@ -182,7 +182,9 @@ def test_error_codes_are_specific_to_the_operation(spec: dict[str, Any]) -> None
     assert codes("/auth/me", "get", "401") == ["not_authenticated", "invalid_token"]
     assert codes("/tasks/{task_id}", "get", "404") == ["task_not_found"]
     assert codes("/tasks/{task_id}", "patch", "400") == ["empty_update"]
-    assert codes("/tasks", "post", "422") == ["validation_error"]
+    assert codes("/tasks", "post", "422") == ["validation_error", "idempotency_key_reused"]
+    assert codes("/tasks", "post", "400") == ["bad_request", "invalid_idempotency_key"]
+    assert codes("/tasks/{task_id}", "get", "422") == ["validation_error"]
 
 
 def test_routes_added_later_are_completed_the_same_way() -> None:
@@ -295,3 +297,95 @@ def test_content_security_policy_keeps_the_docs_on_this_service() -> None:
     for name in ("default-src", "img-src", "connect-src", "font-src"):
         sources = directives[name].split()
         assert all(source in ("'self'", "data:") for source in sources), name
+
+
+# --- safe writes: conditional requests and Idempotency-Key ----------------------------------
+
+IDEMPOTENT = [
+    ("/tasks", "post"),
+    ("/tasks/bulk", "patch"),
+    ("/tasks/{task_id}/tags", "post"),
+    ("/tasks/{task_id}/files", "post"),
+]
+IF_MATCH = [
+    ("/tasks/{task_id}", "patch"),
+    ("/tasks/{task_id}", "delete"),
+    ("/tasks/{task_id}/tags", "post"),
+    ("/tasks/{task_id}/tags/{tag}", "delete"),
+]
+IF_NONE_MATCH = [
+    ("/tasks", "get"),
+    ("/tasks/stats", "get"),
+    ("/tasks/{task_id}", "get"),
+    ("/files/{file_id}", "get"),
+]
+
+
+def header_parameters(operation: dict[str, Any]) -> set[str]:
+    return {p["name"] for p in operation.get("parameters", []) if p["in"] == "header"}
+
+
+def error_codes(operation: dict[str, Any], status: str) -> list[str]:
+    return list(operation["responses"][status]["content"]["application/problem+json"]["examples"])
+
+
+def test_idempotency_key_is_a_header_parameter_with_its_errors(spec: dict[str, Any]) -> None:
+    for path, method in IDEMPOTENT:
+        operation = spec["paths"][path][method]
+        where = f"{method} {path}"
+        assert "Idempotency-Key" in header_parameters(operation), where
+        assert "invalid_idempotency_key" in error_codes(operation, "400"), where
+        assert "idempotency_in_progress" in error_codes(operation, "409"), where
+        assert "Retry-After" in operation["responses"]["409"]["headers"], where
+        assert "idempotency_key_reused" in error_codes(operation, "422"), where
+        success = next(s for s in operation["responses"] if s.startswith("2"))
+        assert "Idempotent-Replayed" in operation["responses"][success]["headers"], where
+    others = [
+        (path, method)
+        for path, item in spec["paths"].items()
+        for method in item
+        if (path, method) not in IDEMPOTENT
+    ]
+    for path, method in others:
+        operation = spec["paths"][path][method]
+        assert "Idempotency-Key" not in header_parameters(operation), f"{method} {path}"
+        for status in ("400", "409", "422"):
+            if status in operation["responses"]:
+                assert "idempotency_key_reused" not in error_codes(operation, status)
+
+
+def test_if_match_is_a_header_parameter_with_412_and_428(spec: dict[str, Any]) -> None:
+    for path, method in IF_MATCH:
+        operation = spec["paths"][path][method]
+        where = f"{method} {path}"
+        assert "If-Match" in header_parameters(operation), where
+        assert error_codes(operation, "412") == ["precondition_failed"], where
+        assert "ETag" in operation["responses"]["412"]["headers"], where
+        assert error_codes(operation, "428") == ["precondition_required"], where
+    bulk = spec["paths"]["/tasks/bulk"]["patch"]
+    assert error_codes(bulk, "412") == ["precondition_failed"]
+    example = bulk["responses"]["412"]["content"]["application/problem+json"]["examples"]
+    assert example["precondition_failed"]["value"]["conflicts"]
+    bulk_body = resolve(spec, bulk["requestBody"]["content"]["application/json"]["schema"])
+    assert "if_match" in bulk_body["properties"]
+
+
+def test_conditional_reads_document_304_and_the_etag(spec: dict[str, Any]) -> None:
+    for path, method in IF_NONE_MATCH:
+        operation = spec["paths"][path][method]
+        where = f"{method} {path}"
+        assert "If-None-Match" in header_parameters(operation), where
+        assert "ETag" in operation["responses"]["304"]["headers"], where
+        assert "content" not in operation["responses"]["304"], where
+        assert "ETag" in operation["responses"]["200"]["headers"], where
+    for path, method in [("/tasks", "post"), *IF_MATCH]:
+        operation = spec["paths"][path][method]
+        success = next(s for s in operation["responses"] if s.startswith("2"))
+        if success != "204":
+            assert "ETag" in operation["responses"][success]["headers"], f"{method} {path}"
+
+
+def test_task_schema_has_the_version(spec: dict[str, Any]) -> None:
+    task = spec["components"]["schemas"]["TaskRead"]
+    assert "version" in task["required"]
+    assert task["properties"]["version"]["type"] == "integer"
