@@ -2,20 +2,25 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
-from fastapi.security import OAuth2PasswordBearer
+from fastapi import Depends, Path, Request, Security
+from fastapi.security import OAuth2PasswordBearer, SecurityScopes
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 import auth
+import db_config
 from config import Settings
 from db_config import get_db
 from db_models import Task, User
-from exceptions import AuthenticationError
+from enums import Scope
+from exceptions import AuthenticationError, InsufficientScopeError
 from models import MAX_ID
 from redis_config import Cache, get_cache
+from services import sessions as session_service
 from services import tasks as task_service
+from services import tokens as token_service
 from services import users as user_service
+from services.users import Principal, RecentUsers
 
 # Every dependency here that does no I/O is async: a sync one costs a thread-pool hop each.
 
@@ -30,35 +35,141 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 # scope="function": commit before the response is sent, so a failed commit is never a 2xx.
 DbSession = Annotated[Session, Depends(get_db, scope="function")]
 
+# Scopes a bearer token may carry. A login session has them all; a personal access token only
+# those it was created with, and never `account`.
+ACCOUNT_SCOPE = "account"
+SCOPES = {
+    Scope.TASKS_READ: "Read your tasks and statistics (every GET under /tasks).",
+    Scope.TASKS_WRITE: "Create, change and delete your tasks and tags; includes tasks:read.",
+    Scope.FILES_READ: "List and download your files.",
+    Scope.FILES_WRITE: "Upload and delete files; includes files:read.",
+    ACCOUNT_SCOPE: "Manage your account, sessions and personal tokens. Login sessions only: "
+    "a personal access token never has it.",
+}
+
 # Declares the OAuth2 password flow in OpenAPI, so Swagger's Authorize button can log in.
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", scopes=SCOPES, auto_error=False)
+
+
+def _invalid_token() -> AuthenticationError:
+    return AuthenticationError("Invalid or expired token", code="invalid_token")
+
+
+async def get_recent_users(request: Request) -> RecentUsers:
+    """This worker's memory of whom recent bearer tokens stood for."""
+    recent: RecentUsers = request.app.state.recent_users
+    return recent
+
+
+RecentUsersDep = Annotated[RecentUsers, Depends(get_recent_users)]
+
+
+def _look_up_personal_token(token: str) -> Principal | None:
+    # Its own short transaction: the use is recorded even when the request itself fails.
+    with db_config.transaction() as session:
+        return token_service.authenticate(session, token=token)
+
+
+async def _personal_token_principal(request: Request, token: str) -> Principal | None:
+    looked_up: tuple[str, Principal | None] | None = getattr(request.state, "personal_token", None)
+    if looked_up is not None and looked_up[0] == token:
+        return looked_up[1]
+    recent: RecentUsers = request.app.state.recent_users
+    key = user_service.personal_token_key(auth.token_digest(token))
+    principal = recent.get(key)
+    if principal is None:
+        principal = await run_in_threadpool(_look_up_personal_token, token)
+        if principal is not None:
+            recent.remember(key, principal)
+    request.state.personal_token = (token, principal)
+    return principal
+
+
+async def identify_personal_token(request: Request) -> None:
+    """Before the rate limits count a request: the user its personal access token belongs to.
+
+    An access token names its user in its signed claims; a personal token must be looked up
+    (remembered like any token), so that its requests draw from its user's budgets.
+    """
+    if getattr(request.app.state, "limiter", None) is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token.startswith(auth.PERSONAL_TOKEN_PREFIX):
+        return
+    principal = await _personal_token_principal(request, token)
+    if principal is not None:
+        request.state.user_id = principal.user_id
+
+
+async def authenticate(
+    request: Request, session: Session, settings: Settings, token: str | None
+) -> Principal:
+    """Who the bearer token stands for (once per request); 401 for a missing or bad one."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is not None:
+        return principal
+    if not token:
+        raise AuthenticationError("Not authenticated: send Authorization: Bearer <token>")
+    if token.startswith(auth.PERSONAL_TOKEN_PREFIX):
+        principal = await _personal_token_principal(request, token)
+    else:
+        try:
+            claims = auth.decode_access_token(token, settings)
+        except auth.InvalidTokenError:
+            raise _invalid_token() from None
+        recent: RecentUsers = request.app.state.recent_users
+        key = user_service.session_key(claims.session_id)
+        principal = recent.get(key)
+        if principal is None or principal.user_id != claims.user_id:
+            principal = await run_in_threadpool(
+                session_service.principal_for,
+                session,
+                user_id=claims.user_id,
+                session_id=claims.session_id,
+            )
+            if principal is not None:
+                recent.remember(key, principal)
+    if principal is None:
+        raise _invalid_token()
+    request.state.principal = principal
+    request.state.user_id = principal.user_id
+    return principal
 
 
 async def get_current_user(
     request: Request,
+    security_scopes: SecurityScopes,
     session: DbSession,
     settings: SettingsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> User:
-    """The user the bearer token names; 401 for a missing, bad or orphaned token."""
-    if not token:
-        raise AuthenticationError("Not authenticated: send Authorization: Bearer <token>")
-    try:
-        user_id = auth.decode_access_token(token, settings)
-    except auth.InvalidTokenError:
-        raise AuthenticationError("Invalid or expired token", code="invalid_token") from None
-    recent = user_service.recent_users()
-    user = recent.get(user_id)
-    if user is None:
-        user = await run_in_threadpool(user_service.get_user, session, user_id)
-        if user is None:
-            raise AuthenticationError("Invalid or expired token", code="invalid_token")
-        recent.remember(user)
-    request.state.user_id = user.id
-    return user
+    """The user the bearer token names; 401 for a missing, bad or revoked token, 403 for a
+    personal access token without the scopes the route declares."""
+    principal = await authenticate(request, session, settings, token)
+    if security_scopes.scopes and not principal.allows(security_scopes.scopes):
+        raise InsufficientScopeError(security_scopes.scopes)
+    return principal.user()
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_current_principal(request: Request, user: CurrentUser) -> Principal:
+    """The caller with the session or personal token it came with."""
+    del user  # authenticated (and the principal recorded) by get_current_user
+    principal: Principal = request.state.principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_current_principal)]
+
+# The scope each route needs, declared with the route (and so shown in OpenAPI).
+READ_TASKS = Security(get_current_user, scopes=[Scope.TASKS_READ])
+WRITE_TASKS = Security(get_current_user, scopes=[Scope.TASKS_WRITE])
+READ_FILES = Security(get_current_user, scopes=[Scope.FILES_READ])
+WRITE_FILES = Security(get_current_user, scopes=[Scope.FILES_WRITE])
+MANAGE_ACCOUNT = Security(get_current_user, scopes=[ACCOUNT_SCOPE])
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of your tasks.")]
 

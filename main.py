@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import background_tasks
 from config import Settings, get_settings
-from dependencies import get_current_user
+from dependencies import get_current_user, identify_personal_token
 from exceptions import register_exception_handlers
 from logging_config import configure_logging
 from middleware import RequestContextMiddleware
@@ -18,10 +18,14 @@ from models import RootInfo
 from openapi_docs import OPENAPI_TAGS, install_docs
 from openapi_errors import install_openapi
 from rate_limit_config import RATE_LIMIT_HEADERS, build_rate_limiter, enforce_rate_limits
+from routers import account as account_routes
 from routers import auth as auth_routes
 from routers import files as file_routes
 from routers import health as health_routes
+from routers import sessions as session_routes
 from routers import tasks as task_routes
+from routers import tokens as token_routes
+from services.users import RecentUsers
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
-        # First of every route's dependencies: a spent budget costs no query and no hash.
-        dependencies=[Depends(enforce_rate_limits)],
+        # First of every route's dependencies: a spent budget costs no query and no hash (a
+        # personal access token is looked up first, to count against its user's budget).
+        dependencies=[Depends(identify_personal_token), Depends(enforce_rate_limits)],
     )
     app.state.settings = settings
+    # Per app, so per worker: whom recent bearer tokens stood for (see RecentUsers).
+    app.state.recent_users = RecentUsers(settings.user_cache_seconds)
     app.state.limiter = build_rate_limiter(settings)
     register_exception_handlers(app)
     if settings.cors_origins:
@@ -77,6 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(auth_routes.router)
+    app.include_router(session_routes.router)
+    app.include_router(account_routes.router)
+    app.include_router(token_routes.router)
     # Everything but auth and operations needs a token: nothing is public by accident.
     authenticated = [Depends(get_current_user)]
     app.include_router(task_routes.router, dependencies=authenticated)

@@ -60,7 +60,7 @@ def _user_id_from_token(request: Request) -> int | None:
         return None
     settings: Settings = request.app.state.settings
     try:
-        return auth.decode_access_token(token.strip(), settings)
+        return auth.decode_access_token(token.strip(), settings).user_id
     except auth.InvalidTokenError:
         return None
 
@@ -122,7 +122,9 @@ LOGIN = RouteLimit("login", "rate_limit_login", client_ip)
 LOGIN_USERNAME = RouteLimit("login_username", "rate_limit_login_username", login_username)
 CREATE_TASK = RouteLimit("create_task", "rate_limit_create_task", user_or_ip)
 UPLOAD = RouteLimit("upload", "rate_limit_upload", user_or_ip)
-ROUTE_LIMITS = (REGISTER, LOGIN, LOGIN_USERNAME, CREATE_TASK, UPLOAD)
+# Verification and reset e-mails: per user when signed in, else per client address.
+ACCOUNT_EMAIL = RouteLimit("account_email", "rate_limit_account_email", user_or_ip)
+ROUTE_LIMITS = (REGISTER, LOGIN, LOGIN_USERNAME, CREATE_TASK, UPLOAD, ACCOUNT_EMAIL)
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
 

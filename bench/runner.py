@@ -96,7 +96,9 @@ def write_dataset(
     task_sample: int | None = None,
 ) -> None:
     """A Lua chunk returning tokens, usernames, the password and ids, one entry per user."""
-    tokens = [auth.create_access_token(user.id, settings)[0] for user in users]
+    tokens = [
+        auth.create_access_token(user.id, seed.session_id(user.id), settings)[0] for user in users
+    ]
     task_lists = []
     for user in users:
         ids = user.task_ids
@@ -129,7 +131,7 @@ def seed_files(
     content = _upload_body()
     with httpx.Client(base_url=api_url, timeout=30) as client:
         for user in users:
-            token = auth.create_access_token(user.id, settings)[0]
+            token = auth.create_access_token(user.id, seed.session_id(user.id), settings)[0]
             response = client.post(
                 f"/tasks/{user.task_ids[0]}/files",
                 headers={"Authorization": f"Bearer {token}"},
@@ -148,7 +150,7 @@ def prime_stats(api_url: str, users: Sequence[seed.SeededUser], settings: Settin
     """One stats request per user, so the warm-stats run finds every cache filled."""
     with httpx.Client(base_url=api_url, timeout=30) as client:
         for user in users:
-            token = auth.create_access_token(user.id, settings)[0]
+            token = auth.create_access_token(user.id, seed.session_id(user.id), settings)[0]
             client.get("/tasks/stats", headers={"Authorization": f"Bearer {token}"})
 
 

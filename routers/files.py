@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 
 import background_tasks
 import rate_limit_config as rate_limits
-from dependencies import CurrentUser, DbSession, OwnedTask, SettingsDep
+from dependencies import READ_FILES, WRITE_FILES, CurrentUser, DbSession, OwnedTask, SettingsDep
 from models import MAX_ID, FileRead, error_responses
 from services import files as file_service
 
@@ -67,6 +67,7 @@ def content_disposition(filename: str) -> str:
     response_model=FileRead,
     responses=error_responses(404, 409, 413, 415, 422),
     openapi_extra=_UPLOAD_BODY,
+    dependencies=[WRITE_FILES],
 )
 @rate_limits.rate_limited(rate_limits.UPLOAD)
 async def upload_file(
@@ -87,7 +88,10 @@ async def upload_file(
 
 
 @router.get(
-    "/tasks/{task_id}/files", response_model=list[FileRead], responses=error_responses(404, 422)
+    "/tasks/{task_id}/files",
+    response_model=list[FileRead],
+    responses=error_responses(404, 422),
+    dependencies=[READ_FILES],
 )
 def list_files(task: OwnedTask, session: DbSession) -> Any:
     """The files attached to one of your tasks, oldest first."""
@@ -98,6 +102,7 @@ def list_files(task: OwnedTask, session: DbSession) -> Any:
     "/files/{file_id}",
     response_class=FileResponse,
     responses={**_DOWNLOAD_RESPONSE, **error_responses(404, 422)},
+    dependencies=[READ_FILES],
 )
 def download_file(
     file_id: FileId, user: CurrentUser, session: DbSession, settings: SettingsDep
@@ -123,6 +128,7 @@ def download_file(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=error_responses(404, 422),
+    dependencies=[WRITE_FILES],
 )
 def delete_file(
     file_id: FileId, user: CurrentUser, session: DbSession, background: BackgroundTasks

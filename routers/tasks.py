@@ -8,7 +8,15 @@ from pydantic import AfterValidator
 
 import background_tasks
 import rate_limit_config as rate_limits
-from dependencies import CacheDep, CurrentUser, DbSession, OwnedTask, SettingsDep
+from dependencies import (
+    READ_TASKS,
+    WRITE_TASKS,
+    CacheDep,
+    CurrentUser,
+    DbSession,
+    OwnedTask,
+    SettingsDep,
+)
 from models import (
     MAX_TAG_LENGTH,
     BulkTaskUpdate,
@@ -72,6 +80,7 @@ def _set_paging_headers(
     "",
     response_model=list[TaskRead],
     responses={200: {"headers": _LIST_HEADERS}, **error_responses(422)},
+    dependencies=[READ_TASKS],
 )
 def list_tasks(
     params: Annotated[TaskListParams, Query()],
@@ -91,6 +100,7 @@ def list_tasks(
     status_code=status.HTTP_201_CREATED,
     response_model=TaskRead,
     responses=error_responses(422),
+    dependencies=[WRITE_TASKS],
 )
 @rate_limits.rate_limited(rate_limits.CREATE_TASK)
 def create_task(
@@ -107,6 +117,7 @@ def create_task(
     "/stats",
     response_model=TaskStats,
     responses={200: {"headers": _STATS_HEADERS}},
+    dependencies=[READ_TASKS],
 )
 def get_stats(
     user: CurrentUser,
@@ -127,6 +138,7 @@ def get_stats(
     "/bulk",
     response_model=list[TaskRead],
     responses=error_responses(400, 404, 422),
+    dependencies=[WRITE_TASKS],
 )
 def bulk_update_tasks(
     data: BulkTaskUpdate,
@@ -143,13 +155,23 @@ def bulk_update_tasks(
     return result.tasks
 
 
-@router.get("/{task_id}", response_model=TaskRead, responses=error_responses(404, 422))
+@router.get(
+    "/{task_id}",
+    response_model=TaskRead,
+    responses=error_responses(404, 422),
+    dependencies=[READ_TASKS],
+)
 async def get_task(task: OwnedTask) -> Any:
     """One of the caller's tasks."""
     return task
 
 
-@router.patch("/{task_id}", response_model=TaskRead, responses=error_responses(400, 404, 422))
+@router.patch(
+    "/{task_id}",
+    response_model=TaskRead,
+    responses=error_responses(400, 404, 422),
+    dependencies=[WRITE_TASKS],
+)
 def update_task(
     task: OwnedTask,
     data: TaskUpdate,
@@ -169,6 +191,7 @@ def update_task(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=error_responses(404, 422),
+    dependencies=[WRITE_TASKS],
 )
 def delete_task(
     task: OwnedTask, session: DbSession, cache: CacheDep, background: BackgroundTasks
@@ -178,7 +201,12 @@ def delete_task(
     background.add_task(background_tasks.remove_stored_files, stored)
 
 
-@router.post("/{task_id}/tags", response_model=TaskRead, responses=error_responses(404, 422))
+@router.post(
+    "/{task_id}/tags",
+    response_model=TaskRead,
+    responses=error_responses(404, 422),
+    dependencies=[WRITE_TASKS],
+)
 def add_tags(
     task: OwnedTask,
     tags: Annotated[TagList, Body(examples=[["work", "urgent"]])],
@@ -190,7 +218,10 @@ def add_tags(
 
 
 @router.delete(
-    "/{task_id}/tags/{tag}", response_model=TaskRead, responses=error_responses(404, 422)
+    "/{task_id}/tags/{tag}",
+    response_model=TaskRead,
+    responses=error_responses(404, 422),
+    dependencies=[WRITE_TASKS],
 )
 def remove_tag(task: OwnedTask, tag: PathTag, session: DbSession, cache: CacheDep) -> Any:
     """Remove one tag from a task."""

@@ -13,10 +13,14 @@ PUBLIC = {
     ("GET", "/"),
     ("POST", "/auth/register"),
     ("POST", "/auth/login"),
+    ("POST", "/auth/refresh"),
+    ("POST", "/auth/verify-email"),
+    ("POST", "/auth/password-reset/request"),
+    ("POST", "/auth/password-reset"),
     ("GET", "/health"),
     ("GET", "/health/ready"),
 }
-PATH_VALUES = {"task_id": "1", "file_id": "1", "tag": "work"}
+PATH_VALUES = {"task_id": "1", "file_id": "1", "tag": "work", "session_id": "1", "token_id": "1"}
 
 
 def _protected_operations(app: FastAPI) -> list[tuple[str, str]]:

@@ -17,7 +17,10 @@ import db_config
 from config import PROJECT_DIR
 from db_models import Base, exists_on
 
-EXPECTED_TABLES = {"alembic_version", "users", "tasks", "task_tags", "task_files"}
+EXPECTED_TABLES = {
+    *("alembic_version", "users", "tasks", "task_tags", "task_files"),
+    *("auth_sessions", "refresh_tokens", "personal_tokens", "account_tokens"),
+}
 
 
 def _drift(connection: Connection) -> list[object]:
