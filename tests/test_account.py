@@ -32,7 +32,7 @@ def _me(client: TestClient, token: str) -> Any:
 
 def _login_status(client: TestClient, user: AuthUser, password: str) -> int:
     response = client.post("/auth/login", json={"username": user.username, "password": password})
-    return response.status_code
+    return int(response.status_code)
 
 
 def _assert_weak(response: Any, field: str) -> None:
@@ -458,7 +458,7 @@ def inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Inbox]:
 
 
 def _token_in(message: EmailMessage) -> str:
-    body = message.get_content()
+    body = str(message.get_content())
     return body.split('"token": "', 1)[1].split('"', 1)[0]
 
 
