@@ -1,5 +1,6 @@
 """Reusable FastAPI dependencies, exposed as `Annotated` aliases."""
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Depends, Path, Request, Security
@@ -47,8 +48,37 @@ SCOPES = {
     "a personal access token never has it.",
 }
 
+
+def _check_scopes(principal: Principal, needed: Sequence[str]) -> None:
+    if needed and not principal.allows(needed):
+        raise InsufficientScopeError(list(needed))
+
+
+class ScopedBearer(OAuth2PasswordBearer):
+    """The bearer token of the OAuth2 password flow. Declared on a route with scopes, it also
+    refuses (403 `insufficient_scope`) a token that lacks one of them.
+
+    Whichever runs second, this or the authentication, does the check, so a declaration needs
+    no particular place among a route's dependencies. A login session has every scope.
+    """
+
+    async def __call__(  # type: ignore[override]
+        self, request: Request, security_scopes: SecurityScopes
+    ) -> str | None:
+        token = await super().__call__(request)
+        if security_scopes.scopes:
+            principal: Principal | None = getattr(request.state, "principal", None)
+            if principal is None:
+                request.state.required_scopes = security_scopes.scopes
+            else:
+                _check_scopes(principal, security_scopes.scopes)
+        return token
+
+
 # Declares the OAuth2 password flow in OpenAPI, so Swagger's Authorize button can log in.
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", scopes=SCOPES, auto_error=False)
+oauth2_scheme = ScopedBearer(
+    tokenUrl="/auth/login", scheme_name="OAuth2PasswordBearer", scopes=SCOPES, auto_error=False
+)
 
 
 def _invalid_token() -> AuthenticationError:
@@ -91,8 +121,6 @@ async def identify_personal_token(request: Request) -> None:
     An access token names its user in its signed claims; a personal token must be looked up
     (remembered like any token), so that its requests draw from its user's budgets.
     """
-    if getattr(request.app.state, "limiter", None) is None:
-        return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token.startswith(auth.PERSONAL_TOKEN_PREFIX):
@@ -134,12 +162,14 @@ async def authenticate(
         raise _invalid_token()
     request.state.principal = principal
     request.state.user_id = principal.user_id
+    # The route's scope declaration may have run first (it does on routes without an
+    # authenticating router dependency): it left what it needs to be checked here.
+    _check_scopes(principal, getattr(request.state, "required_scopes", ()))
     return principal
 
 
 async def get_current_user(
     request: Request,
-    security_scopes: SecurityScopes,
     session: DbSession,
     settings: SettingsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
@@ -147,8 +177,6 @@ async def get_current_user(
     """The user the bearer token names; 401 for a missing, bad or revoked token, 403 for a
     personal access token without the scopes the route declares."""
     principal = await authenticate(request, session, settings, token)
-    if security_scopes.scopes and not principal.allows(security_scopes.scopes):
-        raise InsufficientScopeError(security_scopes.scopes)
     return principal.user()
 
 
@@ -164,12 +192,14 @@ async def get_current_principal(request: Request, user: CurrentUser) -> Principa
 
 CurrentPrincipal = Annotated[Principal, Depends(get_current_principal)]
 
-# The scope each route needs, declared with the route (and so shown in OpenAPI).
-READ_TASKS = Security(get_current_user, scopes=[Scope.TASKS_READ])
-WRITE_TASKS = Security(get_current_user, scopes=[Scope.TASKS_WRITE])
-READ_FILES = Security(get_current_user, scopes=[Scope.FILES_READ])
-WRITE_FILES = Security(get_current_user, scopes=[Scope.FILES_WRITE])
-MANAGE_ACCOUNT = Security(get_current_user, scopes=[ACCOUNT_SCOPE])
+# The scope each route needs, declared with the route (`dependencies=[...]`), so it shows in
+# OpenAPI. Only the scheme is declared with scopes, not the authentication: that then runs once
+# per request whatever the scopes (FastAPI caches a dependency per set of scopes).
+READ_TASKS = Security(oauth2_scheme, scopes=[Scope.TASKS_READ])
+WRITE_TASKS = Security(oauth2_scheme, scopes=[Scope.TASKS_WRITE])
+READ_FILES = Security(oauth2_scheme, scopes=[Scope.FILES_READ])
+WRITE_FILES = Security(oauth2_scheme, scopes=[Scope.FILES_WRITE])
+MANAGE_ACCOUNT = Security(oauth2_scheme, scopes=[ACCOUNT_SCOPE])
 
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of your tasks.")]
 

@@ -61,11 +61,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
-        # First of every route's dependencies: a spent budget costs no query and no hash (a
-        # personal access token is looked up first, to count against its user's budget).
-        dependencies=[Depends(identify_personal_token), Depends(enforce_rate_limits)],
+        # First of every route's dependencies: a spent budget costs no query and no hash.
+        dependencies=[Depends(enforce_rate_limits)],
     )
     app.state.settings = settings
+    # Rate limits count a personal access token's requests against its user's budgets.
+    app.state.identify_caller = identify_personal_token
     # Per app, so per worker: whom recent bearer tokens stood for (see RecentUsers).
     app.state.recent_users = RecentUsers(settings.user_cache_seconds)
     app.state.limiter = build_rate_limiter(settings)
@@ -84,14 +85,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestContextMiddleware)
     app.include_router(auth_routes.router)
-    app.include_router(session_routes.router)
-    app.include_router(account_routes.router)
-    app.include_router(token_routes.router)
     # Everything but auth and operations needs a token: nothing is public by accident.
     authenticated = [Depends(get_current_user)]
     app.include_router(task_routes.router, dependencies=authenticated)
     app.include_router(file_routes.router, dependencies=authenticated)
     app.include_router(health_routes.router)
+    # After the busy routes: a request is matched against the routes in order.
+    app.include_router(session_routes.router)
+    app.include_router(account_routes.router)
+    app.include_router(token_routes.router)
 
     @app.get("/", response_model=RootInfo, tags=["operations"])
     def root() -> RootInfo:

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -284,6 +284,13 @@ async def enforce_rate_limits(request: Request) -> None:
     route = request.scope.get("route")
     if limiter is None or endpoint is None:
         return
+    # A bearer token whose user only a lookup can tell (a personal access token): the app's
+    # hook finds the user first, so the request counts against that user's budgets.
+    identify: Callable[[Request], Awaitable[None]] | None = getattr(
+        request.app.state, "identify_caller", None
+    )
+    if identify is not None:
+        await identify(request)
     limits = route_limits_of(endpoint)
     if limits is None:
         # The default budget covers the authenticated API (per user; a bad token counts per
