@@ -222,6 +222,26 @@ def test_error_codes_are_specific_to_the_operation(spec: dict[str, Any]) -> None
     assert codes("/tasks/{task_id}", "get", "404") == ["task_not_found"]
     assert codes("/tasks/{task_id}", "patch", "400") == ["empty_update"]
     assert codes("/tasks", "post", "422") == ["validation_error"]
+    assert codes("/tasks", "post", "400") == ["bad_request"]  # a body that cannot be parsed
+
+
+def test_account_error_codes_are_documented_where_they_occur(spec: dict[str, Any]) -> None:
+    def codes(path: str, method: str, status: str) -> list[str]:
+        response = spec["paths"][path][method]["responses"][status]
+        return list(response["content"]["application/problem+json"]["examples"])
+
+    assert codes("/auth/refresh", "post", "401") == ["invalid_token", "refresh_token_reused"]
+    assert codes("/auth/password", "post", "400") == ["wrong_password"]
+    assert codes("/auth/me", "delete", "400") == ["wrong_password"]
+    for path in ("/auth/register", "/auth/password", "/auth/password-reset"):
+        assert codes(path, "post", "422") == ["validation_error", "weak_password"], path
+    for path in ("/auth/verify-email", "/auth/password-reset"):
+        assert codes(path, "post", "400") == ["invalid_or_expired_token"], path
+    assert codes("/auth/sessions/{session_id}", "delete", "404") == ["session_not_found"]
+    assert codes("/auth/tokens/{token_id}", "delete", "404") == ["token_not_found"]
+    assert codes("/tasks", "get", "403") == ["insufficient_scope"]
+    assert codes("/auth/logout", "post", "403") == ["insufficient_scope"]
+    assert "403" not in spec["paths"]["/auth/me"]["get"]["responses"]
 
 
 def test_routes_added_later_are_completed_the_same_way() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, event, select, update
 
 from config import Settings
 from db_models import PersonalToken, utcnow
@@ -260,3 +260,19 @@ def test_a_personal_token_draws_from_its_users_budget(
         assert response.json()["code"] == "rate_limited"
     # Another user, from the same address, has a budget of their own.
     assert limited.get("/tasks", headers=bob.headers).status_code == 200
+
+
+def test_a_remembered_token_costs_no_query(
+    client: TestClient, alice: AuthUser, db_connection: Connection
+) -> None:
+    token = make_personal_token(client, alice, ["tasks:read"])["token"]
+    statements: list[str] = []
+    listener = lambda *args: statements.append(str(args[2]))  # noqa: E731
+    for headers in (bearer(token), alice.headers):
+        assert client.get("/auth/me", headers=headers).status_code == 200  # looked up once
+        event.listen(db_connection, "before_cursor_execute", listener)
+        try:
+            assert client.get("/auth/me", headers=headers).json()["id"] == alice.id
+        finally:
+            event.remove(db_connection, "before_cursor_execute", listener)
+    assert statements == []
