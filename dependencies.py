@@ -69,7 +69,8 @@ class ScopedBearer(OAuth2PasswordBearer):
         if security_scopes.scopes:
             principal: Principal | None = getattr(request.state, "principal", None)
             if principal is None:
-                request.state.required_scopes = security_scopes.scopes
+                needed = getattr(request.state, "required_scopes", [])
+                request.state.required_scopes = [*needed, *security_scopes.scopes]
             else:
                 _check_scopes(principal, security_scopes.scopes)
         return token
