@@ -1,8 +1,10 @@
 """Password hashing and access tokens: pure functions, no web framework."""
 
-from dataclasses import dataclass
+import hashlib
+import secrets
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import NamedTuple
 
 from jose import JWTError, jwt
 from passlib.context import CryptContext
@@ -11,9 +13,10 @@ from config import Settings
 
 ALGORITHM = "HS256"
 MAX_PASSWORD_LENGTH = 128
-# The claim naming the account beyond its id: the account's creation time, in microseconds.
-ACCOUNT_CLAIM = "acct"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Prefixes make a leaked secret recognizable (secret scanners, logs) and tell token kinds apart.
+PERSONAL_TOKEN_PREFIX = "tmpat_"  # noqa: S105 (a prefix, not a secret)
+REFRESH_TOKEN_PREFIX = "tmrt_"  # noqa: S105 (a prefix, not a secret)
+_SECRET_BYTES = 32  # 256 random bits
 
 
 class InvalidTokenError(Exception):
@@ -49,46 +52,24 @@ def verify_password(password: str, hashed_password: str | None, settings: Settin
         return False
 
 
-def account_stamp(created_at: datetime) -> int:
-    """What a token says of its account besides the id: its creation time in microseconds.
-
-    Ids are never given twice, and this holds even where one was (an account deleted and its
-    id reused by an older SQLite schema): a token never authenticates an account created
-    after it was issued for another.
-    """
-    return (created_at - _EPOCH) // timedelta(microseconds=1)
-
-
-@dataclass(frozen=True, slots=True)
-class AccessToken:
-    """What a valid access token says: whose it is."""
+class AccessClaims(NamedTuple):
+    """What a valid access token says: whose it is and which session it belongs to."""
 
     user_id: int
-    account: int
-
-    def names(self, user_id: int, created_at: datetime) -> bool:
-        """Whether the token was issued for this very account."""
-        return self.user_id == user_id and self.account == account_stamp(created_at)
+    session_id: int
 
 
-def create_access_token(
-    user_id: int, settings: Settings, *, created_at: datetime
-) -> tuple[str, int]:
-    """A signed JWT for the account with this id and creation time, and its lifetime in seconds."""
+def create_access_token(user_id: int, session_id: int, settings: Settings) -> tuple[str, int]:
+    """A signed JWT for this user's session and its lifetime in seconds."""
     lifetime = timedelta(minutes=settings.access_token_expire_minutes)
     now = datetime.now(UTC)
-    claims = {
-        "sub": str(user_id),
-        ACCOUNT_CLAIM: account_stamp(created_at),
-        "iat": now,
-        "exp": now + lifetime,
-    }
+    claims = {"sub": str(user_id), "sid": str(session_id), "iat": now, "exp": now + lifetime}
     token = jwt.encode(claims, settings.secret_key.get_secret_value(), algorithm=ALGORITHM)
     return token, int(lifetime.total_seconds())
 
 
-def read_access_token(token: str, settings: Settings) -> AccessToken:
-    """The account a valid token names.
+def decode_access_token(token: str, settings: Settings) -> AccessClaims:
+    """The user and session a valid token names.
 
     Raises:
         InvalidTokenError: for any token that is not one we issued and still valid.
@@ -99,17 +80,14 @@ def read_access_token(token: str, settings: Settings) -> AccessToken:
     return claims
 
 
-def decode_access_token(token: str, settings: Settings) -> int:
-    """The user id a valid token names.
-
-    Raises:
-        InvalidTokenError: for any token that is not one we issued and still valid.
-    """
-    return read_access_token(token, settings).user_id
+def _positive_id(value: object) -> int:
+    if not isinstance(value, str) or not value.isdigit() or not 0 < int(value) < 2**31:
+        raise InvalidTokenError("bad id claim")
+    return int(value)
 
 
 @lru_cache(maxsize=8192)
-def _verified(token: str, key: str) -> tuple[AccessToken, float]:
+def _verified(token: str, key: str) -> tuple[AccessClaims, float]:
     # Clients send the same token on every request: verify its signature once, then only its
     # expiry. Only tokens that verified are remembered (an exception is never cached).
     try:
@@ -121,14 +99,19 @@ def _verified(token: str, key: str) -> tuple[AccessToken, float]:
         )
     except (JWTError, ValueError, TypeError) as exc:
         raise InvalidTokenError(str(exc)) from None
-    subject = claims.get("sub")
-    if not isinstance(subject, str) or not subject.isdigit() or not 0 < int(subject) < 2**31:
-        raise InvalidTokenError("bad subject")
-    account = claims.get(ACCOUNT_CLAIM)
-    if not isinstance(account, int) or isinstance(account, bool):
-        # Tokens issued before they named the account, too: they are refused.
-        raise InvalidTokenError("bad account")
+    user_id = _positive_id(claims.get("sub"))
+    session_id = _positive_id(claims.get("sid"))
     expires_at = claims.get("exp")
     if not isinstance(expires_at, int | float):
         raise InvalidTokenError("bad expiry")
-    return AccessToken(user_id=int(subject), account=account), float(expires_at)
+    return AccessClaims(user_id, session_id), float(expires_at)
+
+
+def new_secret(prefix: str = "") -> str:
+    """An opaque random token of 256 bits, URL-safe, with an optional recognizable prefix."""
+    return prefix + secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def token_digest(token: str) -> str:
+    """How a token is stored: SHA-256 hex (its 256 random bits need no slow hash)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()

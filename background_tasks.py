@@ -169,11 +169,12 @@ def build_notifier(settings: Settings) -> Notifier:
 
 
 def _completion_notices(session: Session, task_ids: Sequence[int]) -> list[CompletionNotice]:
-    # Still completed when the notice goes out: a task reopened meanwhile gets none.
+    # Still completed when the notice goes out: a task reopened meanwhile gets none. Only
+    # verified addresses get notices: an address nobody confirmed may be anyone's.
     rows = session.execute(
         select(Task.id, Task.title, Task.user_id, User.username, User.email, Task.updated_at)
         .join(User, User.id == Task.user_id)
-        .where(Task.id.in_(task_ids), Task.completed.is_(True))
+        .where(Task.id.in_(task_ids), Task.completed.is_(True), User.email_verified.is_(True))
         .order_by(Task.id)
     ).all()
     return [

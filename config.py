@@ -84,7 +84,8 @@ class Settings(BaseSettings):
 
     secret_key: SecretStr = Field(default=SecretStr(""), validate_default=True)
     user_cache_seconds: float = Field(default=10.0, ge=0, le=300)
-    access_token_expire_minutes: int = Field(default=60, ge=1, le=60 * 24 * 30)
+    access_token_expire_minutes: int = Field(default=15, ge=1, le=60 * 24 * 30)
+    refresh_token_expire_days: int = Field(default=30, ge=1, le=365)
     bcrypt_rounds: int = Field(default=12, ge=4, le=31)
 
     rate_limit_enabled: bool = True
@@ -94,6 +95,7 @@ class Settings(BaseSettings):
     rate_limit_create_task: str = "100/hour"
     rate_limit_upload: str = "20/hour"
     rate_limit_default: str = "300/minute"
+    rate_limit_account_email: str = "10/hour"
 
     # Request bodies other than uploads; larger ones are refused (413) before they are parsed.
     max_body_bytes: int = Field(default=1024 * 1024, ge=1, le=1024 * 1024 * 1024)
@@ -171,6 +173,7 @@ class Settings(BaseSettings):
         "rate_limit_create_task",
         "rate_limit_upload",
         "rate_limit_default",
+        "rate_limit_account_email",
     )
     @classmethod
     def _rate_limit_parses(cls, value: str) -> str:

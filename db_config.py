@@ -207,11 +207,13 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
         yield session
         if session.in_transaction():
             await run_in_threadpool(session.commit)
-    except BaseException:
+    except BaseException as error:
+        # Some refusals must keep what the request did (a revoked session, see AppError).
+        end = session.commit if getattr(error, "commit_changes", False) else session.rollback
         # Shielded: a cancelled request must still give its connection back cleanly.
         with anyio.CancelScope(shield=True):
             if session.in_transaction():
-                await run_in_threadpool(session.rollback)
+                await run_in_threadpool(end)
         raise
     finally:
         session.close()

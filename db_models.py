@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -99,6 +100,7 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     hashed_password: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    email_verified: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     __table_args__ = (
         # Usernames are unique regardless of case; the index also serves the login lookup.
@@ -276,3 +278,72 @@ class IdempotencyKey(Base):
         # The purge reads the oldest rows first.
         Index("ix_idempotency_keys_created_at", "created_at"),
     )
+
+
+# --- accounts: sessions, refresh tokens, personal access tokens, e-mailed tokens ---------------
+# Every secret is stored only as the SHA-256 hex digest of a random token of 256 bits or more.
+
+
+class AuthSession(Base):
+    """One login. Its access tokens name it (`sid`); its refresh tokens rotate within it."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # When the session last got tokens (login or refresh).
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The expiry of its newest refresh token: past it, nothing can renew the session.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    user_agent: Mapped[str | None] = mapped_column(String(255))
+
+    # Ids are never reused (SQLite would otherwise reuse the highest after a delete), so an
+    # access token of a deleted session can never name a new one.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+
+class RefreshToken(Base):
+    """A refresh token of a session: spent on first use; a spent one shown again is reuse."""
+
+    __tablename__ = "refresh_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class PersonalToken(Base):
+    """A personal access token: scoped, expiring, for scripts and integrations."""
+
+    __tablename__ = "personal_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    # Space-separated, as OAuth 2 writes scopes.
+    scopes: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+
+class AccountToken(Base):
+    """A single-use token sent by e-mail: to verify the address, or to reset the password."""
+
+    __tablename__ = "account_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[str] = mapped_column(String(20))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

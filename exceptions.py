@@ -28,6 +28,9 @@ class AppError(Exception):
 
     status_code = 500
     code = "internal_error"
+    # True for the rare error whose request must still commit its changes: revoking a session
+    # whose refresh token was replayed has to stick although the request is refused.
+    commit_changes = False
 
     def __init__(
         self,
@@ -65,9 +68,64 @@ class AuthenticationError(AppError):
         super().__init__(detail, code=code, headers={"WWW-Authenticate": "Bearer"})
 
 
+class WrongPasswordError(BadRequestError):
+    code = "wrong_password"
+
+    def __init__(self) -> None:
+        super().__init__("The password is not correct")
+
+
+class InvalidOrExpiredTokenError(BadRequestError):
+    code = "invalid_or_expired_token"
+
+    def __init__(self) -> None:
+        super().__init__("The token is unknown, already used or expired")
+
+
+class RefreshTokenReusedError(AuthenticationError):
+    code = "refresh_token_reused"
+    commit_changes = True
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This refresh token was already used; its session is now revoked, log in again"
+        )
+
+
+class ForbiddenError(AppError):
+    status_code = 403
+    code = "forbidden"
+
+
+class InsufficientScopeError(ForbiddenError):
+    code = "insufficient_scope"
+
+    def __init__(self, scopes: list[str]) -> None:
+        needed = " ".join(scopes)
+        super().__init__(
+            f"This token lacks the scope this operation needs: {needed}",
+            # RFC 6750 section 3.1: which scope the client would need.
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{needed}"'},
+        )
+
+
 class NotFoundError(AppError):
     status_code = 404
     code = "not_found"
+
+
+class SessionNotFoundError(NotFoundError):
+    code = "session_not_found"
+
+    def __init__(self, session_id: int) -> None:
+        super().__init__(f"Session {session_id} not found")
+
+
+class PersonalTokenNotFoundError(NotFoundError):
+    code = "token_not_found"
+
+    def __init__(self, token_id: int) -> None:
+        super().__init__(f"Token {token_id} not found")
 
 
 class ConflictError(AppError):
@@ -97,6 +155,17 @@ class BodyTooLargeError(PayloadTooLargeError):
 class UnsupportedMediaTypeError(AppError):
     status_code = 415
     code = "unsupported_file_type"
+
+
+class WeakPasswordError(AppError):
+    status_code = 422
+    code = "weak_password"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(
+            f"body.{field}: {reason}",
+            extra={"errors": [{"loc": ["body", field], "msg": reason, "type": "weak_password"}]},
+        )
 
 
 class ServiceUnavailableError(AppError):

@@ -12,7 +12,7 @@ import background_tasks
 import jobs
 import outbox
 from config import Settings, get_settings
-from dependencies import get_current_user
+from dependencies import get_current_user, identify_personal_token
 from exceptions import register_exception_handlers
 from logging_config import configure_logging
 from metrics import MetricsMiddleware
@@ -21,11 +21,15 @@ from models import RootInfo
 from openapi_docs import OPENAPI_TAGS, install_docs
 from openapi_errors import install_openapi
 from rate_limit_config import RATE_LIMIT_HEADERS, build_rate_limiter, enforce_rate_limits
+from routers import account as account_routes
 from routers import auth as auth_routes
 from routers import files as file_routes
 from routers import health as health_routes
 from routers import metrics as metrics_routes
+from routers import sessions as session_routes
 from routers import tasks as task_routes
+from routers import tokens as token_routes
+from services.users import RecentUsers
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=[Depends(refuse_declared_oversize), Depends(enforce_rate_limits)],
     )
     app.state.settings = settings
+    # Rate limits count a personal access token's requests against its user's budgets.
+    app.state.identify_caller = identify_personal_token
+    # Per app, so per worker: whom recent bearer tokens stood for (see RecentUsers).
+    app.state.recent_users = RecentUsers(settings.user_cache_seconds)
     app.state.limiter = build_rate_limiter(settings)
     register_exception_handlers(app)
     # Innermost of the three, so its 413 gets CORS headers, a request id and an access line.
@@ -105,6 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(file_routes.router, dependencies=authenticated)
     app.include_router(health_routes.router)
     app.include_router(metrics_routes.router)
+    # After the busy routes: a request is matched against the routes in order.
+    app.include_router(session_routes.router)
+    app.include_router(account_routes.router)
+    app.include_router(token_routes.router)
 
     @app.get("/", response_model=RootInfo, tags=["operations"])
     def root() -> RootInfo:

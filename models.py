@@ -12,6 +12,7 @@ from pydantic import (
     EmailStr,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     StringConstraints,
     ValidationInfo,
@@ -19,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from enums import Priority
+from enums import Priority, Scope
 
 MAX_ID = 2**31 - 1
 MAX_TAGS_PER_TASK = 20
@@ -183,6 +184,7 @@ class UserRead(BaseModel):
                     "id": 1,
                     "username": "alice",
                     "email": "alice@example.com",
+                    "email_verified": False,
                     "created_at": "2026-01-15T09:30:00Z",
                 }
             ]
@@ -192,6 +194,7 @@ class UserRead(BaseModel):
     id: int
     username: str
     email: str
+    email_verified: bool
     created_at: datetime
 
 
@@ -202,7 +205,9 @@ class Token(BaseModel):
                 {
                     "access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
                     "token_type": "bearer",
-                    "expires_in": 3600,
+                    "expires_in": 900,
+                    "refresh_token": "tmrt_3q2-7wEvhT4bVn0mJ8kR1xYcZ5sLp9aQeDfGhUiOjNk",
+                    "refresh_expires_in": 2592000,
                 }
             ]
         }
@@ -210,7 +215,192 @@ class Token(BaseModel):
 
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the OAuth2 token type)
-    expires_in: int = Field(description="Lifetime of the token in seconds.")
+    expires_in: int = Field(description="Lifetime of the access token in seconds.")
+    refresh_token: str = Field(
+        description="Opaque; exchange it once at POST /auth/refresh for a new pair."
+    )
+    refresh_expires_in: int = Field(description="Lifetime of the refresh token in seconds.")
+
+
+# --- accounts and sessions ---------------------------------------------------------------
+
+# Presented secrets are looked up, never validated beyond type: a bad one is unknown, not a 422.
+PresentedSecret = Annotated[StrictStr, Field(max_length=4096)]
+NewPassword = Annotated[
+    StrictStr,
+    Field(min_length=8, max_length=128, examples=["a new passphrase"]),
+    AfterValidator(storable_text),
+]
+CurrentPassword = Annotated[StrictStr, Field(max_length=1024, examples=["correct horse battery"])]
+
+
+class Accepted(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"message": "A verification token is on its way to your e-mail address"}]
+        }
+    )
+
+    message: str
+
+
+class RefreshRequest(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"refresh_token": "tmrt_3q2-7wEvhT4bVn0mJ8kR1xYcZ5sLp9aQeDfGhUiOjNk"}]
+        }
+    )
+
+    refresh_token: PresentedSecret
+
+
+class SessionRead(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 12,
+                    "created_at": "2026-01-15T09:30:00Z",
+                    "last_used_at": "2026-01-16T08:05:00Z",
+                    "user_agent": "curl/8.5.0",
+                    "current": True,
+                }
+            ]
+        },
+    )
+
+    id: int
+    created_at: datetime
+    last_used_at: datetime = Field(description="When the session last got tokens.")
+    user_agent: str | None
+    current: bool = Field(description="Whether this is the session of the calling token.")
+
+
+class PasswordChange(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"current_password": "correct horse battery", "new_password": "a new passphrase"}
+            ]
+        }
+    )
+
+    current_password: CurrentPassword
+    new_password: NewPassword
+
+
+class PasswordResetRequest(StrictBody):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"email": "alice@example.com"}]})
+
+    email: EmailStr = Field(max_length=320)
+
+
+class PasswordReset(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "token": "Yp0d2Xr7mQ1vK9sT4wZ8bN3cF6gH5jL2aE0uI7oR1yW",
+                    "new_password": "a new passphrase",
+                }
+            ]
+        }
+    )
+
+    token: PresentedSecret
+    new_password: NewPassword
+
+
+class EmailVerification(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"token": "Yp0d2Xr7mQ1vK9sT4wZ8bN3cF6gH5jL2aE0uI7oR1yW"}]}
+    )
+
+    token: PresentedSecret
+
+
+class AccountDeletion(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"password": "correct horse battery"}]}
+    )
+
+    password: CurrentPassword
+
+
+def _token_name(value: str) -> str:
+    value = storable_text(value).strip()
+    if not 1 <= len(value) <= 100:
+        raise ValueError("must be 1 to 100 characters after trimming whitespace")
+    return value
+
+
+def _scope_list(value: Any) -> Any:
+    # Stored space-separated; given and shown as a list.
+    return value.split() if isinstance(value, str) else value
+
+
+class PersonalTokenCreate(StrictBody):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "backup script", "scopes": ["tasks:read"], "expires_in_days": 90}]
+        }
+    )
+
+    name: Annotated[StrictStr, AfterValidator(_token_name)] = Field(examples=["backup script"])
+    scopes: list[Scope] = Field(min_length=1, max_length=len(Scope), examples=[["tasks:read"]])
+    expires_in_days: StrictInt = Field(ge=1, le=365, description="Days until it expires.")
+
+    @field_validator("scopes")
+    @classmethod
+    def _dedupe(cls, scopes: list[Scope]) -> list[Scope]:
+        return [scope for scope in Scope if scope in scopes]
+
+
+class PersonalTokenRead(BaseModel):
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 3,
+                    "name": "backup script",
+                    "scopes": ["tasks:read"],
+                    "created_at": "2026-01-15T09:30:00Z",
+                    "expires_at": "2026-04-15T09:30:00Z",
+                    "last_used_at": "2026-01-16T08:05:00Z",
+                }
+            ]
+        },
+    )
+
+    id: int
+    name: str
+    scopes: Annotated[list[Scope], BeforeValidator(_scope_list)]
+    created_at: datetime
+    expires_at: datetime
+    last_used_at: datetime | None
+
+
+class PersonalTokenCreated(PersonalTokenRead):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 3,
+                    "name": "backup script",
+                    "scopes": ["tasks:read"],
+                    "created_at": "2026-01-15T09:30:00Z",
+                    "expires_at": "2026-04-15T09:30:00Z",
+                    "token": "tmpat_Kx8vQ2nR5tW1yB4cD7fG0hJ3kL6mN9pS2uV5xZ8aE1i",
+                }
+            ]
+        },
+    )
+
+    # Never used yet; a default keeps the schema's null-free example valid.
+    last_used_at: datetime | None = None
+    token: str = Field(description="The secret: shown only in this response, never again.")
 
 
 # --- tasks --------------------------------------------------------------------------------
@@ -504,6 +694,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _ERROR_DESCRIPTIONS = {
     400: "Bad request (`empty_update`)",
     401: "Missing or invalid credentials (`not_authenticated`, `invalid_token`, `invalid_credentials`)",
+    403: "The token lacks the scope the operation needs (`insufficient_scope`)",
     404: "Not found, or not yours (`task_not_found`, `file_not_found`, `tag_not_found`)",
     409: "Conflict (`duplicate_username`, `duplicate_email`, `too_many_files`)",
     413: "Upload larger than the limit (`file_too_large`)",

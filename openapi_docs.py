@@ -20,6 +20,7 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from enums import Scope
 from exceptions import PROBLEM_MEDIA_TYPE
 from models import Problem
 
@@ -30,8 +31,10 @@ ASSETS_URL = "/docs/assets"
 OPENAPI_TAGS: list[dict[str, Any]] = [
     {
         "name": "auth",
-        "description": "Register, log in and read your account. **Authorize** in `/docs` "
-        "logs in with a username and password and sends the token with every request.",
+        "description": "Register and log in; sessions, refresh tokens and logout; password "
+        "change and reset, e-mail verification, account deletion; personal access tokens. "
+        "**Authorize** in `/docs` logs in with a username and password (or takes a personal "
+        "access token) and sends the token with every request.",
     },
     {
         "name": "tasks",
@@ -86,8 +89,9 @@ _FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
 # The `code` values each error status carries, unless a rule below narrows them by path.
 _DEFAULT_CODES: dict[int, tuple[str, ...]] = {
-    400: ("empty_update",),
+    400: ("bad_request",),
     401: ("not_authenticated", "invalid_token"),
+    403: ("insufficient_scope",),
     404: ("task_not_found",),
     409: ("conflict",),
     412: ("precondition_failed",),
@@ -100,8 +104,19 @@ _DEFAULT_CODES: dict[int, tuple[str, ...]] = {
     503: ("service_unavailable",),
 }
 _PATH_CODES: list[tuple[int, re.Pattern[str], tuple[str, ...]]] = [
+    (400, re.compile(r"^/tasks/(bulk|\{task_id\})$"), ("empty_update",)),
+    (400, re.compile(r"^/auth/(password|me)$"), ("wrong_password",)),
+    (400, re.compile(r"^/auth/(verify-email|password-reset)$"), ("invalid_or_expired_token",)),
     (401, re.compile(r"^/auth/login$"), ("invalid_credentials",)),
     (400, re.compile(r"^/auth/login$"), ("bad_request",)),
+    (401, re.compile(r"^/auth/refresh$"), ("invalid_token", "refresh_token_reused")),
+    (404, re.compile(r"^/auth/sessions/"), ("session_not_found",)),
+    (404, re.compile(r"^/auth/tokens/"), ("token_not_found",)),
+    (
+        422,
+        re.compile(r"^/auth/(register|password|password-reset)$"),
+        ("validation_error", "weak_password"),
+    ),
     (409, re.compile(r"^/auth/register$"), ("duplicate_username", "duplicate_email")),
     (404, re.compile(r"^/files/"), ("file_not_found",)),
     (404, re.compile(r"/files/\{"), ("task_not_found", "file_not_found")),
@@ -118,7 +133,16 @@ _HEADER_CODES: dict[str, dict[int, tuple[str, ...]]] = {
     },
 }
 _EXAMPLE_DETAILS = {
+    "bad_request": "The body could not be parsed",
     "empty_update": "The update contains no fields to change",
+    "wrong_password": "The password is not correct",
+    "invalid_or_expired_token": "The token is unknown, already used or expired",
+    "refresh_token_reused": "This refresh token was already used; its session is now revoked, "
+    "log in again",
+    "insufficient_scope": "This token lacks the scope this operation needs: tasks:write",
+    "session_not_found": "Session 12 not found",
+    "token_not_found": "Token 3 not found",
+    "weak_password": "body.password: is one of the 10,000 most common passwords",
     "not_authenticated": "Not authenticated: send Authorization: Bearer <token>",
     "invalid_token": "Invalid or expired token",
     "invalid_credentials": "Incorrect username or password",
@@ -130,7 +154,6 @@ _EXAMPLE_DETAILS = {
     "too_many_files": "Task 17 already has 20 files",
     "file_too_large": "The file is larger than 10485760 bytes",
     "body_too_large": "The request body is larger than the limit of 1048576 bytes",
-    "bad_request": "Too many fields. Maximum number of fields is 16.",
     "unsupported_file_type": "The content of 'notes.pdf' is not a PDF document",
     "validation_error": "body.title: String should have at least 1 character",
     "rate_limited": "Rate limit exceeded: 5 per 1 minute",
@@ -167,8 +190,17 @@ _REQUEST_ID_HEADER = {
 }
 _SECURITY_SCHEME_DESCRIPTION = (
     "Log in with a username and password (the OAuth2 password flow: **Authorize** in `/docs`), "
-    "then send the token as `Authorization: Bearer <token>`."
+    "then send the token as `Authorization: Bearer <token>`. A login session has every scope."
 )
+PERSONAL_TOKEN_SCHEME = "PersonalAccessToken"  # noqa: S105 (a scheme name)
+_PERSONAL_TOKEN_SCHEME: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "A personal access token (`tmpat_…`, from POST /auth/tokens), or any access "
+    "token, pasted as is and sent as `Authorization: Bearer <token>`. A personal token may call "
+    "the operations its scopes name, and GET /auth/me; never the other /auth operations.",
+}
+_PERSONAL_TOKEN_SCOPES = frozenset(str(scope) for scope in Scope)
 
 
 def install_docs(app: FastAPI) -> None:
@@ -257,6 +289,35 @@ def complete_openapi(schema: dict[str, Any]) -> None:
     for scheme in components.get("securitySchemes", {}).values():
         if scheme.get("type") == "oauth2":
             scheme.setdefault("description", _SECURITY_SCHEME_DESCRIPTION)
+    _offer_personal_tokens(schema)
+
+
+def _offer_personal_tokens(schema: dict[str, Any]) -> None:
+    """Where a personal access token may be used, offer it as the other way to authenticate.
+
+    In `/docs` that is a field of the Authorize dialog to paste a token into.
+    """
+    offered = False
+    for _, _, operation in _operations(schema):
+        requirements: list[dict[str, list[str]]] = operation.get("security", [])
+        needed = list(
+            dict.fromkeys(
+                scope
+                for requirement in requirements
+                for scopes in requirement.values()
+                for scope in scopes
+            )
+        )
+        if (
+            requirements
+            and set(needed) <= _PERSONAL_TOKEN_SCOPES
+            and not any(PERSONAL_TOKEN_SCHEME in requirement for requirement in requirements)
+        ):
+            operation["security"] = [*requirements, {PERSONAL_TOKEN_SCHEME: needed}]
+            offered = True
+    if offered:
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes.setdefault(PERSONAL_TOKEN_SCHEME, _PERSONAL_TOKEN_SCHEME)
 
 
 def _operations(schema: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
@@ -371,6 +432,16 @@ def _problem_example(status: int, code: str, path: str) -> dict[str, Any]:
                 "loc": ["header", "Idempotency-Key"],
                 "msg": "this key was already used for a different request; use a new key",
                 "type": "idempotency_key_reused",
+            }
+        ]
+    if code == "weak_password":
+        field = "password" if path == "/auth/register" else "new_password"
+        value["detail"] = f"body.{field}: is one of the 10,000 most common passwords"
+        value["errors"] = [
+            {
+                "loc": ["body", field],
+                "msg": "is one of the 10,000 most common passwords",
+                "type": "weak_password",
             }
         ]
     if code == "validation_error":

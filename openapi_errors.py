@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
 from db_config import get_db
@@ -18,11 +19,21 @@ _PROBLEM_MEDIA_TYPE = "application/problem+json"
 _PROBLEM_SCHEMA = {"$ref": "#/components/schemas/Problem"}
 
 
+def _declares_scopes(dependant: Dependant) -> bool:
+    """Whether a route needs a scope: a personal access token without it is a 403."""
+    return any(
+        bool(dependency.own_oauth_scopes) or _declares_scopes(dependency)
+        for dependency in dependant.dependencies
+    )
+
+
 def _shared_statuses(route: RouteContext, operation: dict[str, Any]) -> list[int]:
     calls = list(dependency_calls(route.dependant))
     statuses = []
     if requires_auth(route.dependant):
         statuses += [401, 429]
+    if _declares_scopes(route.dependant):
+        statuses.append(403)
     if route_limits_of(route.endpoint) is not None:
         statuses.append(429)
     if operation.get("parameters") or operation.get("requestBody"):

@@ -98,7 +98,7 @@ def write_dataset(
 ) -> None:
     """A Lua chunk returning tokens, usernames, the password and ids, one entry per user."""
     tokens = [
-        auth.create_access_token(user.id, settings, created_at=user.created_at)[0] for user in users
+        auth.create_access_token(user.id, seed.session_id(user.id), settings)[0] for user in users
     ]
     task_lists = []
     for user in users:
@@ -132,7 +132,7 @@ def seed_files(
     content = _upload_body()
     with httpx.Client(base_url=api_url, timeout=30) as client:
         for user in users:
-            token = auth.create_access_token(user.id, settings, created_at=user.created_at)[0]
+            token = auth.create_access_token(user.id, seed.session_id(user.id), settings)[0]
             response = client.post(
                 f"/tasks/{user.task_ids[0]}/files",
                 headers={"Authorization": f"Bearer {token}"},
@@ -154,7 +154,7 @@ def prime_etags(
     tags = []
     with httpx.Client(base_url=api_url, timeout=30) as client:
         for user in users:
-            token = auth.create_access_token(user.id, settings, created_at=user.created_at)[0]
+            token = auth.create_access_token(user.id, seed.session_id(user.id), settings)[0]
             response = client.get(path, headers={"Authorization": f"Bearer {token}"})
             etag = response.headers.get("ETag")
             if response.status_code != 200 or not etag or "'" in etag:
@@ -168,7 +168,7 @@ def prime_stats(api_url: str, users: Sequence[seed.SeededUser], settings: Settin
     """One stats request per user, so the warm-stats run finds every cache filled."""
     with httpx.Client(base_url=api_url, timeout=30) as client:
         for user in users:
-            token = auth.create_access_token(user.id, settings, created_at=user.created_at)[0]
+            token = auth.create_access_token(user.id, seed.session_id(user.id), settings)[0]
             client.get("/tasks/stats", headers={"Authorization": f"Bearer {token}"})
 
 

@@ -4,6 +4,8 @@ Users: `bench01..` (the main scenarios read and patch their tasks), `writer01..`
 upload go to them, so the main users' data stays the same between repeats) and one
 `scaleN` user with N tasks per size of the scale curve. All share one password, hashed once
 at the production bcrypt cost. Ids are assigned here, so no RETURNING round trips are needed.
+Each user gets one login session whose id is the user's id (`session_id`): the bench signs
+its access tokens for that session, as the API does at login.
 """
 
 import random
@@ -16,7 +18,7 @@ from sqlalchemy import Connection, Engine, insert, text
 
 import auth
 from config import Settings
-from db_models import Task, TaskTag, User
+from db_models import AuthSession, Task, TaskTag, User
 from enums import Priority
 
 PASSWORD = "bench-password-0123456789"  # noqa: S105 (the seeded bench users')
@@ -78,6 +80,11 @@ class _Ids:
     def __init__(self) -> None:
         self.user = 0
         self.task = 0
+
+
+def session_id(user_id: int) -> int:
+    """The seeded login session of a seeded user."""
+    return user_id
 
 
 def _user_row(user_id: int, username: str, password_hash: str, now: datetime) -> dict[str, Any]:
@@ -174,13 +181,27 @@ def seed(
             insert(User),
             [_user_row(user.id, user.username, password_hash, now) for user in everyone],
         )
+        connection.execute(
+            insert(AuthSession),
+            [
+                {
+                    "id": session_id(user.id),
+                    "user_id": user.id,
+                    "created_at": now,
+                    "last_used_at": now,
+                    "expires_at": now + timedelta(days=365),
+                    "user_agent": "bench",
+                }
+                for user in everyone
+            ],
+        )
         inserter = _Inserter(connection)
         for user in everyone:
             for task, tags in _task_rows(rng, user.id, user.task_ids, today, now):
                 inserter.add(task, tags)
         inserter.flush()
         # Ids were given explicitly: move the sequences past them for the API's inserts.
-        for table in ("users", "tasks"):
+        for table in ("users", "tasks", "auth_sessions"):
             connection.execute(
                 text(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import rate_limit_config as rate_limits
 from dependencies import CurrentUser, DbSession, SettingsDep
 from models import LoginRequest, Token, UserCreate, UserRead, error_responses
+from services import sessions as session_service
 from services import users as user_service
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -124,12 +125,18 @@ def login(
     credentials: Annotated[LoginRequest, Depends(login_credentials)],
     session: DbSession,
     settings: SettingsDep,
+    request: Request,
 ) -> Token:
-    """Exchange a username and password for a bearer token (JSON body or OAuth2 form)."""
-    return user_service.login(session, credentials=credentials, settings=settings)
+    """Log in: a new session, with an access token and a refresh token (JSON body or OAuth2 form)."""
+    return session_service.login(
+        session,
+        credentials=credentials,
+        user_agent=request.headers.get("user-agent"),
+        settings=settings,
+    )
 
 
 @router.get("/me", response_model=UserRead, responses=error_responses(401))
 def read_me(user: CurrentUser) -> Any:
-    """The account the token belongs to."""
+    """The account the token belongs to (any token: a session's or a personal one)."""
     return user

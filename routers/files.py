@@ -10,7 +10,15 @@ from pydantic import TypeAdapter
 import etags
 import rate_limit_config as rate_limits
 from conditional import ETAG_HEADER, NOT_MODIFIED, IfNoneMatchHeader, not_modified
-from dependencies import CurrentUser, DbSession, FileStorage, OwnedTask, SettingsDep
+from dependencies import (
+    READ_FILES,
+    WRITE_FILES,
+    CurrentUser,
+    DbSession,
+    FileStorage,
+    OwnedTask,
+    SettingsDep,
+)
 from idempotent_requests import IDEMPOTENCY_ERRORS, SUCCESS_HEADERS, UploadIdempotency
 from models import MAX_ID, FileRead, error_responses
 from services import files as file_service
@@ -72,6 +80,7 @@ _UPLOAD_BOUNDS_ITSELF = sys.maxsize
     },
     openapi_extra=_UPLOAD_BODY,
     max_body_size=_UPLOAD_BOUNDS_ITSELF,
+    dependencies=[WRITE_FILES],
 )
 @rate_limits.rate_limited(rate_limits.UPLOAD)
 async def upload_file(
@@ -99,7 +108,10 @@ async def upload_file(
 
 
 @router.get(
-    "/tasks/{task_id}/files", response_model=list[FileRead], responses=error_responses(404, 422)
+    "/tasks/{task_id}/files",
+    response_model=list[FileRead],
+    responses=error_responses(404, 422),
+    dependencies=[READ_FILES],
 )
 def list_files(task: OwnedTask, session: DbSession) -> Any:
     """The files attached to one of your tasks, oldest first."""
@@ -110,6 +122,7 @@ def list_files(task: OwnedTask, session: DbSession) -> Any:
     "/files/{file_id}",
     response_class=FileResponse,
     responses={**_DOWNLOAD_RESPONSE, **error_responses(404, 422)},
+    dependencies=[READ_FILES],
 )
 def download_file(
     file_id: FileId,
@@ -155,6 +168,7 @@ def download_file(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=error_responses(404, 422),
+    dependencies=[WRITE_FILES],
 )
 def delete_file(file_id: FileId, user: CurrentUser, session: DbSession) -> None:
     """Delete one of your files; its bytes are removed after the response."""

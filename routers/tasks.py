@@ -19,7 +19,15 @@ from conditional import (
     task_or_not_modified,
     with_task_etag,
 )
-from dependencies import CacheDep, CurrentUser, DbSession, OwnedTask, SettingsDep
+from dependencies import (
+    READ_TASKS,
+    WRITE_TASKS,
+    CacheDep,
+    CurrentUser,
+    DbSession,
+    OwnedTask,
+    SettingsDep,
+)
 from idempotent_requests import IDEMPOTENCY_ERRORS, SUCCESS_HEADERS, Idempotency
 from models import (
     MAX_TAG_LENGTH,
@@ -97,6 +105,7 @@ def _set_paging_headers(
         **NOT_MODIFIED,
         **error_responses(422),
     },
+    dependencies=[READ_TASKS],
 )
 def list_tasks(
     params: Annotated[TaskListParams, Query()],
@@ -128,6 +137,7 @@ def list_tasks(
         201: {"headers": {"Location": _LOCATION_HEADER, **ETAG_HEADER, **SUCCESS_HEADERS}},
         **IDEMPOTENCY_ERRORS,
     },
+    dependencies=[WRITE_TASKS],
 )
 @rate_limits.rate_limited(rate_limits.CREATE_TASK)
 def create_task(
@@ -150,6 +160,7 @@ def create_task(
     "/stats",
     response_model=TaskStats,
     responses={200: {"headers": {**_STATS_HEADERS, **ETAG_HEADER}}, **NOT_MODIFIED},
+    dependencies=[READ_TASKS],
 )
 def get_stats(
     user: CurrentUser,
@@ -180,6 +191,7 @@ def get_stats(
         **error_responses(400, 404, 412, 422),
         **IDEMPOTENCY_ERRORS,
     },
+    dependencies=[WRITE_TASKS],
 )
 def bulk_update_tasks(
     data: BulkTaskUpdate,
@@ -198,6 +210,7 @@ def bulk_update_tasks(
     "/{task_id}",
     response_model=TaskRead,
     responses={**_ONE_TASK, **NOT_MODIFIED, **error_responses(404, 422)},
+    dependencies=[READ_TASKS],
 )
 async def get_task(
     task: OwnedTask, response: Response, if_none_match: IfNoneMatchHeader = None
@@ -210,6 +223,7 @@ async def get_task(
     "/{task_id}",
     response_model=TaskRead,
     responses={**_ONE_TASK, **error_responses(400, 404, 422), **PRECONDITION_ERRORS},
+    dependencies=[WRITE_TASKS],
 )
 def update_task(
     task: WritableTask, data: TaskUpdate, session: DbSession, cache: CacheDep, response: Response
@@ -224,6 +238,7 @@ def update_task(
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses={**error_responses(404, 422), **PRECONDITION_ERRORS},
+    dependencies=[WRITE_TASKS],
 )
 def delete_task(task: WritableTask, session: DbSession, cache: CacheDep) -> None:
     """Delete a task with its tags and files; the files' bytes are removed after the response."""
@@ -234,6 +249,7 @@ def delete_task(task: WritableTask, session: DbSession, cache: CacheDep) -> None
     "/{task_id}/tags",
     response_model=TaskRead,
     responses={**_KEYED_TASK, **error_responses(404, 422), **PRECONDITION_ERRORS},
+    dependencies=[WRITE_TASKS],
 )
 def add_tags(
     # The key first: a repeat is answered from its stored result, before any precondition.
@@ -254,6 +270,7 @@ def add_tags(
     "/{task_id}/tags/{tag}",
     response_model=TaskRead,
     responses={**_ONE_TASK, **error_responses(404, 422), **PRECONDITION_ERRORS},
+    dependencies=[WRITE_TASKS],
 )
 def remove_tag(
     task: WritableTask, tag: PathTag, session: DbSession, cache: CacheDep, response: Response

@@ -1,20 +1,22 @@
 """Users: registration, credential checks and lookups."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import auth
-from config import Settings, get_settings
+import db_config
+from config import Settings
 from db_models import User
 from exceptions import AuthenticationError, ConflictError
-from models import LoginRequest, Token, UserCreate, is_storable
+from models import UserCreate, is_storable
+from services import passwords
 
 
 def _conflict(session: Session, data: UserCreate) -> ConflictError | None:
@@ -33,7 +35,10 @@ def _conflict(session: Session, data: UserCreate) -> ConflictError | None:
 
 
 def register_user(session: Session, *, data: UserCreate, settings: Settings) -> User:
-    """Create a user; a username or email already in use (in any case) is a 409."""
+    """Create a user; a weak password is a 422, a username or email in use (any case) a 409."""
+    passwords.check_password(
+        data.password, username=data.username, email=data.email, field="password"
+    )
     # Hashed before the first query, so the transaction (on SQLite, the write lock every
     # writer waits for) is never held through bcrypt.
     hashed_password = auth.hash_password(data.password, settings)
@@ -67,26 +72,85 @@ def _checked(user: User | None, password: str, settings: Settings) -> User:
 
 def authenticate(session: Session, *, username: str, password: str, settings: Settings) -> User:
     """The user these credentials belong to; any mismatch is the same 401."""
-    return _checked(_find_by_username(session, username), password, settings)
+    found = _find_by_username(session, username)
+    # The read ends before bcrypt runs, so neither a pooled connection nor (on SQLite, where
+    # POSTs begin as writers) the write lock waits on the hash; the session is written after.
+    if found is not None:
+        session.expunge(found)
+    session.rollback()
+    return _checked(found, password, settings)
 
 
 def get_user(session: Session, user_id: int) -> User | None:
     return session.get(User, user_id)
 
 
+# --- who a request acts as, remembered briefly by each worker --------------------------------
+
+
 @dataclass(frozen=True, slots=True)
-class _Remembered:
+class Principal:
+    """Who a request acts as: a user, through a login session or a personal access token.
+
+    An immutable snapshot, so a worker can hand the same one to many requests.
+    """
+
+    user_id: int
     username: str
     email: str
+    email_verified: bool
     created_at: datetime
-    expires_at: float
+    session_id: int | None = None
+    token_id: int | None = None
+    # What a personal access token may do (write scopes include their read scope); None for a
+    # login session, which may do everything.
+    scopes: frozenset[str] | None = None
+    # A personal token's expiry (epoch seconds): a remembered token still stops on time.
+    expires_at: float | None = None
+
+    @classmethod
+    def of(cls, user: User, **details: Any) -> "Principal":
+        return cls(
+            user_id=user.id,
+            username=user.username,
+            email=user.email,
+            email_verified=user.email_verified,
+            created_at=user.created_at,
+            **details,
+        )
+
+    def user(self) -> User:
+        """A fresh, session-less `User`: no request can change what another one sees."""
+        return User(
+            id=self.user_id,
+            username=self.username,
+            email=self.email,
+            email_verified=self.email_verified,
+            created_at=self.created_at,
+        )
+
+    def allows(self, scopes: Iterable[str]) -> bool:
+        return self.scopes is None or all(scope in self.scopes for scope in scopes)
+
+
+PrincipalKey = tuple[str, int | str]
+
+
+def session_key(session_id: int) -> PrincipalKey:
+    return ("session", session_id)
+
+
+def personal_token_key(digest: str) -> PrincipalKey:
+    return ("token", digest)
 
 
 class RecentUsers:
-    """Users this worker looked up in the last few seconds, so most requests need no query.
+    """Whom each bearer token stood for in the last few seconds, so most requests need no query.
 
-    Entries are immutable snapshots handed out as fresh, session-less `User` objects, so no
-    request can change another's. Safe across threads: each operation is one dict operation.
+    One per app (per worker process). A revoked session or token, a deleted user, a changed
+    e-mail verification: this worker forgets them at once (`forget_after_commit`), every other
+    worker within its `ttl_seconds` (USER_CACHE_SECONDS), when its entry expires and the next
+    lookup finds nothing. Safe across threads: each operation is one dict operation.
     """
 
     def __init__(
@@ -98,45 +162,46 @@ class RecentUsers:
         self._ttl = ttl_seconds
         self._clock = clock
         self._max_entries = max_entries
-        self._entries: dict[int, _Remembered] = {}
+        self._entries: dict[PrincipalKey, tuple[Principal, float]] = {}
 
-    def get(self, user_id: int) -> User | None:
-        entry = self._entries.get(user_id)
-        if entry is None or entry.expires_at < self._clock():
+    def get(self, key: PrincipalKey) -> Principal | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] < self._clock():
             return None
-        return User(
-            id=user_id, username=entry.username, email=entry.email, created_at=entry.created_at
-        )
+        principal = entry[0]
+        if principal.expires_at is not None and principal.expires_at <= time.time():
+            return None
+        return principal
 
-    def remember(self, user: User) -> None:
+    def remember(self, key: PrincipalKey, principal: Principal) -> None:
         if self._ttl <= 0:
             return
         if len(self._entries) >= self._max_entries:
             self._entries.clear()  # crude but safe: a miss only costs one query
-        self._entries[user.id] = _Remembered(
-            user.username, user.email, user.created_at, self._clock() + self._ttl
-        )
+        self._entries[key] = (principal, self._clock() + self._ttl)
+
+    def forget(self, *, user_id: int, keep_session_id: int | None = None) -> None:
+        """Drop what this worker remembers of the user, except the one session named."""
+        for key, (principal, _) in list(self._entries.items()):
+            if principal.user_id == user_id and (
+                keep_session_id is None or principal.session_id != keep_session_id
+            ):
+                self._entries.pop(key, None)
 
     def clear(self) -> None:
         self._entries.clear()
 
 
-@lru_cache
-def recent_users() -> RecentUsers:
-    """This process's memory of recently authenticated users."""
-    return RecentUsers(get_settings().user_cache_seconds)
+_PENDING_FORGETS = "recent_users_pending_forgets"
 
 
-def login(session: Session, *, credentials: LoginRequest, settings: Settings) -> Token:
-    """A bearer token for valid credentials; any mismatch is the same 401."""
-    found = _find_by_username(session, credentials.username)
-    # A login writes nothing: its read ends before bcrypt runs, so neither a pooled connection
-    # nor (on SQLite, where POSTs begin as writers) the write lock waits on the hash.
-    if found is not None:
-        session.expunge(found)
-    session.rollback()
-    user = _checked(found, credentials.password, settings)
-    access_token, expires_in = auth.create_access_token(
-        user.id, settings, created_at=user.created_at
+def forget_after_commit(
+    session: Session, recent: RecentUsers, *, user_id: int, keep_session_id: int | None = None
+) -> None:
+    """Make this worker forget the user's remembered tokens once the transaction commits.
+
+    After the commit, not before: a request in between would remember the old state again.
+    """
+    db_config.after_commit(
+        session, lambda: recent.forget(user_id=user_id, keep_session_id=keep_session_id)
     )
-    return Token(access_token=access_token, expires_in=expires_in)

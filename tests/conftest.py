@@ -8,7 +8,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,14 +279,24 @@ def _empty_cache() -> Iterator[None]:
     _empty_the_cache()
 
 
-@pytest.fixture(autouse=True)
-def _forget_recent_users() -> Iterator[None]:
-    """Each test starts with no remembered users (ids repeat once a test's rows roll back)."""
-    from services import users as user_service
+@pytest.fixture
+def swap_recent_users(app: FastAPI) -> Iterator[Callable[[object], None]]:
+    """Give the app another memory of recent tokens for one test (a fake clock, a TTL)."""
+    original = app.state.recent_users
 
-    user_service.recent_users().clear()
+    def swap(recent: object) -> None:
+        app.state.recent_users = recent
+
+    yield swap
+    app.state.recent_users = original
+
+
+@pytest.fixture(autouse=True)
+def _forget_recent_users(app: FastAPI) -> Iterator[None]:
+    """Each test starts with no remembered users (ids repeat once a test's rows roll back)."""
+    app.state.recent_users.clear()
     yield
-    user_service.recent_users().clear()
+    app.state.recent_users.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 import base64
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,7 +46,8 @@ class TestRegister:
         )
         assert response.status_code == 201
         body = response.json()
-        assert set(body) == {"id", "username", "email", "created_at"}
+        assert set(body) == {"id", "username", "email", "email_verified", "created_at"}
+        assert body["email_verified"] is False
         assert body["username"] == "Carol.B"
         assert body["email"] == "carol@example.com"
         assert body["created_at"].endswith("Z")
@@ -126,10 +128,11 @@ class TestLogin:
         status, body = _login(client, "alice", PASSWORD)
         assert status == 200
         assert body["token_type"] == "bearer"
-        assert body["expires_in"] == 3600
+        assert body["expires_in"] == 900  # ACCESS_TOKEN_EXPIRE_MINUTES defaults to 15
         claims = jwt.get_unverified_claims(str(body["access_token"]))
         assert claims["sub"] == str(alice.id)
-        assert claims["exp"] - claims["iat"] == 3600
+        assert claims["sid"].isdigit()  # the session the token belongs to
+        assert claims["exp"] - claims["iat"] == 900
 
     def test_form_login_works_for_swagger_authorize(
         self, client: TestClient, alice: AuthUser
@@ -268,9 +271,18 @@ class TestCurrentUser:
         assert response.json()["code"] == "not_authenticated"
         assert response.headers["WWW-Authenticate"] == "Bearer"
 
-    def test_bad_tokens_are_401_invalid_token(self, client: TestClient, alice: AuthUser) -> None:
+    def test_bad_tokens_are_401_invalid_token(
+        self, client: TestClient, alice: AuthUser, bob: AuthUser
+    ) -> None:
         now = datetime.now(UTC)
-        valid = {"sub": str(alice.id), "iat": now, "exp": now + timedelta(minutes=5)}
+        sid = jwt.get_unverified_claims(alice.token)["sid"]
+        valid = {"sub": str(alice.id), "sid": sid, "iat": now, "exp": now + timedelta(minutes=5)}
+        assert (
+            client.get("/auth/me", headers={"Authorization": f"Bearer {_token(valid)}"}).json()[
+                "id"
+            ]
+            == alice.id
+        ), "the forged tokens below differ from a valid one in one respect each"
         bad_tokens = {
             "expired": _token(
                 {**valid, "iat": now - timedelta(hours=2), "exp": now - timedelta(hours=1)}
@@ -278,6 +290,7 @@ class TestCurrentUser:
             "alg_none": _unsigned_token(
                 {
                     "sub": str(alice.id),
+                    "sid": sid,
                     "iat": int(now.timestamp()),
                     "exp": int(now.timestamp()) + 300,
                 }
@@ -285,10 +298,16 @@ class TestCurrentUser:
             "wrong_key": _token(valid, key="another-key-that-is-long-enough-0123456789"),
             "hs512": _token(valid, algorithm="HS512"),
             "garbage": "not.a.jwt",
-            "no_exp": _token({"sub": str(alice.id), "iat": now}),
-            "no_sub": _token({"iat": now, "exp": now + timedelta(minutes=5)}),
+            "no_exp": _token({"sub": str(alice.id), "sid": sid, "iat": now}),
+            "no_sub": _token({"sid": sid, "iat": now, "exp": now + timedelta(minutes=5)}),
             "bad_sub": _token({**valid, "sub": "alice"}),
             "deleted_user": _token({**valid, "sub": "999999"}),
+            "no_session": _token({key: value for key, value in valid.items() if key != "sid"}),
+            "unknown_session": _token({**valid, "sid": "999999"}),
+            "bad_session": _token({**valid, "sid": "one"}),
+            "another_users_session": _token(
+                {**valid, "sid": jwt.get_unverified_claims(bob.token)["sid"]}
+            ),
         }
         for name, token in bad_tokens.items():
             response = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
@@ -299,8 +318,8 @@ class TestCurrentUser:
 
 def test_a_token_verified_before_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = get_settings()
-    token, lifetime = auth.create_access_token(7, settings, created_at=datetime.now(UTC))
-    assert auth.decode_access_token(token, settings) == 7  # verified, and remembered
+    token, lifetime = auth.create_access_token(7, 3, settings)
+    assert auth.decode_access_token(token, settings) == (7, 3)  # verified, and remembered
     later = datetime.now(UTC) + timedelta(seconds=lifetime + 1)
 
     class Later(datetime):
@@ -317,10 +336,9 @@ class TestRecentUsers:
     """Each worker remembers authenticated users briefly, so most requests skip the lookup."""
 
     @pytest.fixture
-    def clock(self, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    def clock(self, swap_recent_users: Callable[[object], None]) -> list[float]:
         now = [1000.0]
-        remembered = user_service.RecentUsers(10, clock=lambda: now[0])
-        monkeypatch.setattr(user_service, "recent_users", lambda: remembered)
+        swap_recent_users(user_service.RecentUsers(10, clock=lambda: now[0]))
         return now
 
     def _delete(self, connection: Connection, user: AuthUser) -> None:
@@ -359,10 +377,10 @@ class TestRecentUsers:
         self,
         client: TestClient,
         alice: AuthUser,
-        monkeypatch: pytest.MonkeyPatch,
         db_connection: Connection,
+        swap_recent_users: Callable[[object], None],
     ) -> None:
-        monkeypatch.setattr(user_service, "recent_users", lambda: user_service.RecentUsers(0))
+        swap_recent_users(user_service.RecentUsers(0))
         assert client.get("/auth/me", headers=alice.headers).status_code == 200
         self._delete(db_connection, alice)
         assert client.get("/auth/me", headers=alice.headers).status_code == 401

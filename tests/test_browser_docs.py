@@ -181,6 +181,57 @@ def test_docs_authorize_create_and_list_a_task(live_server: str, browser: webdri
     assert_only_loopback(urls, blocked, live_server)
 
 
+def test_docs_authorize_with_a_pasted_personal_access_token(
+    live_server: str, browser: webdriver.Chrome
+) -> None:
+    username = f"docs_{secrets.token_hex(4)}"
+    password = "correct horse battery"
+    account = {"username": username, "email": f"{username}@example.com", "password": password}
+    assert httpx.post(f"{live_server}/auth/register", json=account).status_code == 201
+    login = httpx.post(
+        f"{live_server}/auth/login", json={"username": username, "password": password}
+    )
+    session = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    title = f"Task for the token {secrets.token_hex(6)}"
+    assert httpx.post(f"{live_server}/tasks", json={"title": title}, headers=session).is_success
+    created = httpx.post(
+        f"{live_server}/auth/tokens",
+        json={"name": "docs", "scopes": ["tasks:read"], "expires_in_days": 1},
+        headers=session,
+    )
+    assert created.status_code == 201, created.text
+    wait = WebDriverWait(browser, TIMEOUT)
+
+    browser.get(f"{live_server}/docs")
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".info .title"), "Task Manager"))
+    browser.find_element(By.CSS_SELECTOR, ".auth-wrapper button.authorize").click()
+    wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".modal-ux")))
+    pasted = browser.find_element(
+        By.XPATH,
+        "//div[contains(@class, 'auth-container')][.//h4[contains(., 'PersonalAccessToken')]]",
+    )
+    pasted.find_element(By.CSS_SELECTOR, "input").send_keys(created.json()["token"])
+    pasted.find_element(By.CSS_SELECTOR, "button.modal-btn.authorize").click()
+    wait.until(
+        ec.presence_of_element_located(
+            (By.CSS_SELECTOR, ".modal-ux button[aria-label='Remove authorization']")
+        )
+    )
+    browser.find_element(By.CSS_SELECTOR, ".modal-ux button.btn-done").click()
+    wait.until(ec.invisibility_of_element_located((By.CSS_SELECTOR, ".modal-ux")))
+
+    listed = try_it_out(operation(browser, "get", "/tasks"))
+    assert title in [task["title"] for task in json.loads(listed)]
+    # Only what its scope allows: creating a task needs tasks:write.
+    refused = try_it_out(
+        operation(browser, "post", "/tasks"), body=json.dumps({"title": "not allowed"})
+    )
+    assert json.loads(refused)["code"] == "insufficient_scope"
+    urls, blocked = network_log(browser)
+    assert not blocked, f"Swagger UI tried to reach outside the service: {blocked}"
+    assert_only_loopback(urls, blocked, live_server)
+
+
 def test_redoc_renders_offline(live_server: str, browser: webdriver.Chrome) -> None:
     browser.get(f"{live_server}/redoc")
     WebDriverWait(browser, TIMEOUT).until(

@@ -18,14 +18,9 @@ from config import PROJECT_DIR
 from db_models import Base, exists_on
 
 EXPECTED_TABLES = {
-    "alembic_version",
-    "users",
-    "tasks",
-    "task_tags",
-    "task_files",
-    "user_change_counters",
-    "idempotency_keys",
-    "outbox",
+    *("alembic_version", "users", "tasks", "task_tags", "task_files"),
+    *("auth_sessions", "refresh_tokens", "personal_tokens", "account_tokens"),
+    *("user_change_counters", "idempotency_keys", "outbox"),
 }
 
 

@@ -25,6 +25,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from sqlalchemy import Connection, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -33,7 +34,8 @@ import config
 import jobs
 import notifications
 from config import Settings
-from tests.conftest import AuthUser
+from db_models import User
+from tests.conftest import AuthUser, register_and_login
 from tests.test_cache import RedisServer, needs_redis_server
 
 SENDER = "Task Manager <noreply@taskmanager.invalid>"
@@ -106,6 +108,22 @@ def inbox(use_settings: Callable[[Settings], None]) -> Iterator[Inbox]:
         yield handler
     finally:
         controller.stop()
+
+
+def verified(user: AuthUser, connection: Connection) -> AuthUser:
+    """Notices go to verified addresses only; these tests are about ones that were verified."""
+    connection.execute(update(User).where(User.id == user.id).values(email_verified=True))
+    return user
+
+
+@pytest.fixture
+def alice(client: TestClient, db_connection: Connection) -> AuthUser:
+    return verified(register_and_login(client, "alice"), db_connection)
+
+
+@pytest.fixture
+def bob(client: TestClient, db_connection: Connection) -> AuthUser:
+    return verified(register_and_login(client, "bob"), db_connection)
 
 
 def make_task(client: TestClient, user: AuthUser, **fields: Any) -> dict[str, Any]:
@@ -305,6 +323,20 @@ class TestSmtpNotifier:
         body = message.get_content()
         assert f'#{task["id"]} "Ship the release"' in body
         assert alice.username in body
+
+    def test_an_unverified_address_gets_no_notice(
+        self, client: TestClient, alice: AuthUser, inbox: Inbox
+    ) -> None:
+        # Anyone can register any address: until its owner confirms it, nothing is sent there.
+        carol = register_and_login(client, "carol")
+        carols = make_task(client, carol, title="Carol's")
+        alices = make_task(client, alice, title="Alice's")
+        assert complete(client, carol, carols["id"]).status_code == 200
+        assert inbox.messages == []
+        assert background_tasks.send_completion_notices([carols["id"], alices["id"]]) == 0
+        assert inbox.messages == []  # alice's task is still open, carol's address unverified
+        assert complete(client, alice, alices["id"]).status_code == 200
+        assert inbox.recipients == [[alice.email]]
 
     def test_no_email_for_other_changes(
         self, client: TestClient, alice: AuthUser, inbox: Inbox

@@ -18,7 +18,18 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 TAG_ORDER = ["auth", "tasks", "tags", "files", "operations"]
 PROBLEM_REF = "#/components/schemas/Problem"
 # Paths anyone may call; everything else needs a bearer token.
-PUBLIC_PATHS = {"/", "/auth/register", "/auth/login", "/health", "/health/ready"}
+PUBLIC_PATHS = {
+    "/",
+    "/auth/register",
+    "/auth/login",
+    "/auth/refresh",
+    "/auth/verify-email",
+    "/auth/password-reset/request",
+    "/auth/password-reset",
+    "/health",
+    "/health/ready",
+}
+PAT_SCOPES = {"tasks:read", "tasks:write", "files:read", "files:write"}
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +105,19 @@ def test_tags_are_described_in_reading_order(spec: dict[str, Any]) -> None:
     assert all(tag["description"] for tag in spec["tags"])
 
 
-def test_security_scheme_is_the_oauth2_password_flow_against_login(
+def test_security_schemes_are_the_password_flow_and_a_pasted_bearer_token(
     spec: dict[str, Any],
 ) -> None:
     schemes = spec["components"]["securitySchemes"]
-    assert len(schemes) == 1
-    (scheme,) = schemes.values()
-    assert scheme["type"] == "oauth2"
-    assert scheme["flows"]["password"]["tokenUrl"] == "/auth/login"
-    assert scheme["description"]
+    assert set(schemes) == {"OAuth2PasswordBearer", "PersonalAccessToken"}
+    password = schemes["OAuth2PasswordBearer"]
+    assert password["type"] == "oauth2"
+    assert password["flows"]["password"]["tokenUrl"] == "/auth/login"
+    assert set(password["flows"]["password"]["scopes"]) == {*PAT_SCOPES, "account"}
+    assert password["description"]
+    pasted = schemes["PersonalAccessToken"]
+    assert (pasted["type"], pasted["scheme"]) == ("http", "bearer")
+    assert "tmpat_" in pasted["description"]
 
 
 # --- every operation -----------------------------------------------------------------------
@@ -135,14 +150,38 @@ def test_routes_are_grouped_by_what_they_act_on(spec: dict[str, Any]) -> None:
 
 
 def test_operations_needing_a_token_declare_the_security_scheme(spec: dict[str, Any]) -> None:
-    (scheme_name,) = spec["components"]["securitySchemes"]
     for name, operation in operations(spec):
         path = name.split(" ", 1)[1]
         if path in PUBLIC_PATHS:
             assert "security" not in operation, name
+            continue
+        security = operation.get("security")
+        assert security, name
+        assert "401" in operation["responses"], name
+        (scopes,) = security[0].values()
+        assert list(security[0]) == ["OAuth2PasswordBearer"], name
+        if name == "GET /auth/me":
+            assert scopes == [], name
+        elif path.startswith("/auth/"):
+            # Account operations: login sessions only, never a personal access token.
+            assert security == [{"OAuth2PasswordBearer": ["account"]}], name
         else:
-            assert operation.get("security") == [{scheme_name: []}], name
-            assert "401" in operation["responses"], name
+            assert len(scopes) == 1, name
+            assert set(scopes) <= PAT_SCOPES, name
+        if scopes:
+            assert "403" in operation["responses"], name
+        if "account" not in scopes:
+            assert security[1:] == [{"PersonalAccessToken": scopes}], name
+
+
+def test_each_route_needs_the_scope_of_what_it_touches(spec: dict[str, Any]) -> None:
+    for name, operation in operations(spec):
+        method, path = name.split(" ", 1)
+        if not path.startswith(("/tasks", "/files")):
+            continue
+        kind = "files" if "/files" in path else "tasks"
+        access = "read" if method == "GET" else "write"
+        assert operation["security"][0] == {"OAuth2PasswordBearer": [f"{kind}:{access}"]}, name
 
 
 def test_every_operation_documents_its_errors_as_problem_documents(
@@ -185,6 +224,25 @@ def test_error_codes_are_specific_to_the_operation(spec: dict[str, Any]) -> None
     assert codes("/tasks", "post", "422") == ["validation_error", "idempotency_key_reused"]
     assert codes("/tasks", "post", "400") == ["bad_request", "invalid_idempotency_key"]
     assert codes("/tasks/{task_id}", "get", "422") == ["validation_error"]
+
+
+def test_account_error_codes_are_documented_where_they_occur(spec: dict[str, Any]) -> None:
+    def codes(path: str, method: str, status: str) -> list[str]:
+        response = spec["paths"][path][method]["responses"][status]
+        return list(response["content"]["application/problem+json"]["examples"])
+
+    assert codes("/auth/refresh", "post", "401") == ["invalid_token", "refresh_token_reused"]
+    assert codes("/auth/password", "post", "400") == ["wrong_password"]
+    assert codes("/auth/me", "delete", "400") == ["wrong_password"]
+    for path in ("/auth/register", "/auth/password", "/auth/password-reset"):
+        assert codes(path, "post", "422") == ["validation_error", "weak_password"], path
+    for path in ("/auth/verify-email", "/auth/password-reset"):
+        assert codes(path, "post", "400") == ["invalid_or_expired_token"], path
+    assert codes("/auth/sessions/{session_id}", "delete", "404") == ["session_not_found"]
+    assert codes("/auth/tokens/{token_id}", "delete", "404") == ["token_not_found"]
+    assert codes("/tasks", "get", "403") == ["insufficient_scope"]
+    assert codes("/auth/logout", "post", "403") == ["insufficient_scope"]
+    assert "403" not in spec["paths"]["/auth/me"]["get"]["responses"]
 
 
 def test_routes_added_later_are_completed_the_same_way() -> None:

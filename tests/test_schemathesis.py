@@ -9,7 +9,7 @@ other user can read is an object-level authorization failure.
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -28,20 +28,19 @@ from sqlalchemy import Connection
 import auth
 import db_config
 from config import get_settings
-from db_models import User
+from db_models import AuthSession, User, utcnow
 from main import app
 from tests import conftest
 
 # Fixed ids far above what the suite's own users get, so the tokens can be signed before
-# collection (schemathesis builds its cases, credentials included, while collecting).
+# collection (schemathesis builds its cases, credentials included, while collecting). Each user
+# has one login session, whose id is the user's.
 USERS = {"owner": 2_000_000_001, "peer": 2_000_000_002}
-# A token names its account by id and creation time: both are fixed before the rows exist.
-CREATED_AT = datetime(2026, 1, 1, tzinfo=UTC)
 PASSWORD = "fuzzing password 1"
 
 
 def _token_entry(name: str, user_id: int) -> dict[str, object]:
-    token, _ = auth.create_access_token(user_id, get_settings(), created_at=CREATED_AT)
+    token, _ = auth.create_access_token(user_id, user_id, get_settings())
     return {"name": name, "fixedHeaders": [{"name": "Authorization", "value": f"Bearer {token}"}]}
 
 
@@ -80,12 +79,12 @@ def db_connection() -> Iterator[Connection]:
                 hashed = auth.hash_password(PASSWORD, get_settings())
                 email = f"fuzz-{name}@example.com"
                 session.add(
-                    User(
-                        id=user_id,
-                        username=f"fuzz-{name}",
-                        email=email,
-                        hashed_password=hashed,
-                        created_at=CREATED_AT,
+                    User(id=user_id, username=f"fuzz-{name}", email=email, hashed_password=hashed)
+                )
+                session.flush()
+                session.add(
+                    AuthSession(
+                        id=user_id, user_id=user_id, expires_at=utcnow() + timedelta(days=1)
                     )
                 )
             session.commit()
@@ -94,6 +93,15 @@ def db_connection() -> Iterator[Connection]:
         db_config.SessionLocal.configure(bind=db_config.engine)
         transaction.rollback()
         connection.close()
+
+
+@pytest.fixture(autouse=True)
+def _each_operation_starts_from_the_same_data(db_connection: Connection) -> Iterator[None]:
+    """An operation that ends a session (logout) must not sign the next operations out."""
+    operation = db_connection.begin_nested()
+    yield
+    if operation.is_active:
+        operation.rollback()
 
 
 @schema.parametrize()
@@ -145,7 +153,7 @@ def test_workflows_conform_and_never_leak_another_users_objects(
 def test_a_json_body_that_is_not_utf8_is_a_422_not_an_undocumented_400(
     db_connection: Connection,
 ) -> None:
-    token, _ = auth.create_access_token(USERS["owner"], get_settings(), created_at=CREATED_AT)
+    token, _ = auth.create_access_token(USERS["owner"], USERS["owner"], get_settings())
     with TestClient(app) as client:
         response = client.post(
             "/tasks",

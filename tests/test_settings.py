@@ -76,7 +76,8 @@ def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> Non
     settings = _settings(secret_key=GOOD_KEY)
     assert settings.database_url == f"sqlite:///{PROJECT_DIR / 'taskmanager.db'}"
     assert settings.redis_url is None
-    assert settings.access_token_expire_minutes == 60
+    assert settings.access_token_expire_minutes == 15
+    assert settings.refresh_token_expire_days == 30
     assert settings.max_upload_bytes == 10 * 1024 * 1024
     assert settings.cors_origins == []
     assert settings.notice_limit_per_hour == 30
