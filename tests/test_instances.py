@@ -167,12 +167,15 @@ def cluster(
 ) -> Iterator[Cluster]:
     """Instances `a` and `b` and one worker, sharing the settings every instance must share."""
     directory = tmp_path_factory.mktemp("instances")
+    prefix = f"tm-instances-{uuid.uuid4().hex[:8]}"
     logs = directory / "logs"
     logs.mkdir()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "REDIS_URL": TEST_REDIS_URL,
+        # Every instance and worker of one deployment shares the prefix of its Redis names.
+        "REDIS_KEY_PREFIX": prefix,
         "REDIS_SOCKET_TIMEOUT_MS": "1000",
         "SECRET_KEY": secrets.token_urlsafe(48),
         "BCRYPT_ROUNDS": "4",
@@ -198,7 +201,7 @@ def cluster(
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     engine = create_engine(database_url)
-    queue_key = f"rq:queue:taskmanager:{make_url(database_url).database}:jobs"
+    queue_key = f"rq:queue:{prefix}:jobs"
     running = Cluster(env=env, logs=logs, engine=engine, queue_key=queue_key)
     try:
         running.start_api("a")

@@ -20,7 +20,7 @@ from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from rq import SimpleWorker
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -50,6 +50,15 @@ def complete(client: TestClient, user: AuthUser, task_id: int) -> None:
 
 def row(connection: Connection, job_id: int) -> Any:
     return connection.execute(select(OutboxJob).where(OutboxJob.id == job_id)).one()
+
+
+@pytest.fixture(autouse=True)
+def _no_jobs_of_other_tests(db_connection: Connection) -> None:
+    """Start from an empty outbox (in this test's transaction, so it is rolled back too).
+
+    Tests that serve the app in another process commit their jobs to the shared database.
+    """
+    db_connection.execute(delete(OutboxJob))
 
 
 def rows(connection: Connection) -> list[Any]:
@@ -493,7 +502,7 @@ def rq_runner() -> Iterator[jobs.RqRunner]:
 class TestRq:
     def test_the_queue_name_carries_the_deployments_prefix(self, rq_runner: jobs.RqRunner) -> None:
         prefix = key_prefix(get_settings())
-        assert prefix == "taskmanager:" + (get_settings().database_url.rsplit("/", 1)[-1]) + ":"
+        assert prefix == get_settings().redis_key_prefix + ":"
         assert rq_runner.queue.name == prefix + "jobs"
 
     def test_a_worker_runs_the_queued_job_once(

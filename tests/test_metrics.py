@@ -13,10 +13,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr, ValidationError
+from sqlalchemy import Connection, delete
 
 import jobs
 import metrics
 from config import PROJECT_DIR, Settings
+from db_models import OutboxJob
 from main import create_app
 from tests.conftest import AuthUser
 from tests.job_helpers import HeldJobs
@@ -27,6 +29,15 @@ TOKEN = "metrics-token-for-the-tests-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture(autouse=True)
+def _no_jobs_of_other_tests(db_connection: Connection) -> None:
+    """Start from an empty outbox (in this test's transaction, so it is rolled back too).
+
+    Tests that serve the app in another process commit their jobs to the shared database.
+    """
+    db_connection.execute(delete(OutboxJob))
 
 
 def samples(text: str) -> Samples:

@@ -47,7 +47,10 @@ _PROCESS_OPTIONS = {
 def project(tmp_path: Path) -> Path:
     """A copy of what the scripts need, with its own (absent) .env; the venv is shared."""
     shutil.copytree(PROJECT_DIR / "scripts", tmp_path / "scripts")
-    for name in ("config.py", "requirements.txt", "requirements-dev.txt"):
+    for name in (
+        "config.py",
+        *("requirements.txt", "requirements-dev.txt", "requirements.lock", "requirements-dev.lock"),
+    ):
         shutil.copy2(PROJECT_DIR / name, tmp_path / name)
     return tmp_path
 
