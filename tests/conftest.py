@@ -43,7 +43,7 @@ config.get_settings.cache_clear()
 from alembic.config import Config  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import Connection, text  # noqa: E402
+from sqlalchemy import Connection, text, update  # noqa: E402
 
 import db_config  # noqa: E402
 import jobs  # noqa: E402
@@ -210,6 +210,15 @@ def alice(client: TestClient) -> AuthUser:
 @pytest.fixture
 def bob(client: TestClient) -> AuthUser:
     return register_and_login(client, "bob")
+
+
+def verified(user: AuthUser, connection: Connection) -> AuthUser:
+    """Mark the user's address verified: notices go to verified addresses only (the
+    verification itself is tested in test_account)."""
+    from db_models import User
+
+    connection.execute(update(User).where(User.id == user.id).values(email_verified=True))
+    return user
 
 
 @pytest.fixture

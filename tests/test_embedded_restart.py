@@ -6,6 +6,7 @@ the notice is sent, exactly once. It runs on a SQLite file of its own, whatever 
 
 import os
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,10 @@ def test_a_process_killed_while_sending_sends_the_notice_once_it_is_back(
     try:
         account = {"username": "frank", "email": "frank@example.com", "password": PASSWORD}
         assert httpx.post(f"{url}/auth/register", json=account).status_code == 201
+        # Notices go to verified addresses only (verifying by e-mail is tested elsewhere).
+        with sqlite3.connect(tmp_path / "embedded.db") as db:
+            db.execute("UPDATE users SET email_verified = 1 WHERE username = 'frank'")
+        db.close()
         login = {"username": "frank", "password": PASSWORD}
         token = httpx.post(f"{url}/auth/login", json=login).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}

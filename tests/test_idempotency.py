@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from httpx import Response
-from sqlalchemy import Engine, delete, func, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, select, text, update
 from sqlalchemy.orm import Session
 
 import db_config
@@ -26,6 +26,7 @@ from tests.conftest import (
     AuthUser,
     alembic_config,
     register_and_login,
+    verified,
 )
 from tests.task_helpers import create_task
 
@@ -232,8 +233,13 @@ class TestReplay:
         assert notices(caplog) == []
 
     def test_a_bulk_completion_retried_sends_one_notice(
-        self, client: TestClient, alice: AuthUser, caplog: pytest.LogCaptureFixture
+        self,
+        client: TestClient,
+        alice: AuthUser,
+        caplog: pytest.LogCaptureFixture,
+        db_connection: Connection,
     ) -> None:
+        verified(alice, db_connection)
         ids = [create_task(client, alice)["id"] for _ in range(2)]
         caplog.set_level(logging.INFO, logger="background_tasks")
         body = {"task_ids": ids, "updates": {"completed": True}}

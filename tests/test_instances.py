@@ -19,11 +19,11 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, make_url, select, text
+from sqlalchemy import create_engine, make_url, select, text, update
 from sqlalchemy.engine import Engine
 
 import db_config
-from db_models import OutboxJob
+from db_models import OutboxJob, User
 from tests.conftest import PASSWORD, TEST_REDIS_URL
 from tests.process_helpers import GatedInbox, Process, migrate, serve_api, spawn, wait_until
 from tests.test_notifications import SENDER, free_port
@@ -113,6 +113,11 @@ class Client:
         self.email = f"{self.username}@example.com"
         body = {"username": self.username, "email": self.email, "password": PASSWORD}
         assert self.call(on, "POST", "/auth/register", json=body).status_code == 201
+        # Notices go to verified addresses only (verifying by e-mail is tested elsewhere).
+        with self.cluster.engine.begin() as connection:
+            connection.execute(
+                update(User).where(User.username == self.username).values(email_verified=True)
+            )
         response = self.call(
             login_on,
             "POST",

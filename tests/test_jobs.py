@@ -32,7 +32,7 @@ import outbox
 from config import PROJECT_DIR, Settings, get_settings
 from db_models import OutboxJob, TaskFile, utcnow
 from redis_config import key_prefix
-from tests.conftest import AuthUser
+from tests.conftest import AuthUser, register_and_login, verified
 from tests.job_helpers import HeldJobs
 from tests.task_helpers import create_task
 from tests.test_notifications import Inbox, free_port, smtp_settings
@@ -50,6 +50,12 @@ def complete(client: TestClient, user: AuthUser, task_id: int) -> None:
 
 def row(connection: Connection, job_id: int) -> Any:
     return connection.execute(select(OutboxJob).where(OutboxJob.id == job_id)).one()
+
+
+@pytest.fixture
+def alice(client: TestClient, db_connection: Connection) -> AuthUser:
+    """Alice with a verified address, so her completions send notices."""
+    return verified(register_and_login(client, "alice"), db_connection)
 
 
 @pytest.fixture(autouse=True)

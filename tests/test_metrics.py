@@ -20,7 +20,7 @@ import metrics
 from config import PROJECT_DIR, Settings
 from db_models import OutboxJob
 from main import create_app
-from tests.conftest import AuthUser
+from tests.conftest import AuthUser, register_and_login, verified
 from tests.job_helpers import HeldJobs
 from tests.task_helpers import create_task
 from tests.test_notifications import free_port
@@ -29,6 +29,12 @@ TOKEN = "metrics-token-for-the-tests-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture
+def alice(client: TestClient, db_connection: Connection) -> AuthUser:
+    """Alice with a verified address, so her completions send notices."""
+    return verified(register_and_login(client, "alice"), db_connection)
 
 
 @pytest.fixture(autouse=True)

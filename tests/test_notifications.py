@@ -25,7 +25,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -34,8 +34,7 @@ import config
 import jobs
 import notifications
 from config import Settings
-from db_models import User
-from tests.conftest import AuthUser, register_and_login
+from tests.conftest import AuthUser, register_and_login, verified
 from tests.test_cache import RedisServer, needs_redis_server
 
 SENDER = "Task Manager <noreply@taskmanager.invalid>"
@@ -108,12 +107,6 @@ def inbox(use_settings: Callable[[Settings], None]) -> Iterator[Inbox]:
         yield handler
     finally:
         controller.stop()
-
-
-def verified(user: AuthUser, connection: Connection) -> AuthUser:
-    """Notices go to verified addresses only; these tests are about ones that were verified."""
-    connection.execute(update(User).where(User.id == user.id).values(email_verified=True))
-    return user
 
 
 @pytest.fixture
