@@ -12,7 +12,7 @@ import storage as storage_backends
 from config import Settings
 from db_config import get_db
 from db_models import Task, User
-from exceptions import AuthenticationError
+from exceptions import InvalidTokenError, NotAuthenticatedError, TaskNotFoundError, raises
 from models import MAX_ID
 from redis_config import Cache, get_cache
 from services import tasks as task_service
@@ -36,6 +36,7 @@ DbSession = Annotated[Session, Depends(get_db, scope="function")]
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/login", auto_error=False)
 
 
+@raises(NotAuthenticatedError, InvalidTokenError)
 async def get_current_user(
     request: Request,
     session: DbSession,
@@ -44,21 +45,21 @@ async def get_current_user(
 ) -> User:
     """The account the bearer token was issued for; 401 for a missing, bad or orphaned token."""
     if not token:
-        raise AuthenticationError("Not authenticated: send Authorization: Bearer <token>")
+        raise NotAuthenticatedError()
     try:
         claims = auth.read_access_token(token, settings)
     except auth.InvalidTokenError:
-        raise AuthenticationError("Invalid or expired token", code="invalid_token") from None
+        raise InvalidTokenError() from None
     recent = user_service.recent_users()
     user = recent.get(claims.user_id)
     if user is None or not claims.names(user.id, user.created_at):
         user = await run_in_threadpool(user_service.get_user, session, claims.user_id)
         if user is None:
-            raise AuthenticationError("Invalid or expired token", code="invalid_token")
+            raise InvalidTokenError()
         recent.remember(user)
         # Issued for another account that had this id: never this one.
         if not claims.names(user.id, user.created_at):
-            raise AuthenticationError("Invalid or expired token", code="invalid_token")
+            raise InvalidTokenError()
     request.state.user_id = user.id
     return user
 
@@ -68,6 +69,7 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of your tasks.")]
 
 
+@raises(TaskNotFoundError)
 def get_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Task:
     """The caller's task named in the path; 404 when missing or someone else's."""
     return task_service.get_owned_task(session, owner_id=user.id, task_id=task_id)

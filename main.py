@@ -15,8 +15,8 @@ from exceptions import register_exception_handlers
 from logging_config import configure_logging
 from middleware import BodyLimitMiddleware, RequestContextMiddleware, refuse_declared_oversize
 from models import RootInfo
-from openapi_docs import OPENAPI_TAGS, install_docs
-from openapi_errors import install_openapi
+from openapi_docs import install_docs
+from openapi_schema import OPENAPI_TAGS, install_openapi, operation_id
 from rate_limit_config import RATE_LIMIT_HEADERS, build_rate_limiter, enforce_rate_limits
 from routers import auth as auth_routes
 from routers import files as file_routes
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
         # First of every route's dependencies: an oversized body is refused before anything
         # else; then a spent budget costs no query and no hash.
         dependencies=[Depends(refuse_declared_oversize), Depends(enforce_rate_limits)],
@@ -86,12 +87,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(file_routes.router, dependencies=authenticated)
     app.include_router(health_routes.router)
 
-    @app.get("/", response_model=RootInfo, tags=["operations"])
+    @app.get("/", response_model=RootInfo, tags=["operations"], summary="Service information")
     def root() -> RootInfo:
         """Service name, status and version."""
         return RootInfo(message="Task Manager API", status="running", version=VERSION)
 
-    # Order matters: shared error responses first, then the docs pass completes every one.
     install_openapi(app)
     install_docs(app)
     return app

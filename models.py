@@ -1,7 +1,9 @@
 """Pydantic request and response schemas: the shapes of the HTTP API."""
 
 import re
+from collections.abc import Iterable
 from datetime import date, datetime
+from http import HTTPStatus
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -19,6 +21,7 @@ from pydantic import (
 )
 
 from enums import Priority
+from exceptions import EXAMPLE_REQUEST_ID, PROBLEM_MEDIA_TYPE, AppError
 
 MAX_ID = 2**31 - 1
 MAX_TAGS_PER_TASK = 20
@@ -454,26 +457,61 @@ class Readiness(BaseModel):
         return cls(status="degraded" if checks.cache == "error" else "ok", checks=checks)
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries documenting problem+json errors for these statuses."""
-    return {
-        status: {
-            "model": Problem,
-            "content": {"application/problem+json": {}},
-            "description": _ERROR_DESCRIPTIONS.get(status, "Error"),
+# --- documented errors --------------------------------------------------------------------
+
+PROBLEM_REF = "#/components/schemas/Problem"
+
+
+class ErrorResponse(dict[str, Any]):
+    """One status's OpenAPI response for these errors; keeps the classes for the builder."""
+
+    def __init__(self, errors: Iterable[type[AppError]]) -> None:
+        self.errors = tuple(dict.fromkeys(errors))
+        super().__init__(problem_response_doc(self.errors))
+
+
+def problem_response_doc(errors: tuple[type[AppError], ...]) -> dict[str, Any]:
+    """The OpenAPI response object for errors of one status: every code, an example of each."""
+    (status,) = {error.status_code for error in errors}
+    codes = list(dict.fromkeys(error.code for error in errors))
+    headers: dict[str, Any] = {}
+    for error in errors:
+        headers.update(error.response_headers)
+    examples = {
+        error.example_key(): {
+            "summary": error.example_key(),
+            "value": error.example().problem(EXAMPLE_REQUEST_ID),
         }
-        for status in statuses
+        for error in errors
     }
+    response: dict[str, Any] = {
+        "description": f"{HTTPStatus(status).phrase}: " + ", ".join(f"`{c}`" for c in codes),
+        "content": {
+            PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_REF}, "examples": examples},
+        },
+    }
+    if headers:
+        response["headers"] = headers
+    return response
 
 
-_ERROR_DESCRIPTIONS = {
-    400: "Bad request (`empty_update`)",
-    401: "Missing or invalid credentials (`not_authenticated`, `invalid_token`, `invalid_credentials`)",
-    404: "Not found, or not yours (`task_not_found`, `file_not_found`, `tag_not_found`)",
-    409: "Conflict (`duplicate_username`, `duplicate_email`, `too_many_files`)",
-    413: "Upload larger than the limit (`file_too_large`)",
-    415: "File type not allowed or content does not match (`unsupported_file_type`)",
-    422: "Invalid input (`validation_error`)",
-    429: "Rate limit exceeded (`rate_limited`)",
-    503: "A backing service is unavailable (`service_unavailable`)",
-}
+def by_status(errors: Iterable[type[AppError]]) -> dict[int, list[type[AppError]]]:
+    """Errors grouped by HTTP status, in status order, each group in declaration order."""
+    groups: dict[int, list[type[AppError]]] = {}
+    for error in errors:
+        if not (isinstance(error, type) and issubclass(error, AppError)):
+            raise TypeError(f"declare error classes from exceptions.py, not {error!r}")
+        group = groups.setdefault(error.status_code, [])
+        if error not in group:
+            group.append(error)
+    return dict(sorted(groups.items()))
+
+
+def error_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the errors its own code can raise, grouped by status.
+
+    `responses=error_responses(TaskNotFoundError, EmptyUpdateError)`. Errors of the route's
+    dependencies (`raises(...)`) and the shared ones (401, 413, 422, 429, 500, 503) are added
+    by `openapi_schema.complete_openapi`; list only what the route's services raise.
+    """
+    return {status: ErrorResponse(group) for status, group in by_status(errors).items()}

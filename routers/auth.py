@@ -10,6 +10,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import rate_limit_config as rate_limits
 from dependencies import CurrentUser, DbSession, SettingsDep
+from exceptions import (
+    DuplicateEmailError,
+    DuplicateUsernameError,
+    InvalidCredentialsError,
+    MalformedBodyError,
+    raises,
+)
 from models import LoginRequest, Token, UserCreate, UserRead, error_responses
 from services import users as user_service
 
@@ -17,25 +24,14 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
+# Documented as JSON only: clients generated from the document send JSON. The OAuth2 password
+# form (the tokenUrl of the security scheme, which Swagger's Authorize button posts) is accepted
+# on the same route, and said so in the description.
 _LOGIN_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {
-            # Inline: the body is parsed by a dependency, so FastAPI never lists the model.
-            "application/json": {"schema": LoginRequest.model_json_schema()},
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["username", "password"],
-                    "properties": {
-                        "username": {"type": "string"},
-                        "password": {"type": "string", "format": "password"},
-                        "grant_type": {"type": "string", "enum": ["password"]},
-                    },
-                },
-                "example": {"username": "alice", "password": "correct horse battery"},
-            },
-        },
+        # Inline: the body is parsed by a dependency, so FastAPI never lists the model.
+        "content": {"application/json": {"schema": LoginRequest.model_json_schema()}},
     }
 }
 
@@ -72,7 +68,7 @@ async def read_login(request: Request) -> None:
             form = await request.form(**_LOGIN_FORM_LIMITS)
         except StarletteHTTPException as exc:
             # Starlette's 400 for a form it cannot parse (no boundary, too many fields, ...).
-            parsed, result = None, exc
+            parsed, result = None, MalformedBodyError(str(exc.detail))
         else:
             parsed = {key: form.get(key) for key in ("username", "password") if key in form}
             await form.close()
@@ -92,6 +88,7 @@ async def read_login(request: Request) -> None:
     request.state.login = result
 
 
+@raises(MalformedBodyError)
 async def login_credentials(request: Request) -> LoginRequest:
     """The credentials of a JSON body or an OAuth2 password form, read once by `read_login`."""
     await read_login(request)
@@ -105,7 +102,8 @@ async def login_credentials(request: Request) -> LoginRequest:
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
-    responses=error_responses(409, 422),
+    responses=error_responses(DuplicateUsernameError, DuplicateEmailError),
+    summary="Create an account",
 )
 @rate_limits.rate_limited(rate_limits.REGISTER)
 def register(data: UserCreate, session: DbSession, settings: SettingsDep) -> Any:
@@ -116,8 +114,9 @@ def register(data: UserCreate, session: DbSession, settings: SettingsDep) -> Any
 @router.post(
     "/login",
     response_model=Token,
-    responses=error_responses(401, 422),
+    responses=error_responses(InvalidCredentialsError),
     openapi_extra=_LOGIN_BODY,
+    summary="Log in",
 )
 @rate_limits.rate_limited(rate_limits.LOGIN, rate_limits.LOGIN_USERNAME, body_reader=read_login)
 def login(
@@ -125,11 +124,16 @@ def login(
     session: DbSession,
     settings: SettingsDep,
 ) -> Token:
-    """Exchange a username and password for a bearer token (JSON body or OAuth2 form)."""
+    """Exchange a username and password for a bearer token.
+
+    The body is JSON; the OAuth2 password form (`application/x-www-form-urlencoded` with
+    `username`, `password` and optionally `grant_type=password`), which **Authorize** in `/docs`
+    sends, is accepted as well.
+    """
     return user_service.login(session, credentials=credentials, settings=settings)
 
 
-@router.get("/me", response_model=UserRead, responses=error_responses(401))
+@router.get("/me", response_model=UserRead, summary="Your account")
 def read_me(user: CurrentUser) -> Any:
     """The account the token belongs to."""
     return user

@@ -9,11 +9,20 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 import background_tasks
 import rate_limit_config as rate_limits
 from dependencies import CurrentUser, DbSession, FileStorage, OwnedTask, SettingsDep
+from exceptions import (
+    FileTooLargeError,
+    StorageUnavailableError,
+    StoredFileNotFoundError,
+    TooManyFilesError,
+    UnsupportedFileTypeError,
+    UploadIncompleteError,
+    UploadInvalidError,
+)
 from models import MAX_ID, FileRead, error_responses
 from services import files as file_service
 from storage import LocalObject
 
-router = APIRouter(tags=["files"], responses=error_responses(401))
+router = APIRouter(tags=["files"])
 
 FileId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of your files.")]
 
@@ -26,18 +35,51 @@ _UPLOAD_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "contentMediaType": "application/octet-stream",
+                            "description": "The file; its name's extension decides its type.",
+                        }
+                    },
                 }
             }
         },
     }
 }
+_UPLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
+    201: {
+        "headers": {
+            "Location": {
+                "description": "The URL to download the file from.",
+                "schema": {"type": "string", "examples": ["/files/5"]},
+            }
+        }
+    }
+}
+# One binary media type: the bytes are sent with the type checked at upload (one of
+# `file_service.CONTENT_TYPES`), and clients read them as bytes whatever it is.
 _DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The file's bytes, as an attachment, in the type checked at upload.",
+        "description": "The file's bytes, as an attachment, with the content type checked at "
+        "upload: " + ", ".join(f"`{t}`" for t in file_service.CONTENT_TYPES) + ".",
         "content": {
-            content_type: {"schema": {"type": "string", "format": "binary"}}
-            for content_type in file_service.CONTENT_TYPES
+            "application/octet-stream": {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "contentMediaType": "application/octet-stream",
+                }
+            }
+        },
+        "headers": {
+            "Content-Disposition": {
+                "description": "`attachment` with the file's name, as `filename` (ASCII) and "
+                "`filename*` (RFC 6266).",
+                "schema": {"type": "string"},
+            },
+            "Content-Length": {"description": "The size in bytes.", "schema": {"type": "integer"}},
         },
     },
     302: {
@@ -59,8 +101,19 @@ _UPLOAD_BOUNDS_ITSELF = sys.maxsize
     "/tasks/{task_id}/files",
     status_code=status.HTTP_201_CREATED,
     response_model=FileRead,
-    responses=error_responses(404, 409, 413, 415, 422),
+    responses={
+        **_UPLOAD_RESPONSE,
+        **error_responses(
+            UploadIncompleteError,
+            TooManyFilesError,
+            FileTooLargeError,
+            UnsupportedFileTypeError,
+            UploadInvalidError,
+            StorageUnavailableError,
+        ),
+    },
     openapi_extra=_UPLOAD_BODY,
+    summary="Upload a file",
     max_body_size=_UPLOAD_BOUNDS_ITSELF,
 )
 @rate_limits.rate_limited(rate_limits.UPLOAD)
@@ -86,9 +139,7 @@ async def upload_file(
     return row
 
 
-@router.get(
-    "/tasks/{task_id}/files", response_model=list[FileRead], responses=error_responses(404, 422)
-)
+@router.get("/tasks/{task_id}/files", response_model=list[FileRead], summary="List a task's files")
 def list_files(task: OwnedTask, session: DbSession) -> Any:
     """The files attached to one of your tasks, oldest first."""
     return file_service.list_files(session, task=task)
@@ -97,7 +148,11 @@ def list_files(task: OwnedTask, session: DbSession) -> Any:
 @router.get(
     "/files/{file_id}",
     response_class=FileResponse,
-    responses={**_DOWNLOAD_RESPONSE, **error_responses(404, 422)},
+    responses={
+        **_DOWNLOAD_RESPONSE,
+        **error_responses(StoredFileNotFoundError, StorageUnavailableError),
+    },
+    summary="Download a file",
 )
 def download_file(
     file_id: FileId, user: CurrentUser, session: DbSession, storage: FileStorage
@@ -134,7 +189,8 @@ def download_file(
     "/files/{file_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(404, 422),
+    responses=error_responses(StoredFileNotFoundError),
+    summary="Delete a file",
 )
 def delete_file(
     file_id: FileId, user: CurrentUser, session: DbSession, background: BackgroundTasks

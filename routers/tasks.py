@@ -9,6 +9,13 @@ from pydantic import AfterValidator
 import background_tasks
 import rate_limit_config as rate_limits
 from dependencies import CacheDep, CurrentUser, DbSession, OwnedTask, SettingsDep
+from exceptions import (
+    EmptyUpdateError,
+    TagNotFoundError,
+    TasksNotFoundError,
+    TooManyTagsError,
+    method_guard,
+)
 from models import (
     MAX_TAG_LENGTH,
     BulkTaskUpdate,
@@ -24,7 +31,7 @@ from models import (
 from services import stats as stats_service
 from services import tasks as task_service
 
-router = APIRouter(prefix="/tasks", tags=["tasks"], responses=error_responses(401))
+router = APIRouter(prefix="/tasks")
 
 _LIST_HEADERS = {
     "X-Total-Count": {
@@ -35,6 +42,12 @@ _LIST_HEADERS = {
         "description": 'RFC 8288 links to the `rel="next"` and `rel="prev"` pages, when they exist.',
         "schema": {"type": "string"},
     },
+}
+_LOCATION_HEADER = {
+    "Location": {
+        "description": "The URL of the new task.",
+        "schema": {"type": "string", "examples": ["/tasks/17"]},
+    }
 }
 _STATS_HEADERS = {
     "X-Cache": {
@@ -71,7 +84,9 @@ def _set_paging_headers(
 @router.get(
     "",
     response_model=list[TaskRead],
-    responses={200: {"headers": _LIST_HEADERS}, **error_responses(422)},
+    responses={200: {"headers": _LIST_HEADERS}},
+    tags=["tasks"],
+    summary="List your tasks",
 )
 def list_tasks(
     params: Annotated[TaskListParams, Query()],
@@ -90,7 +105,9 @@ def list_tasks(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskRead,
-    responses=error_responses(422),
+    responses={201: {"headers": _LOCATION_HEADER}},
+    tags=["tasks"],
+    summary="Create a task",
 )
 @rate_limits.rate_limited(rate_limits.CREATE_TASK)
 def create_task(
@@ -107,6 +124,8 @@ def create_task(
     "/stats",
     response_model=TaskStats,
     responses={200: {"headers": _STATS_HEADERS}},
+    tags=["tasks"],
+    summary="Statistics of your tasks",
 )
 def get_stats(
     user: CurrentUser,
@@ -126,7 +145,9 @@ def get_stats(
 @router.patch(
     "/bulk",
     response_model=list[TaskRead],
-    responses=error_responses(400, 404, 422),
+    responses=error_responses(EmptyUpdateError, TasksNotFoundError),
+    tags=["tasks"],
+    summary="Update many tasks",
 )
 def bulk_update_tasks(
     data: BulkTaskUpdate,
@@ -143,13 +164,30 @@ def bulk_update_tasks(
     return result.tasks
 
 
-@router.get("/{task_id}", response_model=TaskRead, responses=error_responses(404, 422))
+# `/{task_id}` would capture the other methods of these literal paths (a 422 for the id
+# "stats"): they are a 405 naming the methods the path has. Declared before `/{task_id}`.
+_ALL_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+router.add_api_route(
+    "/stats", method_guard(), methods=sorted(_ALL_METHODS - {"GET"}), include_in_schema=False
+)
+router.add_api_route(
+    "/bulk", method_guard(), methods=sorted(_ALL_METHODS - {"PATCH"}), include_in_schema=False
+)
+
+
+@router.get("/{task_id}", response_model=TaskRead, tags=["tasks"], summary="Read a task")
 async def get_task(task: OwnedTask) -> Any:
     """One of the caller's tasks."""
     return task
 
 
-@router.patch("/{task_id}", response_model=TaskRead, responses=error_responses(400, 404, 422))
+@router.patch(
+    "/{task_id}",
+    response_model=TaskRead,
+    responses=error_responses(EmptyUpdateError),
+    tags=["tasks"],
+    summary="Update a task",
+)
 def update_task(
     task: OwnedTask,
     data: TaskUpdate,
@@ -168,7 +206,8 @@ def update_task(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(404, 422),
+    tags=["tasks"],
+    summary="Delete a task",
 )
 def delete_task(
     task: OwnedTask, session: DbSession, cache: CacheDep, background: BackgroundTasks
@@ -178,7 +217,13 @@ def delete_task(
     background.add_task(background_tasks.remove_stored_files, stored)
 
 
-@router.post("/{task_id}/tags", response_model=TaskRead, responses=error_responses(404, 422))
+@router.post(
+    "/{task_id}/tags",
+    response_model=TaskRead,
+    responses=error_responses(TooManyTagsError),
+    tags=["tags"],
+    summary="Add tags to a task",
+)
 def add_tags(
     task: OwnedTask,
     tags: Annotated[TagList, Body(examples=[["work", "urgent"]])],
@@ -190,7 +235,11 @@ def add_tags(
 
 
 @router.delete(
-    "/{task_id}/tags/{tag}", response_model=TaskRead, responses=error_responses(404, 422)
+    "/{task_id}/tags/{tag}",
+    response_model=TaskRead,
+    responses=error_responses(TagNotFoundError),
+    tags=["tags"],
+    summary="Remove a tag from a task",
 )
 def remove_tag(task: OwnedTask, tag: PathTag, session: DbSession, cache: CacheDep) -> Any:
     """Remove one tag from a task."""

@@ -9,7 +9,13 @@ from sqlalchemy import ColumnElement, delete, false, func, insert, or_, select, 
 from sqlalchemy.orm import Session, joinedload
 
 from db_models import Task, TaskFile, TaskTag, User, utcnow
-from exceptions import AppError, EmptyUpdateError, NotFoundError
+from exceptions import (
+    EmptyUpdateError,
+    TagNotFoundError,
+    TaskNotFoundError,
+    TasksNotFoundError,
+    TooManyTagsError,
+)
 from models import (
     MAX_TAGS_PER_TASK,
     BulkTaskUpdate,
@@ -19,32 +25,6 @@ from models import (
 )
 from redis_config import Cache
 from services import stats as stats_service
-
-
-class TaskNotFoundError(NotFoundError):
-    code = "task_not_found"
-
-    def __init__(self, task_id: int) -> None:
-        super().__init__(f"Task {task_id} not found")
-
-
-class TagNotFoundError(NotFoundError):
-    code = "tag_not_found"
-
-    def __init__(self, task_id: int, tag: str) -> None:
-        super().__init__(f"Task {task_id} has no tag {tag!r}")
-
-
-class TooManyTagsError(AppError):
-    status_code = 422
-    code = "validation_error"
-
-    def __init__(self, count: int) -> None:
-        message = f"a task has at most {MAX_TAGS_PER_TASK} tags; this would give it {count}"
-        super().__init__(
-            f"body: {message}",
-            extra={"errors": [{"loc": ["body"], "msg": message, "type": "too_many_tags"}]},
-        )
 
 
 def get_owned_task(session: Session, *, owner_id: int, task_id: int) -> Task:
@@ -257,7 +237,7 @@ def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> 
     lock_for_tag_change(session, task)
     merged = set(task.tags) | set(tags)
     if len(merged) > MAX_TAGS_PER_TASK:
-        raise TooManyTagsError(len(merged))
+        raise TooManyTagsError(len(merged), MAX_TAGS_PER_TASK)
     if merged != set(task.tags):
         replace_tags(task, merged)
         task.updated_at = utcnow()
@@ -300,11 +280,7 @@ def bulk_update(
     )
     missing = [task_id for task_id in ids if task_id not in was_completed]
     if missing:
-        raise NotFoundError(
-            f"Tasks not found: {', '.join(map(str, missing))}",
-            code="task_not_found",
-            extra={"missing_ids": missing},
-        )
+        raise TasksNotFoundError(missing)
     tags: list[str] | None = changes.pop("tags", None)
     session.execute(
         update(Task).where(*owned_scope).values(**changes, updated_at=utcnow()),

@@ -13,11 +13,13 @@ from sqlalchemy.orm import Session
 import auth
 from config import Settings, get_settings
 from db_models import User
-from exceptions import AuthenticationError, ConflictError
+from exceptions import DuplicateEmailError, DuplicateUsernameError, InvalidCredentialsError
 from models import LoginRequest, Token, UserCreate, is_storable
 
 
-def _conflict(session: Session, data: UserCreate) -> ConflictError | None:
+def _conflict(
+    session: Session, data: UserCreate
+) -> DuplicateUsernameError | DuplicateEmailError | None:
     """The duplicate error for this registration, if any; a username clash wins."""
     taken = session.execute(
         select(
@@ -26,9 +28,9 @@ def _conflict(session: Session, data: UserCreate) -> ConflictError | None:
         )
     ).one()
     if taken[0]:
-        return ConflictError("Username is already taken", code="duplicate_username")
+        return DuplicateUsernameError()
     if taken[1]:
-        return ConflictError("Email is already registered", code="duplicate_email")
+        return DuplicateEmailError()
     return None
 
 
@@ -46,9 +48,7 @@ def register_user(session: Session, *, data: UserCreate, settings: Settings) -> 
         with session.begin_nested():
             session.add(user)
     except IntegrityError:
-        raise _conflict(session, data) or ConflictError(
-            "Username or email is already registered", code="duplicate_username"
-        ) from None
+        raise _conflict(session, data) or DuplicateUsernameError() from None
     return user
 
 
@@ -61,7 +61,7 @@ def _find_by_username(session: Session, username: str) -> User | None:
 def _checked(user: User | None, password: str, settings: Settings) -> User:
     hashed = user.hashed_password if user is not None else None
     if not auth.verify_password(password, hashed, settings) or user is None:
-        raise AuthenticationError("Incorrect username or password", code="invalid_credentials")
+        raise InvalidCredentialsError()
     return user
 
 
