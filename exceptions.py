@@ -9,12 +9,12 @@ from typing import Any, ClassVar, TypeVar, cast
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from slowapi.errors import RateLimitExceeded
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
-from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -473,15 +473,13 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "not_authentica
 def _allowed_methods(request: Request) -> str | None:
     """Every method the requested path answers, for the `Allow` header of a 405."""
     route = request.scope.get("route")
-    path = getattr(route, "path", None)
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
     if path is None:
         return None
     methods: set[str] = set()
-    for candidate in request.app.router.routes:
-        if getattr(candidate, "path", None) != path or is_method_guard(candidate):
-            continue
-        if candidate.matches(request.scope)[0] != Match.NONE:
-            methods |= set(getattr(candidate, "methods", None) or ())
+    for candidate in iter_route_contexts(request.app.routes):
+        if candidate.path_format == path and not is_method_guard(candidate):
+            methods |= set(candidate.methods or ())
     return ", ".join(sorted(methods)) or None
 
 

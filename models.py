@@ -16,9 +16,11 @@ from pydantic import (
     StrictBool,
     StrictStr,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from enums import Priority
 from exceptions import EXAMPLE_REQUEST_ID, PROBLEM_MEDIA_TYPE, AppError
@@ -28,6 +30,18 @@ MAX_TAGS_PER_TASK = 20
 MAX_TAG_LENGTH = 50
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
+
+# The rules below are checked in Python (after trimming and lower-casing); these patterns say
+# the same in the schema, so that clients and generated tests know what the server accepts.
+# Whitespace is spelled out as exactly what `str.strip()` trims: regex engines disagree on `\s`.
+_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_TEXT = r"[^\x00]"
+_WORD = rf"[^{_SPACE}\x00]"
+TITLE_PATTERN = rf"^[{_SPACE}]*{_WORD}(?:{_TEXT}{{0,198}}{_WORD})?[{_SPACE}]*$"
+DESCRIPTION_PATTERN = rf"^[{_SPACE}]*(?:{_WORD}(?:{_TEXT}{{0,998}}{_WORD})?)?[{_SPACE}]*$"
+TAG_PATTERN = rf"^[{_SPACE}]*[^{_SPACE}/\x00](?:[^/\x00]{{0,48}}[^{_SPACE}/\x00])?[{_SPACE}]*$"
+NO_NUL_PATTERN = r"^[^\x00]*$"
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def is_storable(value: str) -> bool:
@@ -84,16 +98,33 @@ def _unique_tags(values: list[str]) -> list[str]:
 
 
 def _date_from_string(value: Any) -> Any:
-    # JSON has no date type: accept an ISO string (or a date from Python callers), never a number.
-    if isinstance(value, str | date) and not isinstance(value, datetime):
+    # JSON has no date type: a YYYY-MM-DD string (or a date from Python callers), never a
+    # number or a timestamp ("0" would otherwise be 1970-01-01).
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and ISO_DATE.fullmatch(value):
         return value
     raise ValueError("must be a date string in YYYY-MM-DD form")
 
 
-Title = Annotated[StrictStr, AfterValidator(_title)]
-Description = Annotated[StrictStr | None, AfterValidator(_description)]
-Tag = Annotated[StrictStr, AfterValidator(normalize_tag)]
-TagList = Annotated[list[Tag], Field(max_length=100), AfterValidator(_unique_tags)]
+Title = Annotated[
+    StrictStr, AfterValidator(_title), WithJsonSchema({"type": "string", "pattern": TITLE_PATTERN})
+]
+Description = Annotated[
+    StrictStr | None,
+    AfterValidator(_description),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "pattern": DESCRIPTION_PATTERN}, {"type": "null"}]}
+    ),
+]
+Tag = Annotated[
+    StrictStr,
+    AfterValidator(normalize_tag),
+    WithJsonSchema({"type": "string", "pattern": TAG_PATTERN}),
+]
+# At most as many as a task may hold: so a schema-valid list is one the server accepts.
+TagList = Annotated[list[Tag], Field(max_length=MAX_TAGS_PER_TASK), AfterValidator(_unique_tags)]
+IsoDate = Annotated[date, BeforeValidator(_date_from_string)]
 DueDate = Annotated[
     date | None, BeforeValidator(lambda v: v if v is None else _date_from_string(v))
 ]
@@ -139,9 +170,19 @@ class UserCreate(StrictBody):
         }
     )
 
-    username: StrictStr = Field(min_length=3, max_length=50, examples=["alice"])
+    username: StrictStr = Field(
+        min_length=3,
+        max_length=50,
+        examples=["alice"],
+        json_schema_extra={"pattern": USERNAME_PATTERN.pattern},
+    )
     email: EmailStr = Field(max_length=320, examples=["alice@example.com"])
-    password: StrictStr = Field(min_length=8, max_length=128, examples=["correct horse battery"])
+    password: StrictStr = Field(
+        min_length=8,
+        max_length=128,
+        examples=["correct horse battery"],
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
+    )
 
     @field_validator("username")
     @classmethod
@@ -233,23 +274,32 @@ class TaskCreate(StrictBody):
     description: Description = Field(default=None, examples=["Numbers from finance first"])
     priority: Priority = Priority.MEDIUM
     due_date: DueDate = Field(default=None, examples=["2026-12-31"])
-    tags: TagList = Field(default_factory=list, examples=[["work", "reports"]])
+    tags: TagList = Field(
+        default_factory=list, examples=[["work", "reports"]], json_schema_extra={"default": []}
+    )
     completed: StrictBool = False
+
+
+def _update_schema(schema: dict[str, Any]) -> None:
+    # An absent field is unchanged (no default to fill in), and at least one must be sent.
+    for field_schema in schema["properties"].values():
+        field_schema.pop("default", None)
+    schema["minProperties"] = 1
+    schema["examples"] = [{"completed": True, "priority": "low"}]
 
 
 class TaskUpdate(StrictBody):
     """Any subset of the create fields; only the fields sent are changed."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"completed": True, "priority": "low"}]}
-    )
+    model_config = ConfigDict(json_schema_extra=_update_schema)
 
-    title: Title | None = Field(default=None, examples=["Write the annual report"])
+    # Only `description` and `due_date` may be null; the others are absent or a value.
+    title: Title | SkipJsonSchema[None] = Field(default=None, examples=["Write the annual report"])
     description: Description = None
-    priority: Priority | None = None
+    priority: Priority | SkipJsonSchema[None] = None
     due_date: DueDate = None
-    tags: TagList | None = None
-    completed: StrictBool | None = Field(default=None, examples=[True])
+    tags: TagList | SkipJsonSchema[None] = None
+    completed: StrictBool | SkipJsonSchema[None] = Field(default=None, examples=[True])
 
     @field_validator("title", "priority", "tags", "completed", mode="before")
     @classmethod
@@ -342,7 +392,13 @@ class TaskStats(BaseModel):
 SortField = Literal["id", "title", "priority", "completed", "created_at", "updated_at", "due_date"]
 SearchText = Annotated[str, StringConstraints(max_length=1000), AfterValidator(storable_text)]
 QueryTags = Annotated[
-    list[Annotated[str, AfterValidator(normalize_tag)]],
+    list[
+        Annotated[
+            str,
+            AfterValidator(normalize_tag),
+            WithJsonSchema({"type": "string", "pattern": TAG_PATTERN}),
+        ]
+    ],
     AfterValidator(lambda tags: list(dict.fromkeys(tags))),
 ]
 
@@ -367,12 +423,12 @@ class TaskListParams(BaseModel):
         default=None,
         description="Case-insensitive substring of the title or description, taken literally.",
     )
-    due_before: date | None = Field(default=None, description="Due on or before this day.")
-    due_after: date | None = Field(default=None, description="Due on or after this day.")
-    created_before: date | None = Field(
+    due_before: IsoDate | None = Field(default=None, description="Due on or before this day.")
+    due_after: IsoDate | None = Field(default=None, description="Due on or after this day.")
+    created_before: IsoDate | None = Field(
         default=None, description="Created on or before this day (UTC)."
     )
-    created_after: date | None = Field(
+    created_after: IsoDate | None = Field(
         default=None, description="Created on or after this day (UTC)."
     )
     sort_by: SortField = Field(default="id", description="`priority` sorts by rank.")

@@ -48,6 +48,7 @@ _UPLOAD_BODY: dict[str, Any] = {
         },
     }
 }
+_BINARY = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
 _UPLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
     201: {
         "headers": {
@@ -65,13 +66,9 @@ _DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": "The file's bytes, as an attachment, with the content type checked at "
         "upload: " + ", ".join(f"`{t}`" for t in file_service.CONTENT_TYPES) + ".",
         "content": {
-            "application/octet-stream": {
-                "schema": {
-                    "type": "string",
-                    "format": "binary",
-                    "contentMediaType": "application/octet-stream",
-                }
-            }
+            "application/octet-stream": {"schema": _BINARY},
+            # The same bytes under their own type: read them as binary whatever it is.
+            "*/*": {"schema": _BINARY},
         },
         "headers": {
             "Content-Disposition": {

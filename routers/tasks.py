@@ -18,6 +18,7 @@ from exceptions import (
 )
 from models import (
     MAX_TAG_LENGTH,
+    TAG_PATTERN,
     BulkTaskUpdate,
     TagList,
     TaskCreate,
@@ -58,7 +59,12 @@ _STATS_HEADERS = {
 
 PathTag = Annotated[
     str,
-    Path(max_length=4 * MAX_TAG_LENGTH, description="The tag (trimmed and lower-cased)."),
+    Path(
+        max_length=4 * MAX_TAG_LENGTH,
+        pattern=None,
+        description="The tag (trimmed and lower-cased).",
+        json_schema_extra={"pattern": TAG_PATTERN},
+    ),
     AfterValidator(normalize_tag),
 ]
 
