@@ -64,8 +64,8 @@ class AppError(Exception):
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     example_args: ClassVar[tuple[Any, ...]] = ()
-    # The key of this error's example in the OpenAPI document: its code, unless several
-    # errors with one code can answer the same operation.
+    # The key of this error's example in the OpenAPI document: its code, unless another error
+    # has that code too (each error's key is its own).
     example_name: ClassVar[str | None] = None
     response_headers: ClassVar[dict[str, dict[str, Any]]] = {}
 
@@ -203,6 +203,7 @@ class TasksNotFoundError(AppError):
 
     status_code = 404
     code = "task_not_found"
+    example_name = "tasks_not_found"
     example_args = ([4, 9],)
 
     def __init__(self, missing_ids: list[int]) -> None:
