@@ -18,8 +18,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from dependencies import CurrentUser, DbSession, SettingsDep
-from exceptions import EarlyResponse, InvalidIdempotencyKeyError
-from models import error_responses
+from exceptions import (
+    EarlyResponse,
+    IdempotencyInProgressError,
+    IdempotencyKeyReusedError,
+    InvalidIdempotencyKeyError,
+    raises,
+)
 from services import idempotency as idempotency_service
 from services.files import ReceivedUpload
 
@@ -48,14 +53,6 @@ SUCCESS_HEADERS: dict[str, Any] = {
         "schema": {"type": "string", "enum": ["true"]},
     }
 }
-_RETRY_AFTER = {
-    "Retry-After": {
-        "description": "Seconds to wait before repeating the request.",
-        "schema": {"type": "integer", "examples": [idempotency_service.RETRY_AFTER_SECONDS]},
-    }
-}
-IDEMPOTENCY_ERRORS = error_responses(400, 409, 422)
-IDEMPOTENCY_ERRORS[409]["headers"] = _RETRY_AFTER
 
 
 def parse_key(raw: str) -> str:
@@ -68,9 +65,7 @@ def parse_key(raw: str) -> str:
             return key
     elif _TOKEN_KEY.fullmatch(value):
         return value
-    raise InvalidIdempotencyKeyError(
-        "Idempotency-Key must be 1 to 255 visible ASCII characters, or a quoted string of them"
-    )
+    raise InvalidIdempotencyKeyError()
 
 
 def replay_response(stored: idempotency_service.StoredResult) -> Response:
@@ -169,6 +164,7 @@ def _request_of(
     )
 
 
+@raises(InvalidIdempotencyKeyError, IdempotencyInProgressError, IdempotencyKeyReusedError)
 async def idempotent_json_request(
     request: Request,
     user: CurrentUser,
@@ -184,6 +180,7 @@ async def idempotent_json_request(
     return keyed
 
 
+@raises(InvalidIdempotencyKeyError, IdempotencyInProgressError, IdempotencyKeyReusedError)
 async def idempotent_upload_request(
     request: Request,
     user: CurrentUser,
