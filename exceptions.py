@@ -417,7 +417,7 @@ class IdempotencyInProgressError(AppError):
 ETAG_RESPONSE_HEADER = {
     "ETag": {
         "description": "The task's current entity tag: send it in `If-Match` to retry.",
-        "schema": {"type": "string", "examples": ['"3"']},
+        "schema": {"type": "string", "examples": ['"3f2a9c0d1e4b5a6978c1d2e3"']},
     }
 }
 
@@ -427,7 +427,7 @@ class PreconditionFailedError(AppError):
 
     status_code = 412
     code = "precondition_failed"
-    example_args = (17, '"3"')
+    example_args = (17, '"3f2a9c0d1e4b5a6978c1d2e3"')
     response_headers = ETAG_RESPONSE_HEADER
 
     def __init__(self, task_id: int, current_etag: str) -> None:
@@ -443,7 +443,7 @@ class BulkPreconditionFailedError(AppError):
     status_code = 412
     code = "precondition_failed"
     example_name = "bulk_precondition_failed"
-    example_args = ([{"id": 4, "etag": '"3"'}],)
+    example_args = ([{"id": 4, "etag": '"3f2a9c0d1e4b5a6978c1d2e3"'}],)
 
     def __init__(self, conflicts: list[dict[str, Any]]) -> None:
         super().__init__(

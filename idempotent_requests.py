@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, WithJsonSchema
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -35,8 +35,13 @@ _TOKEN_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _QUOTED_KEY = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
 _ESCAPE = re.compile(r'\\(["\\])')
 
+IDEMPOTENCY_KEY_PATTERN = (
+    r'^(?:[\x21-\x7e]{1,255}|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\]){1,255}")$'
+)
 IdempotencyKeyHeader = Annotated[
     str | None,
+    # Documented only: a key that breaks the pattern is a 400 `invalid_idempotency_key`.
+    WithJsonSchema({"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN}),
     Header(
         alias="Idempotency-Key",
         description="Any unique value of 1-255 visible ASCII characters (a UUID, say), or the "

@@ -42,6 +42,7 @@ _WORD = rf"[^{_SPACE}\x00]"
 TITLE_PATTERN = rf"^[{_SPACE}]*{_WORD}(?:{_TEXT}{{0,198}}{_WORD})?[{_SPACE}]*$"
 DESCRIPTION_PATTERN = rf"^[{_SPACE}]*(?:{_WORD}(?:{_TEXT}{{0,998}}{_WORD})?)?[{_SPACE}]*$"
 TAG_PATTERN = rf"^[{_SPACE}]*[^{_SPACE}/\x00](?:[^/\x00]{{0,48}}[^{_SPACE}/\x00])?[{_SPACE}]*$"
+TOKEN_NAME_PATTERN = rf"^[{_SPACE}]*{_WORD}(?:{_TEXT}{{0,98}}{_WORD})?[{_SPACE}]*$"
 NO_NUL_PATTERN = r"^[^\x00]*$"
 ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -131,6 +132,17 @@ DueDate = Annotated[
     date | None, BeforeValidator(lambda v: v if v is None else _date_from_string(v))
 ]
 ResourceId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def _whole_float_as_int(value: Any) -> Any:
+    # JSON Schema's `integer` includes 30.0; a fraction, a string or a bool stays refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as JSON Schema means it: `30` or `30.0`, never `"30"` or `30.5`.
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole_float_as_int)]
 
 
 class StrictBody(BaseModel):
@@ -391,9 +403,13 @@ class PersonalTokenCreate(StrictBody):
         }
     )
 
-    name: Annotated[StrictStr, AfterValidator(_token_name)] = Field(examples=["backup script"])
+    name: Annotated[
+        StrictStr,
+        AfterValidator(_token_name),
+        WithJsonSchema({"type": "string", "pattern": TOKEN_NAME_PATTERN}),
+    ] = Field(examples=["backup script"])
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope), examples=[["tasks:read"]])
-    expires_in_days: StrictInt = Field(ge=1, le=365, description="Days until it expires.")
+    expires_in_days: WholeNumber = Field(ge=1, le=365, description="Days until it expires.")
 
     @field_validator("scopes")
     @classmethod

@@ -61,10 +61,89 @@ CONFIG = schemathesis.Config.from_dict(
                 },
             },
             {
+                # A key already used for another body is a 422 `idempotency_key_reused` (the
+                # examples of one operation share the data); so is a bulk `if_match` key that is
+                # not one of `task_ids`, which a schema cannot say.
+                "include-operation-id": "create_task",
+                "checks": {
+                    "positive_data_acceptance": {"expected-statuses": ["2XX", "409", "422"]}
+                },
+            },
+            {
+                "include-operation-id": "bulk_update_tasks",
+                "checks": {
+                    "positive_data_acceptance": {
+                        "expected-statuses": ["2XX", "404", "409", "412", "422"]
+                    }
+                },
+            },
+            {
+                # An If-Match naming no current tag of the task (any string is schema-valid) is
+                # a 412 `precondition_failed`, and nothing changes.
+                "include-operation-id": "update_task",
+                "checks": {
+                    "positive_data_acceptance": {"expected-statuses": ["2XX", "404", "412"]}
+                },
+            },
+            {
+                "include-operation-id": "delete_task",
+                "checks": {
+                    "positive_data_acceptance": {"expected-statuses": ["2XX", "404", "412"]}
+                },
+            },
+            {
+                "include-operation-id": "remove_tag",
+                "checks": {
+                    "positive_data_acceptance": {"expected-statuses": ["2XX", "404", "412"]}
+                },
+            },
+            {
+                # A password among the most common ones, or equal to the username or e-mail, is
+                # a 422 `weak_password`; an address whose domain cannot receive mail a 422 too.
+                "include-operation-id": "register",
+                "checks": {
+                    "positive_data_acceptance": {"expected-statuses": ["2XX", "409", "422"]}
+                },
+            },
+            {
+                "include-operation-id": "request_password_reset",
+                "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "422"]}},
+            },
+            {
+                # The current password must be the right one (400 `wrong_password`) and the
+                # new one not a weak one (422 `weak_password`).
+                "include-operation-id": "change_password",
+                "checks": {
+                    "positive_data_acceptance": {"expected-statuses": ["2XX", "400", "422"]}
+                },
+            },
+            {
+                "include-operation-id": "delete_account",
+                "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400"]}},
+            },
+            {
+                # A random token is no token the service sent: 400 `invalid_or_expired_token`.
+                "include-operation-id": "verify_email",
+                "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400"]}},
+            },
+            {
+                "include-operation-id": "reset_password",
+                "checks": {
+                    "positive_data_acceptance": {"expected-statuses": ["2XX", "400", "422"]}
+                },
+            },
+            {
+                # A random refresh token is no session's: 401 `invalid_token`.
+                "include-operation-id": "refresh",
+                "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "401"]}},
+            },
+            {
                 # A task holds at most 20 tags: adding schema-valid tags to a full task is a 422.
                 "include-operation-id": "add_tags",
                 "checks": {
-                    "positive_data_acceptance": {"expected-statuses": ["2XX", "401", "404", "422"]}
+                    "positive_data_acceptance": {
+                        "expected-statuses": ["2XX", "401", "404", "409", "412", "422"]
+                    }
                 },
             },
         ],
