@@ -13,8 +13,12 @@ from sqlalchemy.orm import Session
 import etags
 from db_models import Task
 from dependencies import CurrentUser, DbSession, SettingsDep, TaskId
-from exceptions import PreconditionFailedError, PreconditionRequiredError
-from models import error_responses
+from exceptions import (
+    PreconditionFailedError,
+    PreconditionRequiredError,
+    TaskNotFoundError,
+    raises,
+)
 from services import changes as change_service
 from services import stats as stats_service
 from services import tasks as task_service
@@ -49,10 +53,9 @@ NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
         "headers": ETAG_HEADER,
     }
 }
-PRECONDITION_ERRORS = error_responses(412, 428)
-PRECONDITION_ERRORS[412]["headers"] = ETAG_HEADER
 
 
+@raises(TaskNotFoundError, PreconditionFailedError, PreconditionRequiredError)
 def get_task_for_write(
     task_id: TaskId,
     user: CurrentUser,
@@ -64,16 +67,11 @@ def get_task_for_write(
     task = task_service.get_owned_task(session, owner_id=user.id, task_id=task_id, for_update=True)
     if if_match is None:
         if settings.require_if_match:
-            raise PreconditionRequiredError(
-                "Send If-Match with the task's ETag (read it with GET /tasks/{id})"
-            )
+            raise PreconditionRequiredError()
         return task
     current = etags.task_etag(task)
     if not etags.strong_match(if_match, current):
-        raise PreconditionFailedError(
-            f"Task {task.id} has changed since the ETag you sent; nothing was changed",
-            etag=current,
-        )
+        raise PreconditionFailedError(task.id, current)
     return task
 
 

@@ -15,7 +15,13 @@ from config import Settings
 from db_config import get_db
 from db_models import Task, User
 from enums import Scope
-from exceptions import AuthenticationError, InsufficientScopeError
+from exceptions import (
+    InsufficientScopeError,
+    InvalidTokenError,
+    NotAuthenticatedError,
+    TaskNotFoundError,
+    raises,
+)
 from models import MAX_ID
 from redis_config import Cache, get_cache
 from services import sessions as session_service
@@ -84,10 +90,6 @@ oauth2_scheme = ScopedBearer(
 )
 
 
-def _invalid_token() -> AuthenticationError:
-    return AuthenticationError("Invalid or expired token", code="invalid_token")
-
-
 async def get_recent_users(request: Request) -> RecentUsers:
     """This worker's memory of whom recent bearer tokens stood for."""
     recent: RecentUsers = request.app.state.recent_users
@@ -141,14 +143,14 @@ async def authenticate(
     if principal is not None:
         return principal
     if not token:
-        raise AuthenticationError("Not authenticated: send Authorization: Bearer <token>")
+        raise NotAuthenticatedError()
     if token.startswith(auth.PERSONAL_TOKEN_PREFIX):
         principal = await _personal_token_principal(request, token)
     else:
         try:
             claims = auth.decode_access_token(token, settings)
         except auth.InvalidTokenError:
-            raise _invalid_token() from None
+            raise InvalidTokenError() from None
         recent: RecentUsers = request.app.state.recent_users
         key = user_service.session_key(claims.session_id)
         principal = recent.get(key)
@@ -162,7 +164,7 @@ async def authenticate(
             if principal is not None:
                 recent.remember(key, principal)
     if principal is None:
-        raise _invalid_token()
+        raise InvalidTokenError()
     request.state.principal = principal
     request.state.user_id = principal.user_id
     # The route's scope declaration may have run first (it does on routes without an
@@ -171,6 +173,7 @@ async def authenticate(
     return principal
 
 
+@raises(NotAuthenticatedError, InvalidTokenError)
 async def get_current_user(
     request: Request,
     session: DbSession,
@@ -207,6 +210,7 @@ MANAGE_ACCOUNT = Security(oauth2_scheme, scopes=[ACCOUNT_SCOPE])
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of your tasks.")]
 
 
+@raises(TaskNotFoundError)
 def get_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Task:
     """The caller's task named in the path; 404 when missing or someone else's."""
     return task_service.get_owned_task(session, owner_id=user.id, task_id=task_id)

@@ -13,13 +13,18 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request, Response
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, WithJsonSchema
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from dependencies import CurrentUser, DbSession, SettingsDep
-from exceptions import EarlyResponse, InvalidIdempotencyKeyError
-from models import error_responses
+from exceptions import (
+    EarlyResponse,
+    IdempotencyInProgressError,
+    IdempotencyKeyReusedError,
+    InvalidIdempotencyKeyError,
+    raises,
+)
 from services import idempotency as idempotency_service
 from services.files import ReceivedUpload
 
@@ -30,8 +35,13 @@ _TOKEN_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _QUOTED_KEY = re.compile(r'"((?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\])*)"')
 _ESCAPE = re.compile(r'\\(["\\])')
 
+IDEMPOTENCY_KEY_PATTERN = (
+    r'^(?:[\x21-\x7e]{1,255}|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\]){1,255}")$'
+)
 IdempotencyKeyHeader = Annotated[
     str | None,
+    # Documented only: a key that breaks the pattern is a 400 `invalid_idempotency_key`.
+    WithJsonSchema({"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN}),
     Header(
         alias="Idempotency-Key",
         description="Any unique value of 1-255 visible ASCII characters (a UUID, say), or the "
@@ -48,14 +58,6 @@ SUCCESS_HEADERS: dict[str, Any] = {
         "schema": {"type": "string", "enum": ["true"]},
     }
 }
-_RETRY_AFTER = {
-    "Retry-After": {
-        "description": "Seconds to wait before repeating the request.",
-        "schema": {"type": "integer", "examples": [idempotency_service.RETRY_AFTER_SECONDS]},
-    }
-}
-IDEMPOTENCY_ERRORS = error_responses(400, 409, 422)
-IDEMPOTENCY_ERRORS[409]["headers"] = _RETRY_AFTER
 
 
 def parse_key(raw: str) -> str:
@@ -68,9 +70,7 @@ def parse_key(raw: str) -> str:
             return key
     elif _TOKEN_KEY.fullmatch(value):
         return value
-    raise InvalidIdempotencyKeyError(
-        "Idempotency-Key must be 1 to 255 visible ASCII characters, or a quoted string of them"
-    )
+    raise InvalidIdempotencyKeyError()
 
 
 def replay_response(stored: idempotency_service.StoredResult) -> Response:
@@ -169,6 +169,7 @@ def _request_of(
     )
 
 
+@raises(InvalidIdempotencyKeyError, IdempotencyInProgressError, IdempotencyKeyReusedError)
 async def idempotent_json_request(
     request: Request,
     user: CurrentUser,
@@ -184,6 +185,7 @@ async def idempotent_json_request(
     return keyed
 
 
+@raises(InvalidIdempotencyKeyError, IdempotencyInProgressError, IdempotencyKeyReusedError)
 async def idempotent_upload_request(
     request: Request,
     user: CurrentUser,

@@ -18,8 +18,8 @@ from logging_config import configure_logging
 from metrics import MetricsMiddleware
 from middleware import BodyLimitMiddleware, RequestContextMiddleware, refuse_declared_oversize
 from models import RootInfo
-from openapi_docs import OPENAPI_TAGS, install_docs
-from openapi_errors import install_openapi
+from openapi_docs import install_docs
+from openapi_schema import OPENAPI_TAGS, install_openapi, operation_id
 from rate_limit_config import RATE_LIMIT_HEADERS, build_rate_limiter, enforce_rate_limits
 from routers import account as account_routes
 from routers import auth as auth_routes
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
         # First of every route's dependencies: an oversized body is refused before anything
         # else; then a spent budget costs no query and no hash.
         dependencies=[Depends(refuse_declared_oversize), Depends(enforce_rate_limits)],
@@ -118,12 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(account_routes.router)
     app.include_router(token_routes.router)
 
-    @app.get("/", response_model=RootInfo, tags=["operations"])
+    @app.get("/", response_model=RootInfo, tags=["operations"], summary="Service information")
     def root() -> RootInfo:
         """Service name, status and version."""
         return RootInfo(message="Task Manager API", status="running", version=VERSION)
 
-    # Order matters: shared error responses first, then the docs pass completes every one.
     install_openapi(app)
     install_docs(app)
     return app

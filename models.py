@@ -1,7 +1,9 @@
 """Pydantic request and response schemas: the shapes of the HTTP API."""
 
 import re
+from collections.abc import Iterable
 from datetime import date, datetime
+from http import HTTPStatus
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
@@ -16,17 +18,33 @@ from pydantic import (
     StrictStr,
     StringConstraints,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from enums import Priority, Scope
+from exceptions import EXAMPLE_REQUEST_ID, PROBLEM_MEDIA_TYPE, AppError
 
 MAX_ID = 2**31 - 1
 MAX_TAGS_PER_TASK = 20
 MAX_TAG_LENGTH = 50
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{3,50}$")
+
+# The rules below are checked in Python (after trimming and lower-casing); these patterns say
+# the same in the schema, so that clients and generated tests know what the server accepts.
+# Whitespace is spelled out as exactly what `str.strip()` trims: regex engines disagree on `\s`.
+_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_TEXT = r"[^\x00]"
+_WORD = rf"[^{_SPACE}\x00]"
+TITLE_PATTERN = rf"^[{_SPACE}]*{_WORD}(?:{_TEXT}{{0,198}}{_WORD})?[{_SPACE}]*$"
+DESCRIPTION_PATTERN = rf"^[{_SPACE}]*(?:{_WORD}(?:{_TEXT}{{0,998}}{_WORD})?)?[{_SPACE}]*$"
+TAG_PATTERN = rf"^[{_SPACE}]*[^{_SPACE}/\x00](?:[^/\x00]{{0,48}}[^{_SPACE}/\x00])?[{_SPACE}]*$"
+TOKEN_NAME_PATTERN = rf"^[{_SPACE}]*{_WORD}(?:{_TEXT}{{0,98}}{_WORD})?[{_SPACE}]*$"
+NO_NUL_PATTERN = r"^[^\x00]*$"
+ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def is_storable(value: str) -> bool:
@@ -83,20 +101,48 @@ def _unique_tags(values: list[str]) -> list[str]:
 
 
 def _date_from_string(value: Any) -> Any:
-    # JSON has no date type: accept an ISO string (or a date from Python callers), never a number.
-    if isinstance(value, str | date) and not isinstance(value, datetime):
+    # JSON has no date type: a YYYY-MM-DD string (or a date from Python callers), never a
+    # number or a timestamp ("0" would otherwise be 1970-01-01).
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and ISO_DATE.fullmatch(value):
         return value
     raise ValueError("must be a date string in YYYY-MM-DD form")
 
 
-Title = Annotated[StrictStr, AfterValidator(_title)]
-Description = Annotated[StrictStr | None, AfterValidator(_description)]
-Tag = Annotated[StrictStr, AfterValidator(normalize_tag)]
-TagList = Annotated[list[Tag], Field(max_length=100), AfterValidator(_unique_tags)]
+Title = Annotated[
+    StrictStr, AfterValidator(_title), WithJsonSchema({"type": "string", "pattern": TITLE_PATTERN})
+]
+Description = Annotated[
+    StrictStr | None,
+    AfterValidator(_description),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "pattern": DESCRIPTION_PATTERN}, {"type": "null"}]}
+    ),
+]
+Tag = Annotated[
+    StrictStr,
+    AfterValidator(normalize_tag),
+    WithJsonSchema({"type": "string", "pattern": TAG_PATTERN}),
+]
+# At most as many as a task may hold: so a schema-valid list is one the server accepts.
+TagList = Annotated[list[Tag], Field(max_length=MAX_TAGS_PER_TASK), AfterValidator(_unique_tags)]
+IsoDate = Annotated[date, BeforeValidator(_date_from_string)]
 DueDate = Annotated[
     date | None, BeforeValidator(lambda v: v if v is None else _date_from_string(v))
 ]
 ResourceId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def _whole_float_as_int(value: Any) -> Any:
+    # JSON Schema's `integer` includes 30.0; a fraction, a string or a bool stays refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as JSON Schema means it: `30` or `30.0`, never `"30"` or `30.5`.
+WholeNumber = Annotated[StrictInt, BeforeValidator(_whole_float_as_int)]
 
 
 class StrictBody(BaseModel):
@@ -143,9 +189,19 @@ class UserCreate(StrictBody):
         }
     )
 
-    username: StrictStr = Field(min_length=3, max_length=50, examples=["alice"])
+    username: StrictStr = Field(
+        min_length=3,
+        max_length=50,
+        examples=["alice"],
+        json_schema_extra={"pattern": USERNAME_PATTERN.pattern},
+    )
     email: EmailStr = Field(max_length=320, examples=["alice@example.com"])
-    password: StrictStr = Field(min_length=8, max_length=128, examples=["correct horse battery"])
+    password: StrictStr = Field(
+        min_length=8,
+        max_length=128,
+        examples=["correct horse battery"],
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
+    )
 
     @field_validator("username")
     @classmethod
@@ -347,9 +403,13 @@ class PersonalTokenCreate(StrictBody):
         }
     )
 
-    name: Annotated[StrictStr, AfterValidator(_token_name)] = Field(examples=["backup script"])
+    name: Annotated[
+        StrictStr,
+        AfterValidator(_token_name),
+        WithJsonSchema({"type": "string", "pattern": TOKEN_NAME_PATTERN}),
+    ] = Field(examples=["backup script"])
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope), examples=[["tasks:read"]])
-    expires_in_days: StrictInt = Field(ge=1, le=365, description="Days until it expires.")
+    expires_in_days: WholeNumber = Field(ge=1, le=365, description="Days until it expires.")
 
     @field_validator("scopes")
     @classmethod
@@ -426,23 +486,32 @@ class TaskCreate(StrictBody):
     description: Description = Field(default=None, examples=["Numbers from finance first"])
     priority: Priority = Priority.MEDIUM
     due_date: DueDate = Field(default=None, examples=["2026-12-31"])
-    tags: TagList = Field(default_factory=list, examples=[["work", "reports"]])
+    tags: TagList = Field(
+        default_factory=list, examples=[["work", "reports"]], json_schema_extra={"default": []}
+    )
     completed: StrictBool = False
+
+
+def _update_schema(schema: dict[str, Any]) -> None:
+    # An absent field is unchanged (no default to fill in), and at least one must be sent.
+    for field_schema in schema["properties"].values():
+        field_schema.pop("default", None)
+    schema["minProperties"] = 1
+    schema["examples"] = [{"completed": True, "priority": "low"}]
 
 
 class TaskUpdate(StrictBody):
     """Any subset of the create fields; only the fields sent are changed."""
 
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"completed": True, "priority": "low"}]}
-    )
+    model_config = ConfigDict(json_schema_extra=_update_schema)
 
-    title: Title | None = Field(default=None, examples=["Write the annual report"])
+    # Only `description` and `due_date` may be null; the others are absent or a value.
+    title: Title | SkipJsonSchema[None] = Field(default=None, examples=["Write the annual report"])
     description: Description = None
-    priority: Priority | None = None
+    priority: Priority | SkipJsonSchema[None] = None
     due_date: DueDate = None
-    tags: TagList | None = None
-    completed: StrictBool | None = Field(default=None, examples=[True])
+    tags: TagList | SkipJsonSchema[None] = None
+    completed: StrictBool | SkipJsonSchema[None] = Field(default=None, examples=[True])
 
     @field_validator("title", "priority", "tags", "completed", mode="before")
     @classmethod
@@ -564,7 +633,13 @@ class TaskStats(BaseModel):
 SortField = Literal["id", "title", "priority", "completed", "created_at", "updated_at", "due_date"]
 SearchText = Annotated[str, StringConstraints(max_length=1000), AfterValidator(storable_text)]
 QueryTags = Annotated[
-    list[Annotated[str, AfterValidator(normalize_tag)]],
+    list[
+        Annotated[
+            str,
+            AfterValidator(normalize_tag),
+            WithJsonSchema({"type": "string", "pattern": TAG_PATTERN}),
+        ]
+    ],
     AfterValidator(lambda tags: list(dict.fromkeys(tags))),
 ]
 
@@ -589,12 +664,12 @@ class TaskListParams(BaseModel):
         default=None,
         description="Case-insensitive substring of the title or description, taken literally.",
     )
-    due_before: date | None = Field(default=None, description="Due on or before this day.")
-    due_after: date | None = Field(default=None, description="Due on or after this day.")
-    created_before: date | None = Field(
+    due_before: IsoDate | None = Field(default=None, description="Due on or before this day.")
+    due_after: IsoDate | None = Field(default=None, description="Due on or after this day.")
+    created_before: IsoDate | None = Field(
         default=None, description="Created on or before this day (UTC)."
     )
-    created_after: date | None = Field(
+    created_after: IsoDate | None = Field(
         default=None, description="Created on or after this day (UTC)."
     )
     sort_by: SortField = Field(default="id", description="`priority` sorts by rank.")
@@ -679,29 +754,61 @@ class Readiness(BaseModel):
         return cls(status="degraded" if checks.cache == "error" else "ok", checks=checks)
 
 
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries documenting problem+json errors for these statuses."""
-    return {
-        status: {
-            "model": Problem,
-            "content": {"application/problem+json": {}},
-            "description": _ERROR_DESCRIPTIONS.get(status, "Error"),
+# --- documented errors --------------------------------------------------------------------
+
+PROBLEM_REF = "#/components/schemas/Problem"
+
+
+class ErrorResponse(dict[str, Any]):
+    """One status's OpenAPI response for these errors; keeps the classes for the builder."""
+
+    def __init__(self, errors: Iterable[type[AppError]]) -> None:
+        self.errors = tuple(dict.fromkeys(errors))
+        super().__init__(problem_response_doc(self.errors))
+
+
+def problem_response_doc(errors: tuple[type[AppError], ...]) -> dict[str, Any]:
+    """The OpenAPI response object for errors of one status: every code, an example of each."""
+    (status,) = {error.status_code for error in errors}
+    codes = list(dict.fromkeys(error.code for error in errors))
+    headers: dict[str, Any] = {}
+    for error in errors:
+        headers.update(error.response_headers)
+    examples = {
+        error.example_key(): {
+            "summary": error.example_key(),
+            "value": error.example().problem(EXAMPLE_REQUEST_ID),
         }
-        for status in statuses
+        for error in errors
     }
+    response: dict[str, Any] = {
+        "description": f"{HTTPStatus(status).phrase}: " + ", ".join(f"`{c}`" for c in codes),
+        "content": {
+            PROBLEM_MEDIA_TYPE: {"schema": {"$ref": PROBLEM_REF}, "examples": examples},
+        },
+    }
+    if headers:
+        response["headers"] = headers
+    return response
 
 
-_ERROR_DESCRIPTIONS = {
-    400: "Bad request (`empty_update`)",
-    401: "Missing or invalid credentials (`not_authenticated`, `invalid_token`, `invalid_credentials`)",
-    403: "The token lacks the scope the operation needs (`insufficient_scope`)",
-    404: "Not found, or not yours (`task_not_found`, `file_not_found`, `tag_not_found`)",
-    409: "Conflict (`duplicate_username`, `duplicate_email`, `too_many_files`)",
-    413: "Upload larger than the limit (`file_too_large`)",
-    412: "The task changed since the ETag you sent (`precondition_failed`)",
-    415: "File type not allowed or content does not match (`unsupported_file_type`)",
-    422: "Invalid input (`validation_error`)",
-    428: "This route needs an If-Match header (`precondition_required`)",
-    429: "Rate limit exceeded (`rate_limited`)",
-    503: "A backing service is unavailable (`service_unavailable`)",
-}
+def by_status(errors: Iterable[type[AppError]]) -> dict[int, list[type[AppError]]]:
+    """Errors grouped by HTTP status, in status order, each group in declaration order."""
+    groups: dict[int, list[type[AppError]]] = {}
+    for error in errors:
+        if not (isinstance(error, type) and issubclass(error, AppError)):
+            raise TypeError(f"declare error classes from exceptions.py, not {error!r}")
+        group = groups.setdefault(error.status_code, [])
+        if error not in group:
+            group.append(error)
+    return dict(sorted(groups.items()))
+
+
+def error_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the errors its own code can raise, grouped by status.
+
+    `responses=error_responses(TaskNotFoundError, EmptyUpdateError)`. Errors of the route's
+    dependencies (`raises(...)`) and the shared ones (401, 413, 422, 429, 500, 503) are added
+    by `openapi_schema.complete_openapi`; list only what the route's services raise.
+    """
+    return {status: ErrorResponse(group) for status, group in by_status(errors).items()}

@@ -15,6 +15,7 @@ from dependencies import (
     RecentUsersDep,
     SettingsDep,
 )
+from exceptions import InvalidOrExpiredTokenError, WeakPasswordError, WrongPasswordError
 from models import (
     Accepted,
     AccountDeletion,
@@ -34,7 +35,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
     "/password",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(400, 422),
+    responses=error_responses(WrongPasswordError, WeakPasswordError),
     dependencies=[MANAGE_ACCOUNT],
 )
 def change_password(
@@ -67,7 +68,9 @@ def request_email_verification(
     return Accepted(message="A verification token is on its way to your e-mail address")
 
 
-@router.post("/verify-email", response_model=UserRead, responses=error_responses(400, 422))
+@router.post(
+    "/verify-email", response_model=UserRead, responses=error_responses(InvalidOrExpiredTokenError)
+)
 def verify_email(data: EmailVerification, session: DbSession, recent: RecentUsersDep) -> Any:
     """Confirm your e-mail address with the token sent to it. Needs no bearer token."""
     return account_service.verify_email(session, token=data.token, recent=recent)
@@ -77,7 +80,6 @@ def verify_email(data: EmailVerification, session: DbSession, recent: RecentUser
     "/password-reset/request",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=Accepted,
-    responses=error_responses(422),
 )
 @rate_limits.rate_limited(rate_limits.ACCOUNT_EMAIL)
 async def request_password_reset(
@@ -96,7 +98,7 @@ async def request_password_reset(
     "/password-reset",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(400, 422),
+    responses=error_responses(InvalidOrExpiredTokenError, WeakPasswordError),
 )
 def reset_password(
     data: PasswordReset, session: DbSession, settings: SettingsDep, recent: RecentUsersDep
@@ -112,7 +114,7 @@ def reset_password(
     "/me",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(400, 422),
+    responses=error_responses(WrongPasswordError),
     dependencies=[MANAGE_ACCOUNT],
 )
 def delete_account(

@@ -10,6 +10,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import rate_limit_config as rate_limits
 from dependencies import CurrentUser, DbSession, SettingsDep
+from exceptions import (
+    DuplicateEmailError,
+    DuplicateUsernameError,
+    InvalidCredentialsError,
+    MalformedBodyError,
+    WeakPasswordError,
+    raises,
+)
 from models import LoginRequest, Token, UserCreate, UserRead, error_responses
 from services import sessions as session_service
 from services import users as user_service
@@ -18,25 +26,14 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
+# Documented as JSON only: clients generated from the document send JSON. The OAuth2 password
+# form (the tokenUrl of the security scheme, which Swagger's Authorize button posts) is accepted
+# on the same route, and said so in the description.
 _LOGIN_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {
-            # Inline: the body is parsed by a dependency, so FastAPI never lists the model.
-            "application/json": {"schema": LoginRequest.model_json_schema()},
-            "application/x-www-form-urlencoded": {
-                "schema": {
-                    "type": "object",
-                    "required": ["username", "password"],
-                    "properties": {
-                        "username": {"type": "string"},
-                        "password": {"type": "string", "format": "password"},
-                        "grant_type": {"type": "string", "enum": ["password"]},
-                    },
-                },
-                "example": {"username": "alice", "password": "correct horse battery"},
-            },
-        },
+        # Inline: the body is parsed by a dependency, so FastAPI never lists the model.
+        "content": {"application/json": {"schema": LoginRequest.model_json_schema()}},
     }
 }
 
@@ -73,7 +70,7 @@ async def read_login(request: Request) -> None:
             form = await request.form(**_LOGIN_FORM_LIMITS)
         except StarletteHTTPException as exc:
             # Starlette's 400 for a form it cannot parse (no boundary, too many fields, ...).
-            parsed, result = None, exc
+            parsed, result = None, MalformedBodyError(str(exc.detail))
         else:
             parsed = {key: form.get(key) for key in ("username", "password") if key in form}
             await form.close()
@@ -93,6 +90,7 @@ async def read_login(request: Request) -> None:
     request.state.login = result
 
 
+@raises(MalformedBodyError)
 async def login_credentials(request: Request) -> LoginRequest:
     """The credentials of a JSON body or an OAuth2 password form, read once by `read_login`."""
     await read_login(request)
@@ -106,7 +104,8 @@ async def login_credentials(request: Request) -> LoginRequest:
     "/register",
     status_code=status.HTTP_201_CREATED,
     response_model=UserRead,
-    responses=error_responses(409, 422),
+    responses=error_responses(DuplicateUsernameError, DuplicateEmailError, WeakPasswordError),
+    summary="Create an account",
 )
 @rate_limits.rate_limited(rate_limits.REGISTER)
 def register(data: UserCreate, session: DbSession, settings: SettingsDep) -> Any:
@@ -117,8 +116,9 @@ def register(data: UserCreate, session: DbSession, settings: SettingsDep) -> Any
 @router.post(
     "/login",
     response_model=Token,
-    responses=error_responses(401, 422),
+    responses=error_responses(InvalidCredentialsError),
     openapi_extra=_LOGIN_BODY,
+    summary="Log in",
 )
 @rate_limits.rate_limited(rate_limits.LOGIN, rate_limits.LOGIN_USERNAME, body_reader=read_login)
 def login(
@@ -127,7 +127,12 @@ def login(
     settings: SettingsDep,
     request: Request,
 ) -> Token:
-    """Log in: a new session, with an access token and a refresh token (JSON body or OAuth2 form)."""
+    """Log in: a new session, with an access token and a refresh token.
+
+    The body is JSON; the OAuth2 password form (`application/x-www-form-urlencoded` with
+    `username`, `password` and optionally `grant_type=password`), which **Authorize** in `/docs`
+    sends, is accepted as well.
+    """
     return session_service.login(
         session,
         credentials=credentials,
@@ -136,7 +141,7 @@ def login(
     )
 
 
-@router.get("/me", response_model=UserRead, responses=error_responses(401))
+@router.get("/me", response_model=UserRead, summary="Your account")
 def read_me(user: CurrentUser) -> Any:
     """The account the token belongs to (any token: a session's or a personal one)."""
     return user

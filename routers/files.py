@@ -19,12 +19,21 @@ from dependencies import (
     OwnedTask,
     SettingsDep,
 )
-from idempotent_requests import IDEMPOTENCY_ERRORS, SUCCESS_HEADERS, UploadIdempotency
+from exceptions import (
+    FileTooLargeError,
+    StorageUnavailableError,
+    StoredFileNotFoundError,
+    TooManyFilesError,
+    UnsupportedFileTypeError,
+    UploadIncompleteError,
+    UploadInvalidError,
+)
+from idempotent_requests import SUCCESS_HEADERS, UploadIdempotency
 from models import MAX_ID, FileRead, error_responses
 from services import files as file_service
 from storage import LocalObject
 
-router = APIRouter(tags=["files"], responses=error_responses(401))
+router = APIRouter(tags=["files"])
 
 FileId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of your files.")]
 
@@ -37,20 +46,51 @@ _UPLOAD_BODY: dict[str, Any] = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "contentMediaType": "application/octet-stream",
+                            "description": "The file; its name's extension decides its type.",
+                        }
+                    },
                 }
             }
         },
     }
 }
+_BINARY = {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}
+_UPLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
+    201: {
+        "headers": {
+            "Location": {
+                "description": "The URL to download the file from.",
+                "schema": {"type": "string", "examples": ["/files/5"]},
+            },
+            **SUCCESS_HEADERS,
+        }
+    }
+}
+# One binary media type: the bytes are sent with the type checked at upload (one of
+# `file_service.CONTENT_TYPES`), and clients read them as bytes whatever it is.
 _DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The file's bytes, as an attachment, in the type checked at upload.",
+        "description": "The file's bytes, as an attachment, with the content type checked at "
+        "upload: " + ", ".join(f"`{t}`" for t in file_service.CONTENT_TYPES) + ".",
         "content": {
-            content_type: {"schema": {"type": "string", "format": "binary"}}
-            for content_type in file_service.CONTENT_TYPES
+            "application/octet-stream": {"schema": _BINARY},
+            # The same bytes under their own type: read them as binary whatever it is.
+            "*/*": {"schema": _BINARY},
         },
-        "headers": ETAG_HEADER,
+        "headers": {
+            "Content-Disposition": {
+                "description": "`attachment` with the file's name, as `filename` (ASCII) and "
+                "`filename*` (RFC 6266).",
+                "schema": {"type": "string"},
+            },
+            "Content-Length": {"description": "The size in bytes.", "schema": {"type": "integer"}},
+            **ETAG_HEADER,
+        },
     },
     302: {
         "description": "With `S3_PRESIGN_SECONDS` set: the bytes are at the presigned URL in "
@@ -74,11 +114,18 @@ _UPLOAD_BOUNDS_ITSELF = sys.maxsize
     status_code=status.HTTP_201_CREATED,
     response_model=FileRead,
     responses={
-        201: {"headers": SUCCESS_HEADERS},
-        **error_responses(404, 409, 413, 415, 422),
-        **IDEMPOTENCY_ERRORS,
+        **_UPLOAD_RESPONSE,
+        **error_responses(
+            UploadIncompleteError,
+            TooManyFilesError,
+            FileTooLargeError,
+            UnsupportedFileTypeError,
+            UploadInvalidError,
+            StorageUnavailableError,
+        ),
     },
     openapi_extra=_UPLOAD_BODY,
+    summary="Upload a file",
     max_body_size=_UPLOAD_BOUNDS_ITSELF,
     dependencies=[WRITE_FILES],
 )
@@ -110,7 +157,7 @@ async def upload_file(
 @router.get(
     "/tasks/{task_id}/files",
     response_model=list[FileRead],
-    responses=error_responses(404, 422),
+    summary="List a task's files",
     dependencies=[READ_FILES],
 )
 def list_files(task: OwnedTask, session: DbSession) -> Any:
@@ -121,7 +168,11 @@ def list_files(task: OwnedTask, session: DbSession) -> Any:
 @router.get(
     "/files/{file_id}",
     response_class=FileResponse,
-    responses={**_DOWNLOAD_RESPONSE, **error_responses(404, 422)},
+    responses={
+        **_DOWNLOAD_RESPONSE,
+        **error_responses(StoredFileNotFoundError, StorageUnavailableError),
+    },
+    summary="Download a file",
     dependencies=[READ_FILES],
 )
 def download_file(
@@ -167,7 +218,8 @@ def download_file(
     "/files/{file_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(404, 422),
+    responses=error_responses(StoredFileNotFoundError),
+    summary="Delete a file",
     dependencies=[WRITE_FILES],
 )
 def delete_file(file_id: FileId, user: CurrentUser, session: DbSession) -> None:

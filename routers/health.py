@@ -9,7 +9,7 @@ from services import health as health_service
 router = APIRouter(prefix="/health", tags=["operations"])
 
 
-@router.get("", response_model=Liveness)
+@router.get("", response_model=Liveness, summary="Liveness probe")
 async def liveness() -> Liveness:
     """200 while the process serves requests."""
     return Liveness()
@@ -19,6 +19,7 @@ async def liveness() -> Liveness:
     "/ready",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "The database does not answer"}},
+    summary="Readiness probe",
 )
 def readiness(session: DbSession, settings: SettingsDep, response: Response) -> Readiness:
     """Whether the database and Redis answer: 503 without the database, `degraded` without Redis."""

@@ -8,24 +8,30 @@ from fastapi import APIRouter, Depends, Header, Response
 import jobs
 import metrics
 from dependencies import DbSession, SettingsDep
-from exceptions import AuthenticationError, NotFoundError
+from exceptions import (
+    InvalidMetricsTokenError,
+    MetricsDisabledError,
+    MetricsNotAuthenticatedError,
+    raises,
+)
 
 router = APIRouter(tags=["operations"])
 
 
+@raises(MetricsDisabledError, MetricsNotAuthenticatedError, InvalidMetricsTokenError)
 async def require_metrics_token(
     settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
 ) -> None:
     """404 unless METRICS_TOKEN is set; then 401 without `Authorization: Bearer <it>`."""
     if settings.metrics_token is None:
         # Indistinguishable from a path that does not exist.
-        raise NotFoundError("Not Found")
+        raise MetricsDisabledError()
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError("Not authenticated: send Authorization: Bearer <METRICS_TOKEN>")
+        raise MetricsNotAuthenticatedError()
     expected = settings.metrics_token.get_secret_value().encode()
     if not hmac.compare_digest(token.strip().encode(), expected):
-        raise AuthenticationError("Invalid metrics token", code="invalid_token")
+        raise InvalidMetricsTokenError()
 
 
 # Not in the OpenAPI description: it is for the monitoring system, not for API clients.

@@ -11,6 +11,7 @@ from dependencies import (
     RecentUsersDep,
     SettingsDep,
 )
+from exceptions import InvalidRefreshTokenError, RefreshTokenReusedError, SessionNotFoundError
 from models import MAX_ID, RefreshRequest, SessionRead, Token, error_responses
 from services import sessions as session_service
 
@@ -19,7 +20,11 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 SessionId = Annotated[int, Path(ge=1, le=MAX_ID, description="Id of one of your sessions.")]
 
 
-@router.post("/refresh", response_model=Token, responses=error_responses(401, 422))
+@router.post(
+    "/refresh",
+    response_model=Token,
+    responses=error_responses(InvalidRefreshTokenError, RefreshTokenReusedError),
+)
 def refresh(
     data: RefreshRequest, session: DbSession, settings: SettingsDep, recent: RecentUsersDep
 ) -> Token:
@@ -36,7 +41,6 @@ def refresh(
 @router.get(
     "/sessions",
     response_model=list[SessionRead],
-    responses=error_responses(401),
     dependencies=[MANAGE_ACCOUNT],
 )
 def list_sessions(principal: CurrentPrincipal, session: DbSession) -> Any:
@@ -48,7 +52,7 @@ def list_sessions(principal: CurrentPrincipal, session: DbSession) -> Any:
     "/sessions/{session_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(404, 422),
+    responses=error_responses(SessionNotFoundError),
     dependencies=[MANAGE_ACCOUNT],
 )
 def revoke_session(
@@ -64,6 +68,8 @@ def revoke_session(
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
+    # Ended meanwhile by another request (this worker may remember it a few seconds more).
+    responses=error_responses(SessionNotFoundError),
     dependencies=[MANAGE_ACCOUNT],
 )
 def logout(principal: CurrentPrincipal, session: DbSession, recent: RecentUsersDep) -> None:

@@ -10,7 +10,6 @@ import rate_limit_config as rate_limits
 from conditional import (
     ETAG_HEADER,
     NOT_MODIFIED,
-    PRECONDITION_ERRORS,
     IfNoneMatchHeader,
     WritableTask,
     collection_etag,
@@ -28,9 +27,18 @@ from dependencies import (
     OwnedTask,
     SettingsDep,
 )
-from idempotent_requests import IDEMPOTENCY_ERRORS, SUCCESS_HEADERS, Idempotency
+from exceptions import (
+    BulkPreconditionFailedError,
+    EmptyUpdateError,
+    TagNotFoundError,
+    TasksNotFoundError,
+    TooManyTagsError,
+    method_guard,
+)
+from idempotent_requests import SUCCESS_HEADERS, Idempotency
 from models import (
     MAX_TAG_LENGTH,
+    TAG_PATTERN,
     BulkTaskUpdate,
     TagList,
     TaskCreate,
@@ -44,7 +52,7 @@ from models import (
 from services import stats as stats_service
 from services import tasks as task_service
 
-router = APIRouter(prefix="/tasks", tags=["tasks"], responses=error_responses(401))
+router = APIRouter(prefix="/tasks")
 
 _LIST_HEADERS = {
     "X-Total-Count": {
@@ -56,7 +64,12 @@ _LIST_HEADERS = {
         "schema": {"type": "string"},
     },
 }
-_LOCATION_HEADER = {"description": "The new task's URL.", "schema": {"type": "string"}}
+_LOCATION_HEADER = {
+    "Location": {
+        "description": "The URL of the new task.",
+        "schema": {"type": "string", "examples": ["/tasks/17"]},
+    }
+}
 _STATS_HEADERS = {
     "X-Cache": {
         "description": "`HIT` when served from the cache, `MISS` when computed.",
@@ -68,13 +81,17 @@ _TASK = TypeAdapter(TaskRead)
 _TASKS = TypeAdapter(list[TaskRead])
 _ONE_TASK: dict[int | str, dict[str, Any]] = {200: {"headers": ETAG_HEADER}}
 _KEYED_TASK: dict[int | str, dict[str, Any]] = {
-    200: {"headers": {**ETAG_HEADER, **SUCCESS_HEADERS}},
-    **IDEMPOTENCY_ERRORS,
+    200: {"headers": {**ETAG_HEADER, **SUCCESS_HEADERS}}
 }
 
 PathTag = Annotated[
     str,
-    Path(max_length=4 * MAX_TAG_LENGTH, description="The tag (trimmed and lower-cased)."),
+    Path(
+        max_length=4 * MAX_TAG_LENGTH,
+        pattern=None,
+        description="The tag (trimmed and lower-cased).",
+        json_schema_extra={"pattern": TAG_PATTERN},
+    ),
     AfterValidator(normalize_tag),
 ]
 
@@ -103,8 +120,9 @@ def _set_paging_headers(
     responses={
         200: {"headers": {**_LIST_HEADERS, **ETAG_HEADER}},
         **NOT_MODIFIED,
-        **error_responses(422),
     },
+    tags=["tasks"],
+    summary="List your tasks",
     dependencies=[READ_TASKS],
 )
 def list_tasks(
@@ -133,10 +151,9 @@ def list_tasks(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=TaskRead,
-    responses={
-        201: {"headers": {"Location": _LOCATION_HEADER, **ETAG_HEADER, **SUCCESS_HEADERS}},
-        **IDEMPOTENCY_ERRORS,
-    },
+    responses={201: {"headers": {**_LOCATION_HEADER, **ETAG_HEADER, **SUCCESS_HEADERS}}},
+    tags=["tasks"],
+    summary="Create a task",
     dependencies=[WRITE_TASKS],
 )
 @rate_limits.rate_limited(rate_limits.CREATE_TASK)
@@ -160,6 +177,8 @@ def create_task(
     "/stats",
     response_model=TaskStats,
     responses={200: {"headers": {**_STATS_HEADERS, **ETAG_HEADER}}, **NOT_MODIFIED},
+    tags=["tasks"],
+    summary="Statistics of your tasks",
     dependencies=[READ_TASKS],
 )
 def get_stats(
@@ -188,9 +207,10 @@ def get_stats(
     response_model=list[TaskRead],
     responses={
         200: {"headers": SUCCESS_HEADERS},
-        **error_responses(400, 404, 412, 422),
-        **IDEMPOTENCY_ERRORS,
+        **error_responses(EmptyUpdateError, TasksNotFoundError, BulkPreconditionFailedError),
     },
+    tags=["tasks"],
+    summary="Update many tasks",
     dependencies=[WRITE_TASKS],
 )
 def bulk_update_tasks(
@@ -206,10 +226,23 @@ def bulk_update_tasks(
     return idempotency.respond(result.tasks, adapter=_TASKS, status_code=200, response=response)
 
 
+# `/{task_id}` would capture the other methods of these literal paths (a 422 for the id
+# "stats"): they are a 405 naming the methods the path has. Declared before `/{task_id}`.
+_ALL_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+router.add_api_route(
+    "/stats", method_guard(), methods=sorted(_ALL_METHODS - {"GET"}), include_in_schema=False
+)
+router.add_api_route(
+    "/bulk", method_guard(), methods=sorted(_ALL_METHODS - {"PATCH"}), include_in_schema=False
+)
+
+
 @router.get(
     "/{task_id}",
     response_model=TaskRead,
-    responses={**_ONE_TASK, **NOT_MODIFIED, **error_responses(404, 422)},
+    responses={**_ONE_TASK, **NOT_MODIFIED},
+    tags=["tasks"],
+    summary="Read a task",
     dependencies=[READ_TASKS],
 )
 async def get_task(
@@ -222,7 +255,9 @@ async def get_task(
 @router.patch(
     "/{task_id}",
     response_model=TaskRead,
-    responses={**_ONE_TASK, **error_responses(400, 404, 422), **PRECONDITION_ERRORS},
+    responses={**_ONE_TASK, **error_responses(EmptyUpdateError)},
+    tags=["tasks"],
+    summary="Update a task",
     dependencies=[WRITE_TASKS],
 )
 def update_task(
@@ -237,7 +272,8 @@ def update_task(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses={**error_responses(404, 422), **PRECONDITION_ERRORS},
+    tags=["tasks"],
+    summary="Delete a task",
     dependencies=[WRITE_TASKS],
 )
 def delete_task(task: WritableTask, session: DbSession, cache: CacheDep) -> None:
@@ -248,7 +284,9 @@ def delete_task(task: WritableTask, session: DbSession, cache: CacheDep) -> None
 @router.post(
     "/{task_id}/tags",
     response_model=TaskRead,
-    responses={**_KEYED_TASK, **error_responses(404, 422), **PRECONDITION_ERRORS},
+    responses={**_KEYED_TASK, **error_responses(TooManyTagsError)},
+    tags=["tags"],
+    summary="Add tags to a task",
     dependencies=[WRITE_TASKS],
 )
 def add_tags(
@@ -269,7 +307,9 @@ def add_tags(
 @router.delete(
     "/{task_id}/tags/{tag}",
     response_model=TaskRead,
-    responses={**_ONE_TASK, **error_responses(404, 422), **PRECONDITION_ERRORS},
+    responses={**_ONE_TASK, **error_responses(TagNotFoundError)},
+    tags=["tags"],
+    summary="Remove a tag from a task",
     dependencies=[WRITE_TASKS],
 )
 def remove_tag(

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Response, status
 
 from dependencies import MANAGE_ACCOUNT, CurrentPrincipal, DbSession, RecentUsersDep
+from exceptions import PersonalTokenNotFoundError
 from models import (
     MAX_ID,
     PersonalTokenCreate,
@@ -25,7 +26,6 @@ TokenId = Annotated[
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=PersonalTokenCreated,
-    responses=error_responses(422),
     dependencies=[MANAGE_ACCOUNT],
 )
 def create_token(data: PersonalTokenCreate, principal: CurrentPrincipal, session: DbSession) -> Any:
@@ -51,7 +51,7 @@ def list_tokens(principal: CurrentPrincipal, session: DbSession) -> Any:
     "/{token_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(404, 422),
+    responses=error_responses(PersonalTokenNotFoundError),
     dependencies=[MANAGE_ACCOUNT],
 )
 def delete_token(

@@ -15,9 +15,8 @@ import auth
 from config import Settings
 from db_models import AccountToken, PersonalToken, Task, TaskFile, User, utcnow
 from exceptions import (
-    AppError,
-    AuthenticationError,
     InvalidOrExpiredTokenError,
+    InvalidTokenError,
     WrongPasswordError,
 )
 from models import PasswordChange, PasswordReset
@@ -53,17 +52,25 @@ class AccountMessage:
     valid_hours: int
 
 
-def _load_user(session: Session, user_id: int, *, missing: AppError | None = None) -> User:
-    # The token was valid a moment ago; a user deleted since is the same refusal as a bad token.
-    user = session.get(User, user_id, with_for_update=True)
+def _locked_user(session: Session, user_id: int) -> User | None:
+    # The token was valid a moment ago; the user may have been deleted since.
+    return session.get(User, user_id, with_for_update=True)
+
+
+def _load_user(session: Session, user_id: int) -> User:
+    """The user an account token (verification, reset) was issued to."""
+    user = _locked_user(session, user_id)
     if user is None:
-        raise missing or InvalidOrExpiredTokenError()
+        raise InvalidOrExpiredTokenError()
     return user
 
 
 def _caller(session: Session, principal: Principal) -> User:
-    missing = AuthenticationError("Invalid or expired token", code="invalid_token")
-    return _load_user(session, principal.user_id, missing=missing)
+    """The caller; one deleted since is the same refusal as a bad bearer token."""
+    user = _locked_user(session, principal.user_id)
+    if user is None:
+        raise InvalidTokenError()
+    return user
 
 
 def _issue(session: Session, user: User, purpose: Purpose) -> AccountMessage:

@@ -33,15 +33,15 @@ import outbox
 import storage as storage_backends
 from db_models import Task, TaskFile
 from exceptions import (
-    AppError,
-    BadRequestError,
-    ConflictError,
-    NotFoundError,
-    PayloadTooLargeError,
-    ServiceUnavailableError,
-    UnsupportedMediaTypeError,
+    FileTooLargeError,
+    StorageUnavailableError,
+    StoredFileNotFoundError,
+    TaskNotFoundError,
+    TooManyFilesError,
+    UnsupportedFileTypeError,
+    UploadIncompleteError,
+    UploadInvalidError,
 )
-from services.tasks import TaskNotFoundError
 from storage import LocalObject, ObjectMissingError, Storage, StorageError, StreamedObject
 
 logger = logging.getLogger(__name__)
@@ -74,52 +74,6 @@ _FEED_BYTES = 256 * 1024
 TEMP_PREFIX = storage_backends.TEMP_PREFIX
 TEMP_SUFFIX = storage_backends.TEMP_SUFFIX
 _PENDING_KEY = "files_pending_commit"
-# How long a client waits before retrying while the storage backend is unreachable.
-STORAGE_RETRY_AFTER_SECONDS = 5
-
-
-class StoredFileNotFoundError(NotFoundError):
-    code = "file_not_found"
-
-    def __init__(self, file_id: int) -> None:
-        super().__init__(f"File {file_id} not found")
-
-
-class TooManyFilesError(ConflictError):
-    code = "too_many_files"
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"A task holds at most {limit} files; delete one first")
-
-
-class FileTooLargeError(PayloadTooLargeError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"The file is larger than the limit of {limit} bytes")
-
-
-class UnsupportedFileTypeError(UnsupportedMediaTypeError):
-    pass
-
-
-class StorageUnavailableError(ServiceUnavailableError):
-    def __init__(self) -> None:
-        super().__init__(
-            "File storage is unavailable; try again shortly",
-            headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)},
-        )
-
-
-class UploadInvalidError(AppError):
-    """A malformed upload request: rendered like every other 422."""
-
-    status_code = 422
-    code = "validation_error"
-
-    def __init__(self, message: str, *, error_type: str = "value_error") -> None:
-        super().__init__(
-            f"body.file: {message}",
-            extra={"errors": [{"loc": ["body", "file"], "msg": message, "type": error_type}]},
-        )
 
 
 # --- names --------------------------------------------------------------------------------
@@ -312,7 +266,7 @@ class _FileSink:
 
     def finish(self, original_filename: str) -> ReceivedUpload:
         if self.size == 0:
-            raise UploadInvalidError("The file is empty", error_type="empty_file")
+            raise UploadInvalidError("The file is empty", "empty_file")
         self._check_magic()
         if self.text is not None:
             self._check_text(self.text, b"", final=True)
@@ -437,7 +391,7 @@ class _MultipartReceiver:
         if not self.ended:
             raise UploadInvalidError("The multipart body ended early")
         if self.sink is None or not self.finished_file:
-            raise UploadInvalidError("Field required", error_type="missing")
+            raise UploadInvalidError("Field required", "missing")
         return self.sink.finish(self.original_filename)
 
     def discard(self) -> None:
@@ -496,7 +450,7 @@ async def receive_upload(
     except ClientDisconnect:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(receiver.discard)
-        raise BadRequestError("The upload was interrupted", code="upload_incomplete") from None
+        raise UploadIncompleteError() from None
     except BaseException:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(receiver.discard)

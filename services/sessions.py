@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 import auth
 from config import Settings
 from db_models import AuthSession, RefreshToken, User, utcnow
-from exceptions import AuthenticationError, RefreshTokenReusedError, SessionNotFoundError
+from exceptions import InvalidRefreshTokenError, RefreshTokenReusedError, SessionNotFoundError
 from models import LoginRequest, SessionRead, Token, storable_text
 from services import users as user_service
 from services.users import Principal, RecentUsers
@@ -21,8 +21,8 @@ from services.users import Principal, RecentUsers
 MAX_USER_AGENT_LENGTH = 255
 
 
-def _invalid_refresh_token() -> AuthenticationError:
-    return AuthenticationError("Invalid, expired or revoked refresh token", code="invalid_token")
+def _invalid_refresh_token() -> InvalidRefreshTokenError:
+    return InvalidRefreshTokenError()
 
 
 def _clean_user_agent(user_agent: str | None) -> str | None:
@@ -95,7 +95,7 @@ def refresh(session: Session, *, token: str, settings: Settings, recent: RecentU
     """Spend a refresh token for a new pair; a spent one revokes its whole session.
 
     Raises:
-        AuthenticationError: 401 `invalid_token` for an unknown, expired or revoked token.
+        InvalidRefreshTokenError: 401 `invalid_token` for an unknown, expired or revoked token.
         RefreshTokenReusedError: 401 `refresh_token_reused`; the revocation is committed.
     """
     now = utcnow()

@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session, joinedload
 import etags
 import outbox
 from db_models import Task, TaskFile, TaskTag, User, utcnow
-from exceptions import AppError, EmptyUpdateError, NotFoundError, PreconditionFailedError
+from exceptions import (
+    BulkPreconditionFailedError,
+    EmptyUpdateError,
+    TagNotFoundError,
+    TaskNotFoundError,
+    TasksNotFoundError,
+    TooManyTagsError,
+)
 from models import (
     MAX_TAGS_PER_TASK,
     BulkTaskUpdate,
@@ -22,32 +29,6 @@ from models import (
 from redis_config import Cache
 from services import changes as change_service
 from services import stats as stats_service
-
-
-class TaskNotFoundError(NotFoundError):
-    code = "task_not_found"
-
-    def __init__(self, task_id: int) -> None:
-        super().__init__(f"Task {task_id} not found")
-
-
-class TagNotFoundError(NotFoundError):
-    code = "tag_not_found"
-
-    def __init__(self, task_id: int, tag: str) -> None:
-        super().__init__(f"Task {task_id} has no tag {tag!r}")
-
-
-class TooManyTagsError(AppError):
-    status_code = 422
-    code = "validation_error"
-
-    def __init__(self, count: int) -> None:
-        message = f"a task has at most {MAX_TAGS_PER_TASK} tags; this would give it {count}"
-        super().__init__(
-            f"body: {message}",
-            extra={"errors": [{"loc": ["body"], "msg": message, "type": "too_many_tags"}]},
-        )
 
 
 def get_owned_task(
@@ -297,7 +278,7 @@ def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> 
     lock_for_tag_change(session, task)
     merged = set(task.tags) | set(tags)
     if len(merged) > MAX_TAGS_PER_TASK:
-        raise TooManyTagsError(len(merged))
+        raise TooManyTagsError(len(merged), MAX_TAGS_PER_TASK)
     if merged != set(task.tags):
         replace_tags(task, merged)
         # Also what makes the flush update the task's row, and so raise its version.
@@ -358,18 +339,10 @@ def bulk_update(
     by_id = {task.id: task for task in found}
     missing = [task_id for task_id in ids if task_id not in by_id]
     if missing:
-        raise NotFoundError(
-            f"Tasks not found: {', '.join(map(str, missing))}",
-            code="task_not_found",
-            extra={"missing_ids": missing},
-        )
+        raise TasksNotFoundError(missing)
     conflicts = _bulk_conflicts(ids, by_id, data.if_match or {})
     if conflicts:
-        raise PreconditionFailedError(
-            "Some tasks changed since the given ETags: "
-            + ", ".join(str(conflict["id"]) for conflict in conflicts),
-            extra={"conflicts": conflicts},
-        )
+        raise BulkPreconditionFailedError(conflicts)
     tags: list[str] | None = changes.pop("tags", None)
     changed = [task_id for task_id in ids if _differs(by_id[task_id], changes, tags)]
     if not changed:

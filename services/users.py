@@ -14,12 +14,14 @@ import auth
 import db_config
 from config import Settings
 from db_models import User
-from exceptions import AuthenticationError, ConflictError
+from exceptions import DuplicateEmailError, DuplicateUsernameError, InvalidCredentialsError
 from models import UserCreate, is_storable
 from services import passwords
 
 
-def _conflict(session: Session, data: UserCreate) -> ConflictError | None:
+def _conflict(
+    session: Session, data: UserCreate
+) -> DuplicateUsernameError | DuplicateEmailError | None:
     """The duplicate error for this registration, if any; a username clash wins."""
     taken = session.execute(
         select(
@@ -28,9 +30,9 @@ def _conflict(session: Session, data: UserCreate) -> ConflictError | None:
         )
     ).one()
     if taken[0]:
-        return ConflictError("Username is already taken", code="duplicate_username")
+        return DuplicateUsernameError()
     if taken[1]:
-        return ConflictError("Email is already registered", code="duplicate_email")
+        return DuplicateEmailError()
     return None
 
 
@@ -51,9 +53,7 @@ def register_user(session: Session, *, data: UserCreate, settings: Settings) -> 
         with session.begin_nested():
             session.add(user)
     except IntegrityError:
-        raise _conflict(session, data) or ConflictError(
-            "Username or email is already registered", code="duplicate_username"
-        ) from None
+        raise _conflict(session, data) or DuplicateUsernameError() from None
     return user
 
 
@@ -66,7 +66,7 @@ def _find_by_username(session: Session, username: str) -> User | None:
 def _checked(user: User | None, password: str, settings: Settings) -> User:
     hashed = user.hashed_password if user is not None else None
     if not auth.verify_password(password, hashed, settings) or user is None:
-        raise AuthenticationError("Incorrect username or password", code="invalid_credentials")
+        raise InvalidCredentialsError()
     return user
 
 

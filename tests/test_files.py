@@ -24,7 +24,7 @@ import storage
 from config import Settings, get_settings
 from db_models import TaskFile
 from dependencies import get_app_settings
-from exceptions import AppError
+from exceptions import AppError, FileTooLargeError
 from services import files as file_service
 from tests.conftest import AuthUser
 
@@ -454,7 +454,7 @@ class TestUploadSize:
                 limit=256 * 1024,
             )
 
-        with pytest.raises(file_service.FileTooLargeError):
+        with pytest.raises(FileTooLargeError):
             anyio.run(receive)
         assert consumed < total_chunks // 4
         assert list(tmp_path.iterdir()) == []
