@@ -1,13 +1,17 @@
-"""`db_config.after_commit`: work that runs only once the outermost transaction has committed."""
+"""`db_config.after_commit` / `after_rollback`: work tied to how the outermost transaction ends."""
 
+import hashlib
 import logging
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import db_config
-from db_models import User
+import storage
+from db_models import Task, User
+from services import files as file_service
 
 
 def add_user(session: Session, name: str) -> None:
@@ -121,3 +125,102 @@ class TestAfterCommit:
             session.rollback()
             session.commit()
         assert calls == ["first"]
+
+
+class TestAfterRollback:
+    def test_runs_when_the_transaction_rolls_back_and_never_after_a_commit(self) -> None:
+        calls: list[str] = []
+        with db_config.SessionLocal() as session:
+            add_user(session, "undone")
+            db_config.after_rollback(session, lambda: calls.append("undone"))
+            session.rollback()
+            assert calls == ["undone"]
+            add_user(session, "kept")
+            db_config.after_rollback(session, lambda: calls.append("kept"))
+            session.commit()
+        assert calls == ["undone"]
+
+    def test_runs_when_the_session_closes_without_committing(self) -> None:
+        calls: list[str] = []
+        with db_config.SessionLocal() as session:
+            add_user(session, "abandoned")
+            db_config.after_rollback(session, lambda: calls.append("ran"))
+        assert calls == ["ran"]
+
+    def test_a_rolled_back_savepoint_runs_only_its_own(self) -> None:
+        calls: list[str] = []
+        with db_config.SessionLocal() as session:
+            add_user(session, "outer")
+            db_config.after_rollback(session, lambda: calls.append("outer"))
+            savepoint = session.begin_nested()
+            add_user(session, "inner")
+            db_config.after_rollback(session, lambda: calls.append("inner"))
+            savepoint.rollback()
+            assert calls == ["inner"]
+            session.commit()
+        assert calls == ["inner"]
+
+    def test_a_released_savepoint_runs_when_the_outer_transaction_rolls_back(self) -> None:
+        calls: list[str] = []
+        with db_config.SessionLocal() as session:
+            add_user(session, "outer")
+            with session.begin_nested():
+                add_user(session, "inner")
+                db_config.after_rollback(session, lambda: calls.append("inner"))
+            assert calls == []
+            session.rollback()
+        assert calls == ["inner"]
+
+
+def _received(tmp_path: Path, data: bytes) -> file_service.ReceivedUpload:
+    temp = tmp_path / "received.txt"
+    temp.write_bytes(data)
+    return file_service.ReceivedUpload(
+        temp_path=temp,
+        original_filename="notes.txt",
+        content_type="text/plain",
+        file_size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+class TestUploadedBytes:
+    """The bytes of an upload follow its row: they stay exactly when the row commits."""
+
+    def _attach_in_released_savepoint(self, session: Session, store: storage.Storage) -> str:
+        user = User(username="uploader", email="uploader@example.com", hashed_password="x")
+        session.add(user)
+        session.flush()
+        task = Task(user_id=user.id, title="with a file")
+        session.add(task)
+        session.flush()
+        upload = _received(store.temp_dir, b"some notes")
+        with session.begin_nested():
+            row = file_service.attach_file(
+                session,
+                owner_id=user.id,
+                task_id=task.id,
+                upload=upload,
+                storage=store,
+                max_files=5,
+            )
+        upload.discard()
+        return row.stored_filename
+
+    def test_a_released_savepoint_then_a_rollback_leaves_no_bytes(self, tmp_path: Path) -> None:
+        store = storage.LocalStorage(namespace="probe", upload_dir=tmp_path)
+        store.temp_dir.mkdir(parents=True, exist_ok=True)
+        with db_config.SessionLocal() as session:
+            key = self._attach_in_released_savepoint(session, store)
+            assert store.path_of(key).exists()
+            session.rollback()
+        assert not store.path_of(key).exists()
+        assert list(store.list_own()) == []
+
+    def test_a_commit_keeps_the_bytes(self, tmp_path: Path) -> None:
+        store = storage.LocalStorage(namespace="probe", upload_dir=tmp_path)
+        store.temp_dir.mkdir(parents=True, exist_ok=True)
+        with db_config.SessionLocal() as session:
+            key = self._attach_in_released_savepoint(session, store)
+            session.commit()
+        assert store.path_of(key).read_bytes() == b"some notes"
