@@ -1,4 +1,8 @@
-"""Engine, session factory, the per-request session dependency and after-commit callbacks."""
+"""Building the engine, the per-request session dependency and after-commit callbacks.
+
+The engine and its session factory belong to the app (`resources.Resources`), built from the
+app's settings in its lifespan: nothing here connects or reads settings at import.
+"""
 
 import logging
 import os
@@ -19,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from config import Settings, get_settings
+from config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +165,6 @@ def build_engine(settings: Settings) -> Engine:
     return engine
 
 
-engine = build_engine(get_settings())
-SessionLocal = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
-
-
 @lru_cache(maxsize=8)
 def _writer(bind: Engine) -> Engine:
     # The same engine and pool; only how its connections begin differs.
@@ -183,9 +183,9 @@ def for_writing(session: Session) -> Session:
 
 
 @contextmanager
-def transaction() -> Iterator[Session]:
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error, for sync code."""
-    with SessionLocal() as session:
+    with sessions() as session:
         try:
             yield session
             session.commit()
@@ -201,7 +201,7 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
     pays a thread-pool hop, once, for its COMMIT (or ROLLBACK) at the end. A request whose
     method writes gets a writer session; reads stay deferred, so they never queue for a lock.
     """
-    session = SessionLocal()
+    session = request.app.state.resources.sessions()
     if request.method in _WRITE_METHODS:
         for_writing(session)
     try:

@@ -8,13 +8,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 import auth
-import storage as storage_backends
 from config import Settings
 from db_config import get_db
 from db_models import Task, User
 from exceptions import AuthenticationError
 from models import MAX_ID
-from redis_config import Cache, get_cache
+from redis_config import Cache
+from resources import Resources
 from services import tasks as task_service
 from services import users as user_service
 from storage import Storage
@@ -29,6 +29,20 @@ async def get_app_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def resources_of(request: Request) -> Resources:
+    """What the app built from its settings in its lifespan (`resources.py`)."""
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+async def get_resources(request: Request) -> Resources:
+    """The app's resources, as a dependency."""
+    return resources_of(request)
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
 # scope="function": commit before the response is sent, so a failed commit is never a 2xx.
 DbSession = Annotated[Session, Depends(get_db, scope="function")]
 
@@ -49,7 +63,7 @@ async def get_current_user(
         claims = auth.read_access_token(token, settings)
     except auth.InvalidTokenError:
         raise AuthenticationError("Invalid or expired token", code="invalid_token") from None
-    recent = user_service.recent_users()
+    recent = resources_of(request).recent_users
     user = recent.get(claims.user_id)
     if user is None or not claims.names(user.id, user.created_at):
         user = await run_in_threadpool(user_service.get_user, session, claims.user_id)
@@ -76,17 +90,17 @@ def get_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Ta
 OwnedTask = Annotated[Task, Depends(get_owned_task)]
 
 
-async def get_request_cache() -> Cache:
-    """The process-wide cache (async: a lookup needs no thread-pool hop)."""
-    return get_cache()
+async def get_request_cache(request: Request) -> Cache:
+    """The app's cache (async: a lookup needs no thread-pool hop)."""
+    return resources_of(request).cache
 
 
 CacheDep = Annotated[Cache, Depends(get_request_cache)]
 
 
-async def get_file_storage() -> Storage:
-    """The process-wide storage for attachments (local disk or S3)."""
-    return storage_backends.get_storage()
+async def get_file_storage(request: Request) -> Storage:
+    """The app's storage for attachments (local disk or S3)."""
+    return resources_of(request).storage
 
 
 FileStorage = Annotated[Storage, Depends(get_file_storage)]

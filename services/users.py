@@ -4,14 +4,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import auth
-from config import Settings, get_settings
+from config import Settings
 from db_models import User
 from exceptions import AuthenticationError, ConflictError
 from models import LoginRequest, Token, UserCreate, is_storable
@@ -119,12 +118,6 @@ class RecentUsers:
 
     def clear(self) -> None:
         self._entries.clear()
-
-
-@lru_cache
-def recent_users() -> RecentUsers:
-    """This process's memory of recently authenticated users."""
-    return RecentUsers(get_settings().user_cache_seconds)
 
 
 def login(session: Session, *, credentials: LoginRequest, settings: Settings) -> Token:

@@ -12,6 +12,7 @@ import db_config
 import storage
 from db_models import Task, User
 from services import files as file_service
+from tests.conftest import RESOURCES
 
 
 def add_user(session: Session, name: str) -> None:
@@ -20,14 +21,14 @@ def add_user(session: Session, name: str) -> None:
 
 
 def user_exists(name: str) -> bool:
-    with db_config.SessionLocal() as other:
+    with RESOURCES.sessions() as other:
         return other.scalar(select(User.id).where(User.username == name)) is not None
 
 
 class TestAfterCommit:
     def test_runs_once_after_the_commit_and_not_before(self) -> None:
         calls: list[bool] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "committed")
             db_config.after_commit(session, lambda: calls.append(user_exists("committed")))
             session.flush()
@@ -39,7 +40,7 @@ class TestAfterCommit:
 
     def test_never_runs_after_a_rollback(self) -> None:
         calls: list[str] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "rolled")
             db_config.after_commit(session, lambda: calls.append("ran"))
             session.rollback()
@@ -49,14 +50,14 @@ class TestAfterCommit:
 
     def test_never_runs_when_the_session_closes_without_committing(self) -> None:
         calls: list[str] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "abandoned")
             db_config.after_commit(session, lambda: calls.append("ran"))
         assert calls == []
 
     def test_a_rolled_back_savepoint_drops_only_its_own(self) -> None:
         calls: list[str] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "outer")
             db_config.after_commit(session, lambda: calls.append("outer"))
             savepoint = session.begin_nested()
@@ -69,7 +70,7 @@ class TestAfterCommit:
 
     def test_a_released_savepoint_waits_for_the_outermost_commit(self) -> None:
         calls: list[str] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             with session.begin_nested():
                 add_user(session, "inner")
                 db_config.after_commit(session, lambda: calls.append("inner"))
@@ -81,7 +82,7 @@ class TestAfterCommit:
         self,
     ) -> None:
         calls: list[str] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "outer")
             with session.begin_nested():
                 with session.begin_nested():
@@ -100,7 +101,7 @@ class TestAfterCommit:
         def broken() -> None:
             raise RuntimeError("boom")
 
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "ordered")
             db_config.after_commit(session, lambda: calls.append("first"))
             db_config.after_commit(session, broken)
@@ -116,7 +117,7 @@ class TestAfterCommit:
 
     def test_each_transaction_of_a_session_has_its_own(self) -> None:
         calls: list[str] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "first")
             db_config.after_commit(session, lambda: calls.append("first"))
             session.commit()
@@ -130,7 +131,7 @@ class TestAfterCommit:
 class TestAfterRollback:
     def test_runs_when_the_transaction_rolls_back_and_never_after_a_commit(self) -> None:
         calls: list[str] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "undone")
             db_config.after_rollback(session, lambda: calls.append("undone"))
             session.rollback()
@@ -142,14 +143,14 @@ class TestAfterRollback:
 
     def test_runs_when_the_session_closes_without_committing(self) -> None:
         calls: list[str] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "abandoned")
             db_config.after_rollback(session, lambda: calls.append("ran"))
         assert calls == ["ran"]
 
     def test_a_rolled_back_savepoint_runs_only_its_own(self) -> None:
         calls: list[str] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "outer")
             db_config.after_rollback(session, lambda: calls.append("outer"))
             savepoint = session.begin_nested()
@@ -162,7 +163,7 @@ class TestAfterRollback:
 
     def test_a_released_savepoint_runs_when_the_outer_transaction_rolls_back(self) -> None:
         calls: list[str] = []
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             add_user(session, "outer")
             with session.begin_nested():
                 add_user(session, "inner")
@@ -210,7 +211,7 @@ class TestUploadedBytes:
     def test_a_released_savepoint_then_a_rollback_leaves_no_bytes(self, tmp_path: Path) -> None:
         store = storage.LocalStorage(namespace="probe", upload_dir=tmp_path)
         store.temp_dir.mkdir(parents=True, exist_ok=True)
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             key = self._attach_in_released_savepoint(session, store)
             assert store.path_of(key).exists()
             session.rollback()
@@ -220,7 +221,7 @@ class TestUploadedBytes:
     def test_a_commit_keeps_the_bytes(self, tmp_path: Path) -> None:
         store = storage.LocalStorage(namespace="probe", upload_dir=tmp_path)
         store.temp_dir.mkdir(parents=True, exist_ok=True)
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             key = self._attach_in_released_savepoint(session, store)
             session.commit()
         assert store.path_of(key).read_bytes() == b"some notes"

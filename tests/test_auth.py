@@ -15,7 +15,7 @@ from config import get_settings
 from db_models import User
 from services import users as user_service
 
-from .conftest import PASSWORD, AuthUser, register_and_login
+from .conftest import PASSWORD, RESOURCES, AuthUser, register_and_login
 
 
 def _register(client: TestClient, **fields: object) -> dict[str, object]:
@@ -320,7 +320,7 @@ class TestRecentUsers:
     def clock(self, monkeypatch: pytest.MonkeyPatch) -> list[float]:
         now = [1000.0]
         remembered = user_service.RecentUsers(10, clock=lambda: now[0])
-        monkeypatch.setattr(user_service, "recent_users", lambda: remembered)
+        monkeypatch.setattr(RESOURCES, "recent_users", remembered)
         return now
 
     def _delete(self, connection: Connection, user: AuthUser) -> None:
@@ -362,7 +362,7 @@ class TestRecentUsers:
         monkeypatch: pytest.MonkeyPatch,
         db_connection: Connection,
     ) -> None:
-        monkeypatch.setattr(user_service, "recent_users", lambda: user_service.RecentUsers(0))
+        monkeypatch.setattr(RESOURCES, "recent_users", user_service.RecentUsers(0))
         assert client.get("/auth/me", headers=alice.headers).status_code == 200
         self._delete(db_connection, alice)
         assert client.get("/auth/me", headers=alice.headers).status_code == 401

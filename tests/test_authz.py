@@ -7,6 +7,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from main import create_app
+from tests.conftest import RESOURCES
 
 # Adding a public endpoint is a security decision: it must be listed here on purpose.
 PUBLIC = {
@@ -29,7 +30,7 @@ def _protected_operations(app: FastAPI) -> list[tuple[str, str]]:
     return operations
 
 
-OPERATIONS = _protected_operations(create_app())
+OPERATIONS = _protected_operations(create_app(resources=RESOURCES))
 
 
 def test_the_protected_list_is_not_empty() -> None:

@@ -15,8 +15,7 @@ from sqlalchemy import Connection, delete, insert
 import auth
 from config import PROJECT_DIR, get_settings
 from db_models import User, utcnow
-from services import users as user_service
-from tests.conftest import PASSWORD, AuthUser, register_and_login
+from tests.conftest import PASSWORD, RESOURCES, AuthUser, register_and_login
 
 PDF = b"%PDF-1.4\n% test\n"
 
@@ -85,7 +84,7 @@ def test_a_token_never_authenticates_another_account_with_the_same_id(
         )
     )
     # Another worker, or this one once USER_CACHE_SECONDS have passed, remembers nothing.
-    user_service.recent_users().clear()
+    RESOURCES.recent_users.clear()
 
     status, body = _me(client, old.token)
     assert status == 401

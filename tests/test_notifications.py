@@ -29,11 +29,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 import background_tasks
-import config
 import jobs
 import notifications
 from config import Settings
-from tests.conftest import AuthUser
+from tests.conftest import RESOURCES, AuthUser
 from tests.test_cache import RedisServer, needs_redis_server
 
 SENDER = "Task Manager <noreply@taskmanager.invalid>"
@@ -89,7 +88,7 @@ def use_settings(monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], None]:
     """Make background work read these settings, as a process started with them would."""
 
     def apply(settings: Settings) -> None:
-        monkeypatch.setattr(background_tasks, "get_settings", lambda: settings)
+        monkeypatch.setattr(RESOURCES, "settings", settings)
 
     return apply
 
@@ -324,7 +323,7 @@ class TestSmtpNotifier:
         done_b = make_task(client, bob, title="Bob's", completed=True)
         still_open = make_task(client, alice, title="Open")
         sent = background_tasks.send_completion_notices(
-            [done_a["id"], still_open["id"], done_b["id"], 2**31 - 1]
+            RESOURCES, [done_a["id"], still_open["id"], done_b["id"], 2**31 - 1]
         )
         assert sent == 2
         assert sorted(m["To"] for m in inbox.messages) == sorted([alice.email, bob.email])
@@ -334,7 +333,7 @@ class TestSmtpNotifier:
         ]
 
     def test_no_ids_sends_nothing(self, inbox: Inbox) -> None:
-        assert background_tasks.send_completion_notices([]) == 0
+        assert background_tasks.send_completion_notices(RESOURCES, []) == 0
         assert inbox.messages == []
 
 
@@ -564,8 +563,8 @@ class TestSilentMailServer:
     ) -> None:
         server = SilentMailServer()
         # The embedded runner as `make run` has it: jobs on its own thread, not awaited.
-        runner = jobs.InProcessRunner(config.get_settings(), sweep_seconds=None)
-        previous = jobs.set_runner(runner)
+        runner = jobs.InProcessRunner(RESOURCES, sweep_seconds=None)
+        previous, RESOURCES.runner = RESOURCES.runner, runner
         runner.start()
         try:
             # Long enough that any request waiting on the mail server would still be waiting.
@@ -585,7 +584,7 @@ class TestSilentMailServer:
             server.close()
             assert runner.wait_idle(30)
             runner.stop()
-            jobs.set_runner(previous)
+            RESOURCES.runner = previous
         [*failures] = failures_logged(caplog)
         assert failures
         # The first notice timed out on the silent server; the second found it closed.

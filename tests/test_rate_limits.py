@@ -22,7 +22,7 @@ import rate_limit_config as rate_limits
 from config import Settings
 from main import create_app
 from rate_limit_config import RateLimiter
-from tests.conftest import BACKEND, PASSWORD, TEST_REDIS_URL, AuthUser
+from tests.conftest import BACKEND, PASSWORD, RESOURCES, TEST_REDIS_URL, AuthUser
 from tests.tcp_proxy import TcpProxy
 
 AppFactory = Callable[..., FastAPI]
@@ -45,7 +45,7 @@ def make_app() -> Iterator[AppFactory]:
 
     def build(*, key_prefix: str | None = None, **overrides: Any) -> FastAPI:
         settings = Settings(rate_limit_enabled=True, **overrides)
-        app = create_app(settings)
+        app = create_app(settings, resources=RESOURCES)
         prefix = key_prefix or f"test-{uuid.uuid4().hex}"
         app.state.limiter = RateLimiter(settings, key_prefix=prefix)
         if settings.redis_url:
