@@ -2,6 +2,8 @@
 
 import hashlib
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -55,18 +57,30 @@ class TestAfterCommit:
             db_config.after_commit(session, lambda: calls.append("ran"))
         assert calls == []
 
-    def test_a_rolled_back_savepoint_drops_only_its_own(self) -> None:
+    @pytest.mark.parametrize(
+        ("register", "at_savepoint_rollback", "at_the_end"),
+        [
+            pytest.param(db_config.after_commit, [], ["outer"], id="after_commit"),
+            pytest.param(db_config.after_rollback, ["inner"], ["inner"], id="after_rollback"),
+        ],
+    )
+    def test_a_rolled_back_savepoint_settles_only_its_own(
+        self,
+        register: Callable[[Session, Callable[[], object]], None],
+        at_savepoint_rollback: list[str],
+        at_the_end: list[str],
+    ) -> None:
         calls: list[str] = []
         with RESOURCES.sessions() as session:
             add_user(session, "outer")
-            db_config.after_commit(session, lambda: calls.append("outer"))
+            register(session, lambda: calls.append("outer"))
             savepoint = session.begin_nested()
             add_user(session, "inner")
-            db_config.after_commit(session, lambda: calls.append("inner"))
+            register(session, lambda: calls.append("inner"))
             savepoint.rollback()
-            assert calls == []
+            assert calls == at_savepoint_rollback
             session.commit()
-        assert calls == ["outer"]
+        assert calls == at_the_end
 
     def test_a_released_savepoint_waits_for_the_outermost_commit(self) -> None:
         calls: list[str] = []
@@ -128,46 +142,33 @@ class TestAfterCommit:
         assert calls == ["first"]
 
 
+def _undo_noted(session: Session, name: str, calls: list[str]) -> None:
+    """Add a user; note `name` in `calls` if that addition never commits."""
+    add_user(session, name)
+    db_config.after_rollback(session, partial(calls.append, name))
+
+
 class TestAfterRollback:
-    def test_runs_when_the_transaction_rolls_back_and_never_after_a_commit(self) -> None:
+    def test_runs_once_the_work_is_undone_and_never_after_a_commit(self) -> None:
         calls: list[str] = []
-        with RESOURCES.sessions() as session:
-            add_user(session, "undone")
-            db_config.after_rollback(session, lambda: calls.append("undone"))
-            session.rollback()
-            assert calls == ["undone"]
-            add_user(session, "kept")
-            db_config.after_rollback(session, lambda: calls.append("kept"))
-            session.commit()
-        assert calls == ["undone"]
-
-    def test_runs_when_the_session_closes_without_committing(self) -> None:
-        calls: list[str] = []
-        with RESOURCES.sessions() as session:
-            add_user(session, "abandoned")
-            db_config.after_rollback(session, lambda: calls.append("ran"))
-        assert calls == ["ran"]
-
-    def test_a_rolled_back_savepoint_runs_only_its_own(self) -> None:
-        calls: list[str] = []
-        with RESOURCES.sessions() as session:
-            add_user(session, "outer")
-            db_config.after_rollback(session, lambda: calls.append("outer"))
-            savepoint = session.begin_nested()
-            add_user(session, "inner")
-            db_config.after_rollback(session, lambda: calls.append("inner"))
-            savepoint.rollback()
-            assert calls == ["inner"]
-            session.commit()
-        assert calls == ["inner"]
+        with RESOURCES.sessions() as committed:
+            _undo_noted(committed, "committed", calls)
+            committed.commit()
+        # Undone by a rollback, then by a close without a commit.
+        for ending in ("rollback", "close"):
+            with RESOURCES.sessions() as session:
+                _undo_noted(session, ending, calls)
+                if ending == "rollback":
+                    session.rollback()
+                    assert calls == ["rollback"]
+        assert calls == ["rollback", "close"]
 
     def test_a_released_savepoint_runs_when_the_outer_transaction_rolls_back(self) -> None:
         calls: list[str] = []
         with RESOURCES.sessions() as session:
             add_user(session, "outer")
             with session.begin_nested():
-                add_user(session, "inner")
-                db_config.after_rollback(session, lambda: calls.append("inner"))
+                _undo_noted(session, "inner", calls)
             assert calls == []
             session.rollback()
         assert calls == ["inner"]
