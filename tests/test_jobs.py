@@ -491,7 +491,7 @@ def rq_runner() -> Iterator[jobs.RqRunner]:
 class TestRq:
     def test_the_queue_name_carries_the_deployments_prefix(self, rq_runner: jobs.RqRunner) -> None:
         prefix = key_prefix(get_settings())
-        assert prefix == "taskmanager:" + (get_settings().database_url.rsplit("/", 1)[-1]) + ":"
+        assert prefix == f"{get_settings().redis_key_prefix}:"
         assert rq_runner.queue.name == prefix + "jobs"
 
     def test_a_worker_runs_the_queued_job_once(
