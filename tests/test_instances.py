@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, make_url, select, text
 from sqlalchemy.engine import Engine
 
+from config import derived_redis_key_prefix
 from db_models import OutboxJob
 from tests.conftest import PASSWORD, RESOURCES, TEST_REDIS_URL
 from tests.process_helpers import GatedInbox, Process, migrate, serve_api, spawn, wait_until
@@ -197,7 +198,8 @@ def cluster(
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     engine = create_engine(database_url)
-    queue_key = f"rq:queue:taskmanager:{make_url(database_url).database}:jobs"
+    # The deployment's queue: its name carries the Redis key prefix derived from the database.
+    queue_key = f"rq:queue:{derived_redis_key_prefix(database_url)}:jobs"
     running = Cluster(env=env, logs=logs, engine=engine, queue_key=queue_key)
     try:
         running.start_api("a")

@@ -57,6 +57,8 @@ class Deployment:
             "NOTIFIER": "log",
         }
         self.process: subprocess.Popen[bytes] | None = None
+        # With REDIS_URL set, jobs (the completion notices) run in a worker process.
+        self.worker: subprocess.Popen[bytes] | None = None
 
     @property
     def key_prefix(self) -> str:
@@ -83,6 +85,13 @@ class Deployment:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )  # fmt: skip
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "worker"],
+                cwd=PROJECT_DIR,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait_until_up(self) -> None:
         deadline = time.monotonic() + 60
@@ -100,14 +109,15 @@ class Deployment:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        for process in (self.process, self.worker):
+            if process is None:
+                continue
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
 
     def register(self, username: str) -> httpx.Response:
         return httpx.post(
@@ -179,11 +189,16 @@ def test_two_deployments_on_one_redis_see_neither_each_others_stats_nor_counters
         deadline = time.monotonic() + 30
         while len(raw.keys("*:notices:*")) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        keys = raw.keys("*")
+        keys = set(raw.keys("*"))
     for deployment in (a, b):
         own = {key for key in keys if key.startswith(f"{deployment.key_prefix}:")}
         assert any(key.startswith(f"{deployment.key_prefix}:stats:") for key in own)
         assert any(key.startswith(f"{deployment.key_prefix}:limits:") for key in own)
         assert f"{deployment.key_prefix}:notices:1" in own
-    # Nothing outside the two namespaces.
-    assert {key.split(":", 1)[0] for key in keys} == {a.key_prefix, b.key_prefix}
+    # Nothing outside the two namespaces but RQ's own bookkeeping (the workers' registry), whose
+    # per-queue keys name each deployment's own queue.
+    rq_keys = {key for key in keys if key.startswith("rq:")}
+    assert {key.split(":", 1)[0] for key in keys - rq_keys} == {a.key_prefix, b.key_prefix}
+    for key in rq_keys:
+        if key.startswith("rq:queue:"):
+            assert key.removeprefix("rq:queue:") in {f"{a.key_prefix}:jobs", f"{b.key_prefix}:jobs"}
