@@ -16,6 +16,7 @@ import background_tasks
 import db_config
 from config import Settings, get_settings
 from db_models import utcnow
+from resources import Resources
 from services import account as account_service
 from services.account import AccountMessage, Purpose
 
@@ -102,14 +103,14 @@ def deliver(message: AccountMessage) -> None:
         )
 
 
-def deliver_password_reset(email: str) -> None:
+def deliver_password_reset(resources: Resources, email: str) -> None:
     """Issue and send a reset token if the address is a verified account's; never raises.
 
     All of it runs after the response, so the answer takes the same time whether or not the
     address belongs to anyone.
     """
     try:
-        with db_config.transaction() as session:
+        with db_config.transaction(resources.sessions) as session:
             message = account_service.request_password_reset(session, email=email)
         if message is not None:
             send(message, get_settings())

@@ -24,13 +24,12 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-import db_config
 import metrics
 import notifications
-import storage
 from config import Settings, get_settings
 from db_models import Task, User
 from logging_config import configure_logging
+from resources import Resources
 from services import files as file_service
 from storage import Storage
 
@@ -64,6 +63,9 @@ class Notifier(Protocol):
 class LogNotifier:
     """The default: one structured log record per notice, with ids only (no address, no title)."""
 
+    def __init__(self, events: metrics.EventCounters | None = None) -> None:
+        self.events = events or metrics.MemoryEventCounters()
+
     def send(self, notices: Sequence[CompletionNotice]) -> None:
         for notice in notices:
             logger.info(
@@ -76,7 +78,7 @@ class LogNotifier:
                     "user_id": notice.user_id,
                 },
             )
-            metrics.count("notices_sent")
+            self.events.count("notices_sent")
 
 
 class SmtpNotifier:
@@ -92,7 +94,9 @@ class SmtpNotifier:
         password: SecretStr | None = None,
         starttls: bool = True,
         timeout_seconds: float = 10.0,
+        events: metrics.EventCounters | None = None,
     ) -> None:
+        self.events = events or metrics.MemoryEventCounters()
         self.host = host
         self.port = port
         self.sender = sender
@@ -102,7 +106,9 @@ class SmtpNotifier:
         self.timeout_seconds = timeout_seconds
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "SmtpNotifier":
+    def from_settings(
+        cls, settings: Settings, events: metrics.EventCounters | None = None
+    ) -> "SmtpNotifier":
         if not (settings.smtp_host and settings.smtp_from):
             raise ValueError("the smtp notifier needs SMTP_HOST and SMTP_FROM")
         return cls(
@@ -113,6 +119,7 @@ class SmtpNotifier:
             password=settings.smtp_password,
             starttls=settings.smtp_starttls,
             timeout_seconds=settings.smtp_timeout_seconds,
+            events=events,
         )
 
     def message(self, notice: CompletionNotice) -> EmailMessage:
@@ -149,7 +156,7 @@ class SmtpNotifier:
                     smtp.send_message(self.message(notice))
                 except (smtplib.SMTPRecipientsRefused, smtplib.SMTPResponseException) as exc:
                     # One refused message must not cost the others theirs.
-                    metrics.count("notices_dropped", reason="refused")
+                    self.events.count("notices_dropped", reason="refused")
                     logger.warning(
                         "Mail server refused the notice for task %s: %s",
                         notice.task_id,
@@ -157,15 +164,18 @@ class SmtpNotifier:
                         extra={"event": "notification_failed", "task_id": notice.task_id},
                     )
                 else:
-                    metrics.count("notices_sent")
+                    self.events.count("notices_sent")
 
 
-def build_notifier(settings: Settings) -> Notifier:
-    """The configured notifier: NOTIFIER, else smtp when a mail server is configured, else log."""
+def build_notifier(settings: Settings, events: metrics.EventCounters | None = None) -> Notifier:
+    """The configured notifier: NOTIFIER, else smtp when a mail server is configured, else log.
+
+    `events` counts what was sent and refused (a counter of its own when not given).
+    """
     kind = settings.notifier or ("smtp" if settings.smtp_host and settings.smtp_from else "log")
     if kind == "smtp":
-        return SmtpNotifier.from_settings(settings)
-    return LogNotifier()
+        return SmtpNotifier.from_settings(settings, events)
+    return LogNotifier(events)
 
 
 def _completion_notices(session: Session, task_ids: Sequence[int]) -> list[CompletionNotice]:
@@ -190,7 +200,7 @@ def _completion_notices(session: Session, task_ids: Sequence[int]) -> list[Compl
     ]
 
 
-def send_completion_notices(task_ids: Sequence[int]) -> int:
+def send_completion_notices(resources: Resources, task_ids: Sequence[int]) -> int:
     """Send the notices of those tasks that are still completed, as far as each user's hourly
     budget allows (the rest are dropped and counted); raises when they cannot be sent.
 
@@ -198,39 +208,43 @@ def send_completion_notices(task_ids: Sequence[int]) -> int:
     """
     if not task_ids:
         return 0
-    with db_config.SessionLocal() as session:
+    with resources.sessions() as session:
         notices = _completion_notices(session, task_ids)
-    settings = get_settings()
+    settings = resources.settings
     allowed = notifications.allowed_notices(notices, settings)
-    metrics.count("notices_dropped", len(notices) - len(allowed), reason="capped")
+    resources.events.count("notices_dropped", len(notices) - len(allowed), reason="capped")
     if allowed:
-        build_notifier(settings).send(allowed)
+        build_notifier(settings, resources.events).send(allowed)
     return len(allowed)
 
 
 # --- stored bytes -------------------------------------------------------------------------
 
 
-def remove_stored_files(stored_filenames: list[str]) -> None:
+def remove_stored_files(store: Storage, stored_filenames: list[str]) -> None:
     """Remove the bytes of files whose rows were deleted and committed.
 
     Removing what is already gone is no error; a storage failure raises, so the job is retried.
     """
     if not stored_filenames:
         return
-    removed = file_service.remove_stored_files(storage.get_storage(), stored_filenames)
+    removed = file_service.remove_stored_files(store, stored_filenames)
     logger.debug("Removed %d of %d stored files", removed, len(stored_filenames))
 
 
 def sweep_orphaned_files(
+    resources: Resources,
     *,
     store: Storage | None = None,
     min_age_seconds: float = ORPHAN_MIN_AGE_SECONDS,
     dry_run: bool = False,
 ) -> file_service.SweepReport:
-    """Remove this deployment's stored bytes that no row points to, and stale temporary files."""
-    store = store or storage.get_storage()
-    with db_config.SessionLocal() as session:
+    """Remove this deployment's stored bytes that no row points to, and stale temporary files.
+
+    `store` defaults to the resources' own storage.
+    """
+    store = store or resources.storage
+    with resources.sessions() as session:
         report = file_service.sweep_orphans(
             session, storage=store, min_age_seconds=min_age_seconds, dry_run=dry_run
         )
@@ -254,10 +268,10 @@ def sweep_orphaned_files(
     return report
 
 
-def sweep_at_startup(store: Storage | None = None) -> None:
+def sweep_at_startup(resources: Resources) -> None:
     """The sweep run while the app starts; a failure is logged and the app starts anyway."""
     try:
-        sweep_orphaned_files(store=store)
+        sweep_orphaned_files(resources)
     except Exception:
         logger.warning(
             "Orphan sweep at startup failed; run it later from the command line", exc_info=True
@@ -293,11 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = get_settings()
     configure_logging(settings)
-    report = sweep_orphaned_files(
-        store=storage.build_storage(settings),
-        min_age_seconds=args.min_age_minutes * 60,
-        dry_run=args.dry_run,
-    )
+    resources = Resources(settings)
+    try:
+        report = sweep_orphaned_files(
+            resources, min_age_seconds=args.min_age_minutes * 60, dry_run=args.dry_run
+        )
+    finally:
+        resources.close()
     verb = "would remove" if args.dry_run else "removed"
     out = sys.stdout
     for name in report.orphans_removed:

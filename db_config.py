@@ -1,11 +1,16 @@
-"""Engine, session factory, the per-request session dependency and after-commit callbacks."""
+"""Building the engine, the per-request session dependency and after-commit callbacks.
+
+The engine and its session factory belong to the app (`resources.Resources`), built from the
+app's settings in its lifespan: nothing here connects or reads settings at import.
+"""
 
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from config import Settings, get_settings
+from config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +165,6 @@ def build_engine(settings: Settings) -> Engine:
     return engine
 
 
-engine = build_engine(get_settings())
-SessionLocal = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
-
-
 @lru_cache(maxsize=8)
 def _writer(bind: Engine) -> Engine:
     # The same engine and pool; only how its connections begin differs.
@@ -182,9 +183,9 @@ def for_writing(session: Session) -> Session:
 
 
 @contextmanager
-def transaction() -> Iterator[Session]:
+def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error, for sync code."""
-    with SessionLocal() as session:
+    with sessions() as session:
         try:
             yield session
             session.commit()
@@ -200,7 +201,7 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
     pays a thread-pool hop, once, for its COMMIT (or ROLLBACK) at the end. A request whose
     method writes gets a writer session; reads stay deferred, so they never queue for a lock.
     """
-    session = SessionLocal()
+    session = request.app.state.resources.sessions()
     if request.method in _WRITE_METHODS:
         for_writing(session)
     try:
@@ -219,10 +220,17 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
         session.close()
 
 
-# --- after-commit callbacks ---------------------------------------------------------------
+# --- after-commit and after-rollback callbacks -----------------------------------------
 
 
-def after_commit(session: Session, fn: Callable[[], None]) -> None:
+@dataclass(frozen=True)
+class _Callback:
+    fn: Callable[[], object]
+    # True: runs once the work is committed; False: runs once it is certain it never will be.
+    on_commit: bool
+
+
+def after_commit(session: Session, fn: Callable[[], object]) -> None:
     """Run `fn` once the session's outermost transaction has committed, else never.
 
     Registered inside a SAVEPOINT, `fn` follows it: dropped if the savepoint rolls back, and
@@ -230,10 +238,25 @@ def after_commit(session: Session, fn: Callable[[], None]) -> None:
     `fn` runs after the connection has been handed back; it must not raise (a failure is
     logged: the commit it follows has happened and cannot be undone).
     """
+    _register(session, _Callback(fn, on_commit=True))
+
+
+def after_rollback(session: Session, fn: Callable[[], object]) -> None:
+    """Run `fn` once the work done so far can no longer commit, else never: `after_commit`'s mirror.
+
+    Registered inside a SAVEPOINT, `fn` runs when that savepoint rolls back, or when it was
+    released and an enclosing transaction then rolls back (or fails to commit, or the session
+    closes without committing). Dropped once the outermost transaction commits. Like
+    `after_commit`, `fn` must not raise (a failure is logged).
+    """
+    _register(session, _Callback(fn, on_commit=False))
+
+
+def _register(session: Session, callback: _Callback) -> None:
     transaction = session.get_nested_transaction() or session.get_transaction() or session.begin()
-    pending: dict[SessionTransaction, list[Callable[[], None]]]
+    pending: dict[SessionTransaction, list[_Callback]]
     pending = session.info.setdefault(_PENDING_CALLBACKS, {})
-    pending.setdefault(transaction, []).append(fn)
+    pending.setdefault(transaction, []).append(callback)
 
 
 def _enclosing(transaction: SessionTransaction) -> SessionTransaction | None:
@@ -245,9 +268,18 @@ def _enclosing(transaction: SessionTransaction) -> SessionTransaction | None:
     return parent
 
 
+def _run_all(callbacks: Iterable[_Callback]) -> None:
+    for callback in callbacks:
+        try:
+            callback.fn()
+        except Exception:
+            kind = "after-commit" if callback.on_commit else "after-rollback"
+            logger.exception("An %s callback failed", kind)
+
+
 @event.listens_for(Session, "after_commit")
 def _promote_callbacks(session: Session) -> None:
-    pending: dict[SessionTransaction, list[Callable[[], None]]] | None
+    pending: dict[SessionTransaction, list[_Callback]] | None
     pending = session.info.get(_PENDING_CALLBACKS)
     if not pending:
         return
@@ -259,7 +291,10 @@ def _promote_callbacks(session: Session) -> None:
         return
     enclosing = _enclosing(committing)
     if enclosing is None:
-        session.info.setdefault(_COMMITTED_CALLBACKS, []).extend(callbacks)
+        # Committed for good: the commit callbacks run once the transaction has ended, the
+        # rollback ones never.
+        committed = [callback for callback in callbacks if callback.on_commit]
+        session.info.setdefault(_COMMITTED_CALLBACKS, []).extend(committed)
     else:
         pending.setdefault(enclosing, []).extend(callbacks)
 
@@ -268,16 +303,13 @@ def _promote_callbacks(session: Session) -> None:
 def _run_or_drop_callbacks(session: Session, transaction: SessionTransaction) -> None:
     if _PENDING_CALLBACKS not in session.info and _COMMITTED_CALLBACKS not in session.info:
         return
-    pending: dict[SessionTransaction, list[Callable[[], None]]] | None
+    pending: dict[SessionTransaction, list[_Callback]] | None
     pending = session.info.get(_PENDING_CALLBACKS)
-    if pending:
-        # Still pending when its transaction ends: it was not committed, so it never runs.
-        pending.pop(transaction, None)
+    # Still pending when its transaction ends: it was not committed (rolled back, a failed
+    # commit, a close): the commit callbacks never run, the rollback ones run now.
+    uncommitted = pending.pop(transaction, []) if pending else []
+    _run_all(callback for callback in uncommitted if not callback.on_commit)
     if transaction.parent is not None:
         return
     session.info.pop(_PENDING_CALLBACKS, None)
-    for fn in session.info.pop(_COMMITTED_CALLBACKS, ()):
-        try:
-            fn()
-        except Exception:
-            logger.exception("An after-commit callback failed")
+    _run_all(session.info.pop(_COMMITTED_CALLBACKS, ()))

@@ -5,12 +5,11 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request, Security
 from fastapi.security import OAuth2PasswordBearer, SecurityScopes
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 import auth
 import db_config
-import storage as storage_backends
 from config import Settings
 from db_config import get_db
 from db_models import Task, User
@@ -23,7 +22,8 @@ from exceptions import (
     raises,
 )
 from models import MAX_ID
-from redis_config import Cache, get_cache
+from redis_config import Cache
+from resources import Resources
 from services import sessions as session_service
 from services import tasks as task_service
 from services import tokens as token_service
@@ -41,6 +41,20 @@ async def get_app_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def resources_of(request: Request) -> Resources:
+    """What the app built from its settings in its lifespan (`resources.py`)."""
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+async def get_resources(request: Request) -> Resources:
+    """The app's resources, as a dependency."""
+    return resources_of(request)
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
 # scope="function": commit before the response is sent, so a failed commit is never a 2xx.
 DbSession = Annotated[Session, Depends(get_db, scope="function")]
 
@@ -92,16 +106,16 @@ oauth2_scheme = ScopedBearer(
 
 async def get_recent_users(request: Request) -> RecentUsers:
     """This worker's memory of whom recent bearer tokens stood for."""
-    recent: RecentUsers = request.app.state.recent_users
+    recent: RecentUsers = resources_of(request).recent_users
     return recent
 
 
 RecentUsersDep = Annotated[RecentUsers, Depends(get_recent_users)]
 
 
-def _look_up_personal_token(token: str) -> Principal | None:
+def _look_up_personal_token(sessions: sessionmaker[Session], token: str) -> Principal | None:
     # Its own short transaction: the use is recorded even when the request itself fails.
-    with db_config.transaction() as session:
+    with db_config.transaction(sessions) as session:
         return token_service.authenticate(session, token=token)
 
 
@@ -109,11 +123,13 @@ async def _personal_token_principal(request: Request, token: str) -> Principal |
     looked_up: tuple[str, Principal | None] | None = getattr(request.state, "personal_token", None)
     if looked_up is not None and looked_up[0] == token:
         return looked_up[1]
-    recent: RecentUsers = request.app.state.recent_users
+    recent: RecentUsers = resources_of(request).recent_users
     key = user_service.personal_token_key(auth.token_digest(token))
     principal = recent.get(key)
     if principal is None:
-        principal = await run_in_threadpool(_look_up_personal_token, token)
+        principal = await run_in_threadpool(
+            _look_up_personal_token, resources_of(request).sessions, token
+        )
         if principal is not None:
             recent.remember(key, principal)
     request.state.personal_token = (token, principal)
@@ -151,7 +167,7 @@ async def authenticate(
             claims = auth.decode_access_token(token, settings)
         except auth.InvalidTokenError:
             raise InvalidTokenError() from None
-        recent: RecentUsers = request.app.state.recent_users
+        recent: RecentUsers = resources_of(request).recent_users
         key = user_service.session_key(claims.session_id)
         principal = recent.get(key)
         if principal is None or principal.user_id != claims.user_id:
@@ -219,17 +235,17 @@ def get_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Ta
 OwnedTask = Annotated[Task, Depends(get_owned_task)]
 
 
-async def get_request_cache() -> Cache:
-    """The process-wide cache (async: a lookup needs no thread-pool hop)."""
-    return get_cache()
+async def get_request_cache(request: Request) -> Cache:
+    """The app's cache (async: a lookup needs no thread-pool hop)."""
+    return resources_of(request).cache
 
 
 CacheDep = Annotated[Cache, Depends(get_request_cache)]
 
 
-async def get_file_storage() -> Storage:
-    """The process-wide storage for attachments (local disk or S3)."""
-    return storage_backends.get_storage()
+async def get_file_storage(request: Request) -> Storage:
+    """The app's storage for attachments (local disk or S3)."""
+    return resources_of(request).storage
 
 
 FileStorage = Annotated[Storage, Depends(get_file_storage)]

@@ -808,6 +808,9 @@ def unhandled_error_response(request: Request, exc: BaseException) -> JSONRespon
 
 
 async def _unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    # Errors inside the app reach RequestContextMiddleware, which answers them with the same
+    # response. Only a middleware outside it (MetricsMiddleware) can raise to here, where
+    # Starlette's ServerErrorMiddleware renders this response and re-raises to the server.
     return unhandled_error_response(request, exc)
 
 

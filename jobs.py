@@ -1,12 +1,15 @@
 """Jobs: what each outbox job does, and the runners that carry them out after the commit.
 
-`run_job(job_id)` is the one entry point: it claims the job's outbox row, does the work and
-marks the row done (see `outbox.py` for the delivery guarantees). Two runners call it:
+`run_job(resources, job_id)` is the one entry point: it claims the job's outbox row, does the
+work with the resources it is given (`resources.py`: sessions, storage, counters) and marks the
+row done (see `outbox.py` for the delivery guarantees). Two runners call it:
 
 - `RqRunner` (REDIS_URL set): committed job ids are enqueued on an RQ queue whose name carries
   the deployment's Redis prefix; `make worker` processes (`worker.py`, any number, on any
-  machine) run them, and one of them at a time sweeps the outbox.
-- `InProcessRunner` (the embedded default): a thread of this process runs them one by one and
+  machine) run them with resources built from their own settings, and one of them at a time
+  sweeps the outbox.
+- `InProcessRunner` (the embedded default): a thread of the app runs them one by one with the
+  app's resources, and
   sweeps the outbox at startup and periodically, so `make run` stays one command. It is a
   thread of its own, never the shared thread pool that serves requests.
 
@@ -35,9 +38,10 @@ import background_tasks
 import db_config
 import metrics
 import outbox
-from config import Settings, get_settings
+from config import Settings
 from db_models import utcnow
 from redis_config import key_prefix
+from resources import JobSubmitter, Resources
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +57,10 @@ _STOP_WAIT_SECONDS = 30
 # --- what each job does -------------------------------------------------------------------
 
 
-def notify_task_completed(task_id: int) -> None:
+def notify_task_completed(resources: Resources, task_id: int) -> None:
     """Send the completion notice of one task; raises (to be retried) when it cannot be sent."""
     try:
-        background_tasks.send_completion_notices([task_id])
+        background_tasks.send_completion_notices(resources, [task_id])
     except Exception:
         logger.exception(
             "Could not send the completion notice for task %s",
@@ -66,15 +70,17 @@ def notify_task_completed(task_id: int) -> None:
         raise
 
 
-def remove_stored_files(stored_filenames: list[str]) -> None:
+def remove_stored_files(resources: Resources, stored_filenames: list[str]) -> None:
     """Remove the bytes of deleted files (removing what is already gone is no error)."""
-    background_tasks.remove_stored_files(stored_filenames)
+    background_tasks.remove_stored_files(resources.storage, stored_filenames)
 
 
-HANDLERS: dict[str, Callable[[dict[str, Any]], None]] = {
-    outbox.TASK_COMPLETED: lambda payload: notify_task_completed(int(payload["task_id"])),
-    outbox.REMOVE_STORED_FILES: lambda payload: remove_stored_files(
-        [str(name) for name in payload["stored_filenames"]]
+HANDLERS: dict[str, Callable[[Resources, dict[str, Any]], None]] = {
+    outbox.TASK_COMPLETED: lambda resources, payload: notify_task_completed(
+        resources, int(payload["task_id"])
+    ),
+    outbox.REMOVE_STORED_FILES: lambda resources, payload: remove_stored_files(
+        resources, [str(name) for name in payload["stored_filenames"]]
     ),
 }
 
@@ -82,10 +88,10 @@ HANDLERS: dict[str, Callable[[dict[str, Any]], None]] = {
 # --- running one job ----------------------------------------------------------------------
 
 
-def run_job(job_id: int) -> None:
-    """Run one outbox job unless it is done or another run holds it: the RQ job function."""
-    settings = get_settings()
-    with db_config.transaction() as session:
+def run_job(resources: Resources, job_id: int) -> None:
+    """Run one outbox job unless it is done or another run holds it."""
+    settings = resources.settings
+    with db_config.transaction(resources.sessions) as session:
         job = outbox.claim(
             session,
             job_id,
@@ -100,17 +106,18 @@ def run_job(job_id: int) -> None:
         handler = HANDLERS.get(job.kind)
         if handler is None:
             raise LookupError(f"no handler for jobs of kind {job.kind!r}")
-        handler(job.payload)
+        handler(resources, job.payload)
     except Exception as exc:
-        _record_failure(settings, job, exc)
+        _record_failure(resources, job, exc)
         return
-    with db_config.transaction() as session:
+    with db_config.transaction(resources.sessions) as session:
         outbox.finish(session, job.id, now=utcnow())
 
 
-def _record_failure(settings: Settings, job: outbox.Claim, exc: Exception) -> None:
-    metrics.count("job_failures", kind=job.kind)
-    with db_config.transaction() as session:
+def _record_failure(resources: Resources, job: outbox.Claim, exc: Exception) -> None:
+    settings = resources.settings
+    resources.events.count("job_failures", kind=job.kind)
+    with db_config.transaction(resources.sessions) as session:
         given_up = outbox.fail(
             session,
             job,
@@ -120,7 +127,7 @@ def _record_failure(settings: Settings, job: outbox.Claim, exc: Exception) -> No
         )
     extra = {"event": "job_failed", "job_id": job.id, "job_kind": job.kind}
     if given_up:
-        _given_up(job.id, job.kind, f"after {job.attempts} attempts")
+        _given_up(resources.events, job.id, job.kind, f"after {job.attempts} attempts")
         return
     # The exception's type only: its text may carry an address.
     logger.warning(
@@ -135,10 +142,10 @@ def _record_failure(settings: Settings, job: outbox.Claim, exc: Exception) -> No
     )
 
 
-def _given_up(job_id: int, kind: str, why: str) -> None:
-    metrics.count("jobs_abandoned", kind=kind)
+def _given_up(events: metrics.EventCounters, job_id: int, kind: str, why: str) -> None:
+    events.count("jobs_abandoned", kind=kind)
     if kind == outbox.TASK_COMPLETED:
-        metrics.count("notices_dropped", reason="failed")
+        events.count("notices_dropped", reason="failed")
     logger.error(
         "Job %s (%s) given up %s",
         job_id,
@@ -179,6 +186,24 @@ def _rq_job_id(job_id: int) -> str:
     return f"outbox-{job_id}-{uuid.uuid4().hex[:12]}"
 
 
+# The resources of a worker process: RQ calls `run_queued_job` with the job id only.
+_worker_resources: Resources | None = None
+
+
+def serve_jobs_with(resources: Resources | None) -> Resources | None:
+    """The resources this process's RQ jobs run with (`worker.py`); returns the previous ones."""
+    global _worker_resources
+    previous, _worker_resources = _worker_resources, resources
+    return previous
+
+
+def run_queued_job(job_id: int) -> None:
+    """The RQ job function: `run_job` with the resources the worker process was started with."""
+    if _worker_resources is None:
+        raise RuntimeError("this process serves no jobs: see worker.py")
+    run_job(_worker_resources, job_id)
+
+
 class RqRunner:
     """Production: enqueue on RQ; `make worker` processes run the jobs."""
 
@@ -208,7 +233,7 @@ class RqRunner:
         try:
             for job_id in job_ids:
                 self.queue.enqueue_call(
-                    run_job,
+                    run_queued_job,
                     args=(job_id,),
                     job_id=_rq_job_id(job_id),
                     timeout=self.timeout,
@@ -251,8 +276,9 @@ class RqRunner:
 class InProcessRunner:
     """The embedded default: one thread of this process runs the jobs and sweeps the outbox."""
 
-    def __init__(self, settings: Settings, *, sweep_seconds: float | None) -> None:
-        self.settings = settings
+    def __init__(self, resources: Resources, *, sweep_seconds: float | None) -> None:
+        self.resources = resources
+        self.settings = resources.settings
         self.sweep_seconds = sweep_seconds
         self._queue: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         # Job id -> how many times it waits in the queue (a duplicate run finds it done).
@@ -307,7 +333,7 @@ class InProcessRunner:
         next_sweep = time.monotonic()
         while not self._stopping.is_set():
             if self.sweep_seconds is not None and time.monotonic() >= next_sweep:
-                _sweep_quietly(self.settings, self)
+                _sweep_quietly(self.resources, self)
                 next_sweep = time.monotonic() + self.sweep_seconds
             wait = None if self.sweep_seconds is None else max(next_sweep - time.monotonic(), 0)
             try:
@@ -317,7 +343,7 @@ class InProcessRunner:
             if job_id is None or self._stopping.is_set():
                 break
             try:
-                run_job(job_id)
+                run_job(self.resources, job_id)
             except Exception:
                 logger.exception("Job %s could not be run; the outbox sweep retries it", job_id)
             finally:
@@ -328,37 +354,12 @@ class InProcessRunner:
                     self._idle.notify_all()
 
 
-def build_runner(settings: Settings) -> Runner:
+def build_runner(resources: Resources) -> Runner:
     """RQ when REDIS_URL is set, else the runner thread of this process."""
+    settings = resources.settings
     if settings.redis_url:
         return RqRunner(settings)
-    return InProcessRunner(settings, sweep_seconds=settings.outbox_sweep_seconds)
-
-
-_runner: Runner | None = None
-_runner_lock = threading.Lock()
-
-
-def get_runner() -> Runner:
-    """The process's runner, built from the settings on first use."""
-    global _runner
-    with _runner_lock:
-        if _runner is None:
-            _runner = build_runner(get_settings())
-        return _runner
-
-
-def set_runner(runner: Runner | None) -> Runner | None:
-    """Replace the process's runner (tests); returns the previous one."""
-    global _runner
-    with _runner_lock:
-        previous, _runner = _runner, runner
-        return previous
-
-
-def dispatch(job_ids: list[int]) -> None:
-    """Hand committed job ids to the process's runner (the outbox's after-commit hook)."""
-    get_runner().submit(job_ids)
+    return InProcessRunner(resources, sweep_seconds=settings.outbox_sweep_seconds)
 
 
 # --- the sweep ----------------------------------------------------------------------------
@@ -371,10 +372,11 @@ class SweepReport:
     purged: int
 
 
-def sweep(settings: Settings, runner: Runner) -> SweepReport:
+def sweep(resources: Resources, runner: Runner) -> SweepReport:
     """Dispatch again what is due and not done; give up what ran out of attempts; purge."""
+    settings = resources.settings
     now = utcnow()
-    with db_config.transaction() as session:
+    with db_config.transaction(resources.sessions) as session:
         exhausted = outbox.give_up_exhausted(
             session, now=now, max_attempts=settings.job_max_attempts
         )
@@ -383,14 +385,14 @@ def sweep(settings: Settings, runner: Runner) -> SweepReport:
         )
         purged = outbox.purge_done(session, before=now - outbox.DONE_RETENTION)
     for job_id, kind in exhausted:
-        _given_up(job_id, kind, "after its last run did not finish")
+        _given_up(resources.events, job_id, kind, "after its last run did not finish")
     runner.resubmit(due)
     return SweepReport(dispatched=due, given_up=[job_id for job_id, _ in exhausted], purged=purged)
 
 
-def _sweep_quietly(settings: Settings, runner: Runner) -> None:
+def _sweep_quietly(resources: Resources, runner: Runner) -> None:
     try:
-        sweep(settings, runner)
+        sweep(resources, runner)
     except Exception:
         logger.warning("Outbox sweep failed; trying again later", exc_info=True)
 
@@ -406,8 +408,9 @@ class Sweeper:
     that round. A Redis flush loses the key too, and the next round sweeps at once.
     """
 
-    def __init__(self, settings: Settings, runner: RqRunner) -> None:
-        self.settings = settings
+    def __init__(self, resources: Resources, runner: RqRunner) -> None:
+        self.resources = resources
+        self.settings = resources.settings
         self.runner = runner
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -433,7 +436,7 @@ class Sweeper:
             return False
         if not first:
             return False
-        _sweep_quietly(self.settings, self.runner)
+        _sweep_quietly(self.resources, self.runner)
         return True
 
     def _loop(self) -> None:
@@ -442,8 +445,9 @@ class Sweeper:
             self._stopping.wait(self.settings.outbox_sweep_seconds)
 
 
-def queue_state(session: Session) -> metrics.JobQueueState:
+def queue_state(session: Session, runner: JobSubmitter | None) -> metrics.JobQueueState:
     """Jobs recorded and not done, by kind (the database), and jobs waiting in the queue."""
     return metrics.JobQueueState(
-        pending=outbox.pending_counts(session), queued=get_runner().queued()
+        pending=outbox.pending_counts(session),
+        queued=runner.queued() if runner is not None else None,
     )

@@ -18,7 +18,6 @@ from typing import Any
 from config import Settings
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
-user_id_var: ContextVar[int | None] = ContextVar("user_id", default=None)
 # The request's mutable state (scope["state"]): the user id is stored there once the token is
 # checked, possibly in a worker thread whose context changes never flow back, so records read it
 # from the shared dict rather than from a context variable.
@@ -36,7 +35,7 @@ class RequestContextFilter(logging.Filter):
         if getattr(record, "request_id", None) is None:
             record.request_id = request_id_var.get() or state.get("request_id")
         if getattr(record, "user_id", None) is None:
-            record.user_id = user_id_var.get() or state.get("user_id")
+            record.user_id = state.get("user_id")
         return True
 
 

@@ -10,7 +10,6 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import background_tasks
 import jobs
-import outbox
 from config import Settings, get_settings
 from dependencies import get_current_user, identify_personal_token
 from exceptions import register_exception_handlers
@@ -21,6 +20,7 @@ from models import RootInfo
 from openapi_docs import install_docs
 from openapi_schema import OPENAPI_TAGS, install_openapi, operation_id
 from rate_limit_config import RATE_LIMIT_HEADERS, build_rate_limiter, enforce_rate_limits
+from resources import Resources
 from routers import account as account_routes
 from routers import auth as auth_routes
 from routers import files as file_routes
@@ -29,7 +29,6 @@ from routers import metrics as metrics_routes
 from routers import sessions as session_routes
 from routers import tasks as task_routes
 from routers import tokens as token_routes
-from services.users import RecentUsers
 
 logger = logging.getLogger(__name__)
 
@@ -48,18 +47,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         VERSION,
         settings.database_url.split(":", 1)[0],
     )
-    await anyio.to_thread.run_sync(background_tasks.sweep_at_startup)
-    # Embedded: the runner thread starts (and sweeps the outbox); with REDIS_URL, workers do.
-    runner = jobs.get_runner()
-    runner.start()
+    given: Resources | None = app.state.given_resources
+    # Built from this app's settings, owned (and closed) here, unless the caller lent its own.
+    resources = given or Resources(settings)
+    app.state.resources = resources
     try:
-        yield
+        await anyio.to_thread.run_sync(background_tasks.sweep_at_startup, resources)
+        # Embedded: the runner thread starts (and sweeps the outbox); with REDIS_URL, workers do.
+        runner = None
+        if resources.runner is None:
+            runner = jobs.build_runner(resources)
+            resources.runner = runner
+            runner.start()
+        try:
+            yield
+        finally:
+            if runner is not None:
+                await anyio.to_thread.run_sync(runner.stop)
+                resources.runner = None
     finally:
-        await anyio.to_thread.run_sync(runner.stop)
+        if given is None:
+            await anyio.to_thread.run_sync(resources.close)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the ASGI application."""
+def create_app(settings: Settings | None = None, *, resources: Resources | None = None) -> FastAPI:
+    """Build the ASGI application; its lifespan builds what it uses from `settings`.
+
+    `resources` (tests): use these instead, and leave them open (and their runner, if any, to
+    whoever set it) when the lifespan ends.
+    """
     settings = settings or get_settings()
     configure_logging(settings)
     app = FastAPI(
@@ -79,8 +95,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     # Rate limits count a personal access token's requests against its user's budgets.
     app.state.identify_caller = identify_personal_token
-    # Per app, so per worker: whom recent bearer tokens stood for (see RecentUsers).
-    app.state.recent_users = RecentUsers(settings.user_cache_seconds)
+    app.state.given_resources = resources
+    if resources is not None:
+        # Lent: usable at once, with or without the lifespan.
+        app.state.resources = resources
     app.state.limiter = build_rate_limiter(settings)
     register_exception_handlers(app)
     # Innermost of the three, so its 413 gets CORS headers, a request id and an access line.
@@ -105,8 +123,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_token is not None:
         # Outermost: it sees the final status of every response, 500s included.
         app.add_middleware(MetricsMiddleware)
-    # Jobs committed by any session of this process go to this process's runner.
-    outbox.set_dispatcher(jobs.dispatch)
     app.include_router(auth_routes.router)
     # Everything but auth and operations needs a token: nothing is public by accident.
     authenticated = [Depends(get_current_user)]

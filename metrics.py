@@ -18,7 +18,6 @@ from abc import ABC, abstractmethod
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import redis
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -29,7 +28,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from config import Settings, get_settings
+from config import Settings
 from redis_config import key_prefix
 
 logger = logging.getLogger(__name__)
@@ -117,6 +116,15 @@ class EventCounters(ABC):
     def snapshot(self) -> dict[str, int]:
         """Every counter, keyed `name|label=value...`."""
 
+    def count(self, event: str, amount: int = 1, **labels: str) -> None:
+        """Add to a deployment-wide counter (one of EVENTS); never raises."""
+        if amount:
+            self.add(event, labels, amount)
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections, if any."""
+
 
 class MemoryEventCounters(EventCounters):
     """The embedded default: the jobs run in this process, so its own counts are the totals."""
@@ -132,6 +140,9 @@ class MemoryEventCounters(EventCounters):
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class RedisEventCounters(EventCounters):
@@ -161,20 +172,15 @@ class RedisEventCounters(EventCounters):
             return {}
         return {key: int(value) for key, value in raw.items() if value.lstrip("-").isdigit()}
 
+    def close(self) -> None:
+        self._client.close()
 
-@lru_cache
-def get_event_counters() -> EventCounters:
+
+def build_event_counters(settings: Settings) -> EventCounters:
     """The deployment's counters: in Redis when REDIS_URL is set, else in this process."""
-    settings = get_settings()
     if settings.redis_url:
         return RedisEventCounters(settings, settings.redis_url)
     return MemoryEventCounters()
-
-
-def count(event: str, amount: int = 1, **labels: str) -> None:
-    """Add to a deployment-wide counter (one of EVENTS); never raises."""
-    if amount:
-        get_event_counters().add(event, labels, amount)
 
 
 # --- the scrape ---------------------------------------------------------------------------
@@ -230,7 +236,7 @@ def multiprocess_mode() -> bool:
     return prometheus_values.ValueClass is not prometheus_values.MutexValue
 
 
-def render(state: JobQueueState) -> bytes:
+def render(state: JobQueueState, events: EventCounters) -> bytes:
     """The Prometheus text exposition of this deployment's metrics."""
     if multiprocess_mode():
         merged = CollectorRegistry()
@@ -239,5 +245,5 @@ def render(state: JobQueueState) -> bytes:
     else:
         requests = generate_latest(REGISTRY)
     deployment = CollectorRegistry(auto_describe=False)
-    deployment.register(_DeploymentCollector(state, get_event_counters().snapshot()))
+    deployment.register(_DeploymentCollector(state, events.snapshot()))
     return requests + generate_latest(deployment)

@@ -2,8 +2,9 @@
 
 A change that owes work after it (a completion notice, removing a deleted file's bytes) adds an
 `outbox` row in its own transaction: the row exists exactly when the change committed. Once the
-transaction commits, the row's id is handed to the process's dispatcher (`jobs.py`: an RQ queue
-with REDIS_URL set, else a runner thread in this process); a periodic sweep dispatches again
+transaction commits, the row's id is handed to the job runner of the app whose session committed
+it (`jobs.py`: an RQ queue with REDIS_URL set, else a runner thread of the app); a periodic sweep
+dispatches again
 whatever is due and not done, so a process killed right after a commit, a lost enqueue or a
 flushed Redis delays a job but never loses it. Jobs therefore run at least once.
 
@@ -16,7 +17,7 @@ has expired. We chose this (at least once, with the done mark as the dedupe reco
 the row done before sending, which would lose the notice in the same window instead.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from db_config import after_commit
 from db_models import OutboxJob
+from resources import of_session
 
 TASK_COMPLETED = "task_completed"
 REMOVE_STORED_FILES = "remove_stored_files"
@@ -39,20 +41,13 @@ _ERROR_CHARS = 500
 DONE_RETENTION = timedelta(days=7)
 _NO_FIELDS: dict[str, Any] = {"synchronize_session": False}
 
-Dispatch = Callable[[list[int]], None]
-_dispatch: Dispatch | None = None
 
-
-def set_dispatcher(dispatch: Dispatch | None) -> None:
-    """Where committed job ids go: the process's job runner (wired by `main` and `worker`)."""
-    global _dispatch
-    _dispatch = dispatch
-
-
-def _dispatch_committed(job_ids: list[int]) -> None:
-    # Without a dispatcher (a command-line tool), the sweep of a running service finds them.
-    if _dispatch is not None:
-        _dispatch(job_ids)
+def _dispatch_committed(session: Session, job_ids: list[int]) -> None:
+    # To the runner of the app (or worker) whose session committed them; a session made
+    # elsewhere (a command-line tool) leaves them to the sweep of a running service.
+    resources = of_session(session)
+    if resources is not None:
+        resources.submit_jobs(job_ids)
 
 
 def record(session: Session, kind: str, payloads: Sequence[dict[str, Any]]) -> list[int]:
@@ -65,7 +60,7 @@ def record(session: Session, kind: str, payloads: Sequence[dict[str, Any]]) -> l
             [{"kind": kind, "payload": payload} for payload in payloads],
         )
     )
-    after_commit(session, partial(_dispatch_committed, job_ids))
+    after_commit(session, partial(_dispatch_committed, session, job_ids))
     return job_ids
 
 

@@ -155,6 +155,41 @@ def requires_auth(dependant: Dependant) -> bool:
     return any(isinstance(call, SecurityBase) for call in dependency_calls(dependant))
 
 
+# --- slowapi's private members, in one place -------------------------------------------------
+
+
+class SlowapiInternals:
+    """The three private members of slowapi this module relies on, and nothing else does.
+
+    slowapi has no public API to count a request against a chosen function's limits outside
+    its decorator, to read the limit it last counted, or to tell that it fell back to memory.
+    `tests/test_rate_limits.py` has a canary that fails loudly when any of them changes.
+    """
+
+    @staticmethod
+    def storage_dead(limiter: Limiter) -> bool:
+        """Whether the limiter counts in memory because its storage failed."""
+        dead: bool = limiter._storage_dead
+        return dead
+
+    @staticmethod
+    def hit(limiter: Limiter, request: Request, target: Callable[..., Any]) -> None:
+        """Count the request against `target`'s limits (the default ones when it has none).
+
+        Raises:
+            RateLimitExceeded: a limit is spent.
+        """
+        limiter._check_request_limit(request, target, False)
+
+    @staticmethod
+    def last_hit(request: Request) -> tuple[RateLimitItem, list[str]] | None:
+        """The limit `hit` counted last for this request, and its identifiers."""
+        current: tuple[RateLimitItem, list[str]] | None = getattr(
+            request.state, "view_rate_limit", None
+        )
+        return current
+
+
 # --- the limiter -----------------------------------------------------------------------------
 
 
@@ -194,17 +229,32 @@ class RateLimiter:
             key_prefix=key_prefix,
             headers_enabled=False,
         )
+        # Whether each route demands a bearer token, once per route (`route_requires_auth`).
+        self._requires_auth: dict[int, tuple[object, bool]] = {}
         self._markers: dict[RouteLimit, Callable[[Request], None]] = {}
         for limit in ROUTE_LIMITS:
             marker = _budget_marker(limit.name)
             self.limiter.limit(getattr(settings, limit.setting), key_func=limit.key_func)(marker)
             self._markers[limit] = marker
 
+    def route_requires_auth(self, route: object) -> bool:
+        """Whether the route demands a bearer token; worked out on the route's first request only.
+
+        Not at startup: FastAPI builds the routes of included routers (with the router's own
+        dependencies, where the token requirement comes from) lazily, on first use.
+        """
+        # Keyed by identity (routes are not hashable); the route is kept, so its id stays its own.
+        known = self._requires_auth.get(id(route))
+        if known is None:
+            dependant = getattr(route, "dependant", None)
+            known = (route, dependant is not None and requires_auth(dependant))
+            self._requires_auth[id(route)] = known
+        return known[1]
+
     @property
     def storage_dead(self) -> bool:
         """Whether counting has fallen back to this process's memory."""
-        dead: bool = self.limiter._storage_dead
-        return dead
+        return SlowapiInternals.storage_dead(self.limiter)
 
     def check(
         self, request: Request, endpoint: Callable[..., Any], limits: tuple[RouteLimit, ...] | None
@@ -220,7 +270,7 @@ class RateLimiter:
             try:
                 # Route budgets are registered on their marker; any other endpoint gets the
                 # default limits, scoped to that endpoint.
-                self.limiter._check_request_limit(request, target, False)
+                SlowapiInternals.hit(self.limiter, request, target)
             except RateLimitExceeded as exc:
                 exc.headers = self._exceeded_headers(request)
                 request.state.rate_limit_headers = {
@@ -239,9 +289,7 @@ class RateLimiter:
             }
 
     def _stats(self, request: Request) -> tuple[RateLimitItem, list[str], float, int] | None:
-        current: tuple[RateLimitItem, list[str]] | None = getattr(
-            request.state, "view_rate_limit", None
-        )
+        current = SlowapiInternals.last_hit(request)
         if current is None:
             return None
         item, identifiers = current
@@ -257,7 +305,9 @@ class RateLimiter:
         stats = self._stats(request)
         now = time.time()
         if stats is None:
-            current: tuple[RateLimitItem, list[str]] = request.state.view_rate_limit
+            current = SlowapiInternals.last_hit(request)
+            if current is None:  # pragma: no cover - slowapi names the limit it refuses
+                raise RuntimeError("slowapi refused a request without naming the limit")
             item, reset = current[0], now + current[0].get_expiry()
         else:
             item, _, reset, _ = stats
@@ -292,8 +342,7 @@ async def enforce_rate_limits(request: Request) -> None:
     if limits is None:
         # The default budget covers the authenticated API (per user; a bad token counts per
         # client address); public operations endpoints such as the probes are not limited.
-        dependant = getattr(route, "dependant", None)
-        if dependant is None or not requires_auth(dependant):
+        if route is None or not limiter.route_requires_auth(route):
             return
     else:
         reader = body_reader_of(endpoint)

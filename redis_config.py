@@ -11,7 +11,6 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any, TypeVar
 
 import redis
@@ -19,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from config import Settings, get_settings
+from config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -290,9 +289,3 @@ def build_cache(settings: Settings) -> Cache:
             timeout_seconds=settings.redis_socket_timeout_ms / 1000,
         )
     return MemoryCache()
-
-
-@lru_cache
-def get_cache() -> Cache:
-    """The process-wide cache, built on first use (Redis connects lazily)."""
-    return build_cache(get_settings())

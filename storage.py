@@ -26,7 +26,6 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
 
@@ -36,7 +35,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.engine import make_url
 
-from config import Settings, get_settings
+from config import Settings
 
 if TYPE_CHECKING:
     from types_boto3_s3.client import S3Client
@@ -478,9 +477,3 @@ def build_storage(settings: Settings) -> Storage:
     if settings.storage_backend == "s3":
         return S3Storage.from_settings(settings, namespace=namespace)
     return LocalStorage(namespace=namespace, upload_dir=settings.upload_dir)
-
-
-@lru_cache
-def get_storage() -> Storage:
-    """The process-wide storage, built on first use."""
-    return build_storage(get_settings())

@@ -20,6 +20,7 @@ from rq import SimpleWorker
 import jobs
 from config import get_settings
 from logging_config import configure_logging
+from resources import Resources
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     # No socket timeout of our own: RQ sizes it to its blocking wait for the next job.
     connection = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    runner = jobs.RqRunner(settings, connection=connection)
-    sweeper = jobs.Sweeper(settings, runner)
+    # What the jobs use (engine, storage, counters), built once from this worker's settings.
+    resources = Resources(settings)
+    resources.runner = runner = jobs.RqRunner(settings, connection=connection)
+    jobs.serve_jobs_with(resources)
+    sweeper = jobs.Sweeper(resources, runner)
     if not args.burst:
         sweeper.start()
     logger.info(
@@ -56,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker.work(burst=args.burst, logging_level=settings.log_level)
     finally:
         sweeper.stop()
+        jobs.serve_jobs_with(None)
+        resources.close()
     return 0
 
 

@@ -5,7 +5,6 @@ from typing import Any
 from fastapi import APIRouter, BackgroundTasks, Response, status
 
 import account_mail
-import background_tasks
 import rate_limit_config as rate_limits
 from dependencies import (
     MANAGE_ACCOUNT,
@@ -13,6 +12,7 @@ from dependencies import (
     CurrentPrincipal,
     DbSession,
     RecentUsersDep,
+    ResourcesDep,
     SettingsDep,
 )
 from exceptions import InvalidOrExpiredTokenError, WeakPasswordError, WrongPasswordError
@@ -83,14 +83,14 @@ def verify_email(data: EmailVerification, session: DbSession, recent: RecentUser
 )
 @rate_limits.rate_limited(rate_limits.ACCOUNT_EMAIL)
 async def request_password_reset(
-    data: PasswordResetRequest, background: BackgroundTasks
+    data: PasswordResetRequest, background: BackgroundTasks, resources: ResourcesDep
 ) -> Accepted:
     """Send a reset token (valid 1 hour, single use) if the address is a verified account's.
 
     The answer is the same, and as fast, for any address. Needs no bearer token.
     """
     # Even the lookup happens after the response: nothing in it depends on the address.
-    background.add_task(account_mail.deliver_password_reset, data.email)
+    background.add_task(account_mail.deliver_password_reset, resources, data.email)
     return Accepted(message="If the address belongs to a verified account, a token is on its way")
 
 
@@ -124,10 +124,9 @@ def delete_account(
     settings: SettingsDep,
     recent: RecentUsersDep,
     cache: CacheDep,
-    background: BackgroundTasks,
 ) -> None:
     """Delete your account with all its tasks, tags, files, sessions and tokens (password needed)."""
-    stored = account_service.delete_account(
+    account_service.delete_account(
         session,
         principal=principal,
         password=data.password,
@@ -135,5 +134,3 @@ def delete_account(
         recent=recent,
         cache=cache,
     )
-    # Background tasks run only after a successful response, so only after the commit.
-    background.add_task(background_tasks.remove_stored_files, stored)

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Response, status
 
-from dependencies import DbSession, SettingsDep
+from dependencies import CacheDep, DbSession
 from models import Liveness, Readiness
 from services import health as health_service
 
@@ -21,9 +21,9 @@ async def liveness() -> Liveness:
     responses={503: {"model": Readiness, "description": "The database does not answer"}},
     summary="Readiness probe",
 )
-def readiness(session: DbSession, settings: SettingsDep, response: Response) -> Readiness:
+def readiness(session: DbSession, cache: CacheDep, response: Response) -> Readiness:
     """Whether the database and Redis answer: 503 without the database, `degraded` without Redis."""
-    ready = health_service.readiness(session, settings)
+    ready = health_service.readiness(session, cache)
     if ready.status == "unavailable":
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return ready

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Header, Response
 
 import jobs
 import metrics
-from dependencies import DbSession, SettingsDep
+from dependencies import DbSession, ResourcesDep, SettingsDep
 from exceptions import (
     InvalidMetricsTokenError,
     MetricsDisabledError,
@@ -41,7 +41,7 @@ async def require_metrics_token(
     response_class=Response,
     dependencies=[Depends(require_metrics_token)],
 )
-def get_metrics(session: DbSession) -> Response:
+def get_metrics(session: DbSession, resources: ResourcesDep) -> Response:
     """Requests by route and status, latencies, job queue depth, job failures and notices."""
-    body = metrics.render(jobs.queue_state(session))
+    body = metrics.render(jobs.queue_state(session, resources.runner), resources.events)
     return Response(body, media_type=metrics.CONTENT_TYPE)

@@ -12,6 +12,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 import auth
+import outbox
 from config import Settings
 from db_models import AccountToken, PersonalToken, Task, TaskFile, User, utcnow
 from exceptions import (
@@ -205,11 +206,9 @@ def delete_account(
     settings: Settings,
     recent: RecentUsers,
     cache: Cache,
-) -> list[str]:
-    """Delete the user with everything they own, by database cascade.
-
-    Returns the stored names of their files, whose bytes the caller removes after the commit.
-    """
+) -> None:
+    """Delete the user with everything they own, by database cascade; their files' bytes are
+    removed by an outbox job recorded in the same transaction."""
     user = _caller(session, principal)
     _check_current_password(user, password, settings)
     # Locked as an upload locks its task, so no file is attached after this read.
@@ -225,4 +224,4 @@ def delete_account(
     # The id may come back (SQLite reuses the highest): nothing cached under it may survive.
     stats_service.invalidate_after_commit(session, cache=cache, owner_id=user.id)
     user_service.forget_after_commit(session, recent, user_id=user.id)
-    return list(names)
+    outbox.stored_files_deleted(session, stored_filenames=list(names))

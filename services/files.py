@@ -4,7 +4,7 @@ The bytes of a file live in the configured storage (`storage.py`: the local disk
 S3-compatible bucket) under a generated key; its row in `task_files` is the only thing that
 makes them reachable. An upload is spooled to a locked temporary file, checked, stored under a
 fresh key, and only then given its row; if that transaction does not commit, the stored bytes
-are removed again (see `_discard_uncommitted`).
+are removed again (`db_config.after_rollback`).
 """
 
 import codecs
@@ -25,12 +25,13 @@ from urllib.parse import quote
 import anyio
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from sqlalchemy import delete, event, func, select
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 import outbox
 import storage as storage_backends
+from db_config import after_rollback
 from db_models import Task, TaskFile
 from exceptions import (
     FileTooLargeError,
@@ -73,7 +74,6 @@ _FEED_BYTES = 256 * 1024
 
 TEMP_PREFIX = storage_backends.TEMP_PREFIX
 TEMP_SUFFIX = storage_backends.TEMP_SUFFIX
-_PENDING_KEY = "files_pending_commit"
 
 
 # --- names --------------------------------------------------------------------------------
@@ -137,25 +137,6 @@ def _delete_quietly(store: Storage, key: str) -> bool:
         logger.warning("Could not remove stored object %s", key, exc_info=True)
         return False
     return True
-
-
-def _remove_unless_committed(session: Session, store: Storage, key: str) -> None:
-    session.info.setdefault(_PENDING_KEY, []).append((store, key))
-
-
-@event.listens_for(Session, "after_commit")
-def _keep_committed(session: Session) -> None:
-    session.info.pop(_PENDING_KEY, None)
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _discard_uncommitted(session: Session, transaction: SessionTransaction) -> None:
-    # The outermost transaction ended without `after_commit` (rollback, failed commit, or a
-    # close without commit): the rows are gone, so their bytes must go too.
-    if transaction.parent is not None:
-        return
-    for store, key in session.info.pop(_PENDING_KEY, ()):
-        _delete_quietly(store, key)
 
 
 def remove_stored_files(store: Storage, keys: list[str]) -> int:
@@ -525,7 +506,7 @@ def attach_file(
     except BaseException:
         _delete_quietly(storage, key)
         raise
-    _remove_unless_committed(session, storage, key)
+    after_rollback(session, partial(_delete_quietly, storage, key))
     return row
 
 

@@ -1,17 +1,12 @@
 """Readiness checks of the backing services, each bounded by a short timeout."""
 
-from functools import lru_cache
 from typing import Literal
 
-import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from config import Settings
 from models import Readiness, ReadinessChecks
-
-# Redis answers a PING in well under a millisecond; a probe must not hang on a stuck one.
-REDIS_PING_TIMEOUT_SECONDS = 1.0
+from redis_config import Cache
 
 
 def check_database(session: Session) -> Literal["ok", "error"]:
@@ -24,28 +19,18 @@ def check_database(session: Session) -> Literal["ok", "error"]:
     return "ok"
 
 
-@lru_cache(maxsize=4)
-def _redis_client(url: str) -> redis.Redis:
-    # One client (and connection pool) per process, reused by every probe.
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=REDIS_PING_TIMEOUT_SECONDS,
-        socket_timeout=REDIS_PING_TIMEOUT_SECONDS,
-    )
+def check_cache(cache: Cache) -> Literal["ok", "error", "disabled"]:
+    """PING the app's own Redis client; `disabled` when the service runs without Redis.
 
-
-def check_cache(settings: Settings) -> Literal["ok", "error", "disabled"]:
-    """PING the configured Redis; `disabled` when the service runs without one."""
-    if settings.redis_url is None:
+    The same client, and so the same REDIS_SOCKET_TIMEOUT_MS, as every cache call: a Redis the
+    cache has given up on for a moment reads as `error` here too.
+    """
+    if cache.backend != "redis":
         return "disabled"
-    try:
-        _redis_client(settings.redis_url).ping()
-    except (redis.RedisError, OSError):
-        return "error"
-    return "ok"
+    return "ok" if cache.ping() else "error"
 
 
-def readiness(session: Session, settings: Settings) -> Readiness:
+def readiness(session: Session, cache: Cache) -> Readiness:
     """Both checks and the overall status they add up to."""
-    checks = ReadinessChecks(database=check_database(session), cache=check_cache(settings))
+    checks = ReadinessChecks(database=check_database(session), cache=check_cache(cache))
     return Readiness.of(checks)

@@ -12,11 +12,13 @@ need no database at all.
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import partial
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import event, false, func, select
+from sqlalchemy import false, func, select
 from sqlalchemy.orm import Session
 
+from db_config import after_commit
 from db_models import Task, TaskTag
 from enums import Priority
 from models import TaskStats
@@ -27,7 +29,6 @@ from services import changes as change_service
 _ENTRY_FORMAT = 2
 # Far longer than any entry lives: a version must never vanish while entries under it exist.
 _VERSION_TTL_SECONDS = 7 * 24 * 3600
-_PENDING_INVALIDATIONS = "stats_cache_invalidations"
 
 
 @dataclass(frozen=True)
@@ -111,18 +112,9 @@ def get_stats(session: Session, *, owner_id: int, cache: Cache, ttl_seconds: int
 
 
 def invalidate_after_commit(session: Session, *, cache: Cache, owner_id: int) -> None:
-    """Make the owner's cached statistics stale once this session's transaction commits."""
-    pending: set[tuple[Cache, int]] = session.info.setdefault(_PENDING_INVALIDATIONS, set())
-    pending.add((cache, owner_id))
+    """Make the owner's cached statistics stale once this session's transaction commits.
 
-
-@event.listens_for(Session, "after_commit")
-def _bump_versions(session: Session) -> None:
-    # After the commit, not before: a reader that reads the new version must also see the
-    # committed rows, or it would store an old result under the new version. Releasing a
-    # savepoint fires this event too, but commits nothing yet.
-    if session.in_nested_transaction():
-        return
-    pending: set[tuple[Cache, int]] = session.info.pop(_PENDING_INVALIDATIONS, set())
-    for cache, owner_id in pending:
-        cache.incr(_version_key(owner_id), _VERSION_TTL_SECONDS)
+    After the commit, not before: a reader that reads the new version must also see the
+    committed rows, or it would store an old result under the new version.
+    """
+    after_commit(session, partial(cache.incr, _version_key(owner_id), _VERSION_TTL_SECONDS))

@@ -192,9 +192,6 @@ class RecentUsers:
         self._entries.clear()
 
 
-_PENDING_FORGETS = "recent_users_pending_forgets"
-
-
 def forget_after_commit(
     session: Session, recent: RecentUsers, *, user_id: int, keep_session_id: int | None = None
 ) -> None:

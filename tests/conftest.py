@@ -31,6 +31,10 @@ os.environ.update(
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "text",
         "CORS_ORIGINS": "",
+        # The app's cache gets a roomy timeout here: on a busy shared test machine Redis can
+        # stall past the production 50 ms, which would turn an expected HIT into a MISS. The
+        # tests of Redis failures build their caches with the production timeout themselves.
+        "REDIS_SOCKET_TIMEOUT_MS": "1000",
     }
 )
 
@@ -45,17 +49,26 @@ from fastapi import FastAPI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from sqlalchemy import Connection, text, update  # noqa: E402
 
-import db_config  # noqa: E402
 import jobs  # noqa: E402
 from alembic import command  # noqa: E402
 from main import create_app  # noqa: E402
+from resources import Resources  # noqa: E402
 from tests.job_helpers import HeldJobs, RunAtOnce  # noqa: E402
 
 PROJECT_DIR = config.PROJECT_DIR
 
+# What the app under test uses (engine, sessions, cache, storage, runner): built once from the
+# test settings and lent to every app the tests build with `create_app(resources=RESOURCES)`,
+# so that their sessions join each test's rolled-back transaction (see `db_connection`).
+RESOURCES = Resources(config.get_settings())
+# Jobs run before the committing call returns (see `_jobs_run_at_once`). Set at once, so that an
+# app whose lifespan starts early (while tests are collected) never builds a runner of its own.
+RUN_AT_ONCE = RunAtOnce.for_resources(RESOURCES)
+RESOURCES.runner = RUN_AT_ONCE
+
 
 def pytest_report_header() -> str:
-    return f"backend: {BACKEND} ({db_config.engine.url.render_as_string(hide_password=True)})"
+    return f"backend: {BACKEND} ({RESOURCES.engine.url.render_as_string(hide_password=True)})"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -93,11 +106,11 @@ def reset_database(connection: Connection) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _schema() -> Iterator[None]:
     """Build the schema once per run with the migrations (the only schema source)."""
-    with db_config.engine.begin() as connection:
+    with RESOURCES.engine.begin() as connection:
         reset_database(connection)
         command.upgrade(alembic_config(connection), "head")
     yield
-    db_config.engine.dispose()
+    RESOURCES.close()
     shutil.rmtree(_TMP, ignore_errors=True)
 
 
@@ -108,14 +121,14 @@ def db_connection() -> Iterator[Connection]:
     Every session the app opens (requests and background work) joins it through a
     savepoint, so app code may commit freely and nothing survives the test.
     """
-    connection = db_config.engine.connect()
+    connection = RESOURCES.engine.connect()
     transaction = connection.begin()
-    db_config.SessionLocal.configure(bind=connection, join_transaction_mode="create_savepoint")
+    RESOURCES.sessions.configure(bind=connection, join_transaction_mode="create_savepoint")
     try:
         yield connection
     finally:
-        db_config.SessionLocal.configure(
-            bind=db_config.engine, join_transaction_mode="conditional_savepoint"
+        RESOURCES.sessions.configure(
+            bind=RESOURCES.engine, join_transaction_mode="conditional_savepoint"
         )
         if transaction.is_active:
             transaction.rollback()
@@ -130,30 +143,32 @@ def _jobs_run_at_once() -> Iterator[RunAtOnce]:
     RQ, enqueued and run in the committing thread. Only one of them uses the test's single
     connection at any time. The periodic sweep is off; its tests run it themselves.
     """
-    runner = RunAtOnce.for_settings(config.get_settings())
-    previous = jobs.set_runner(runner)
+    runner = RUN_AT_ONCE
+    RESOURCES.runner = runner
+    # RQ runs each job in the enqueuing thread here: with the test resources, as a worker would.
+    jobs.serve_jobs_with(RESOURCES)
     runner.start_for_tests()
     try:
         yield runner
     finally:
         runner.stop_for_tests()
-        jobs.set_runner(previous)
+        jobs.serve_jobs_with(None)
 
 
 @pytest.fixture
 def held_jobs(_jobs_run_at_once: RunAtOnce) -> Iterator[HeldJobs]:
     """Committed jobs are only collected during the test (`held_jobs.take()` hands them out)."""
     held = HeldJobs()
-    jobs.set_runner(held)
+    RESOURCES.runner = held
     try:
         yield held
     finally:
-        jobs.set_runner(_jobs_run_at_once)
+        RESOURCES.runner = _jobs_run_at_once
 
 
 @pytest.fixture(scope="session")
 def app() -> FastAPI:
-    return create_app()
+    return create_app(resources=RESOURCES)
 
 
 @pytest.fixture(scope="session")
@@ -239,7 +254,11 @@ def live_server(db_connection: Connection) -> Iterator[str]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(), log_config=None, access_log=False, lifespan="on", loop="asyncio"
+        create_app(resources=RESOURCES),
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        loop="asyncio",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -264,15 +283,9 @@ import redis  # noqa: E402
 
 import redis_config  # noqa: E402
 
-# The app's own cache gets a roomy timeout here: on a busy shared test machine Redis can stall
-# past the production 50 ms, which would turn an expected HIT into a MISS. The tests of Redis
-# failures build their caches with the production timeout themselves.
-os.environ["REDIS_SOCKET_TIMEOUT_MS"] = "1000"
-config.get_settings.cache_clear()
-
 
 def _empty_the_cache() -> None:
-    cache = redis_config.get_cache()
+    cache = RESOURCES.cache
     if isinstance(cache, redis_config.MemoryCache):
         cache.clear()
     elif isinstance(cache, redis_config.RedisCache) and TEST_REDIS_URL:
@@ -289,23 +302,23 @@ def _empty_cache() -> Iterator[None]:
 
 
 @pytest.fixture
-def swap_recent_users(app: FastAPI) -> Iterator[Callable[[object], None]]:
-    """Give the app another memory of recent tokens for one test (a fake clock, a TTL)."""
-    original = app.state.recent_users
+def swap_recent_users() -> Iterator[Callable[[object], None]]:
+    """Give the apps another memory of recent tokens for one test (a fake clock, a TTL)."""
+    original = RESOURCES.recent_users
 
     def swap(recent: object) -> None:
-        app.state.recent_users = recent
+        RESOURCES.recent_users = recent  # type: ignore[assignment]
 
     yield swap
-    app.state.recent_users = original
+    RESOURCES.recent_users = original
 
 
 @pytest.fixture(autouse=True)
-def _forget_recent_users(app: FastAPI) -> Iterator[None]:
+def _forget_recent_users() -> Iterator[None]:
     """Each test starts with no remembered users (ids repeat once a test's rows roll back)."""
-    app.state.recent_users.clear()
+    RESOURCES.recent_users.clear()
     yield
-    app.state.recent_users.clear()
+    RESOURCES.recent_users.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -365,12 +378,12 @@ def storage_backend(request: pytest.FixtureRequest) -> Iterator[storage.Storage]
 
     Swapped by hand rather than with `monkeypatch`, so a test's `monkeypatch.undo()` keeps it.
     """
-    original = storage.get_storage
+    original = RESOURCES.storage
     chosen: storage.Storage = (
-        request.getfixturevalue("s3_storage") if request.param == "s3" else original()
+        request.getfixturevalue("s3_storage") if request.param == "s3" else original
     )
-    storage.get_storage = lambda: chosen  # type: ignore[assignment]
+    RESOURCES.storage = chosen
     try:
         yield chosen
     finally:
-        storage.get_storage = original
+        RESOURCES.storage = original

@@ -2,8 +2,8 @@
 
 from collections.abc import Sequence
 
-from config import Settings
 from jobs import InProcessRunner, RqRunner
+from resources import Resources
 
 WAIT_SECONDS = 60
 
@@ -19,10 +19,10 @@ class RunAtOnce:
         self.inner = inner
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> "RunAtOnce":
-        if settings.redis_url:
-            return cls(RqRunner(settings, is_async=False))
-        return cls(InProcessRunner(settings, sweep_seconds=None))
+    def for_resources(cls, resources: Resources) -> "RunAtOnce":
+        if resources.settings.redis_url:
+            return cls(RqRunner(resources.settings, is_async=False))
+        return cls(InProcessRunner(resources, sweep_seconds=None))
 
     def start_for_tests(self) -> None:
         self.inner.start()

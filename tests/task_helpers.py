@@ -9,10 +9,9 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, event, update
 
-import db_config
 from db_models import Task, TaskTag
 from enums import Priority
-from tests.conftest import AuthUser
+from tests.conftest import RESOURCES, AuthUser
 
 
 def create_task(client: TestClient, user: AuthUser, **fields: Any) -> dict[str, Any]:
@@ -33,7 +32,7 @@ def insert_tasks(
     completed: bool = False,
 ) -> list[int]:
     """Insert many tasks straight into the database (fast setup for large lists)."""
-    with db_config.SessionLocal() as session:
+    with RESOURCES.sessions() as session:
         tasks = [
             Task(
                 user_id=owner_id,
@@ -52,7 +51,7 @@ def insert_tasks(
 
 def set_timestamps(task_id: int, **timestamps: datetime) -> None:
     """Backdate `created_at` / `updated_at` of a task, which the API never lets a client set."""
-    with db_config.SessionLocal() as session:
+    with RESOURCES.sessions() as session:
         session.execute(update(Task).where(Task.id == task_id).values(**timestamps))
         session.commit()
 

@@ -325,7 +325,11 @@ class TestPasswordReset:
         # Same time for any address: the lookup itself happens after the response.
         verify_email(client, alice, mailbox)
         scheduled: list[str] = []
-        monkeypatch.setattr(account_mail, "deliver_password_reset", scheduled.append)
+        monkeypatch.setattr(
+            account_mail,
+            "deliver_password_reset",
+            lambda _resources, email: scheduled.append(email),
+        )
         statements: list[str] = []
         listener = lambda *args: statements.append(str(args[2]))  # noqa: E731
         event.listen(db_connection, "before_cursor_execute", listener)

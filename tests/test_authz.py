@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from main import create_app
 from tests.account_helpers import make_personal_token
-from tests.conftest import register_and_login
+from tests.conftest import RESOURCES, register_and_login
 
 # Adding a public endpoint is a security decision: it must be listed here on purpose.
 PUBLIC = {
@@ -35,7 +35,7 @@ def _protected_operations(app: FastAPI) -> list[tuple[str, str]]:
     return operations
 
 
-OPERATIONS = _protected_operations(create_app())
+OPERATIONS = _protected_operations(create_app(resources=RESOURCES))
 
 
 def test_the_protected_list_is_not_empty() -> None:

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from config import Settings
 from main import create_app
 from rate_limit_config import RateLimiter
-from tests.conftest import PASSWORD, AuthUser
+from tests.conftest import PASSWORD, RESOURCES, AuthUser
 
 AppFactory = Callable[..., FastAPI]
 LIMIT = 2000
@@ -32,7 +32,7 @@ def make_app() -> Iterator[AppFactory]:
 
     def build(**overrides: Any) -> FastAPI:
         settings = Settings(**{"max_body_bytes": LIMIT, **overrides})
-        app = create_app(settings)
+        app = create_app(settings, resources=RESOURCES)
         if settings.rate_limit_enabled:
             prefix = f"test-{uuid.uuid4().hex}"
             app.state.limiter = RateLimiter(settings, key_prefix=prefix)

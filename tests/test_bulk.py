@@ -7,12 +7,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection
 
-import db_config
 from db_models import User
 from models import MAX_ID, BulkTaskUpdate
 from redis_config import MemoryCache
 from services import tasks as task_service
-from tests.conftest import AuthUser, register_and_login
+from tests.conftest import RESOURCES, AuthUser, register_and_login
 from tests.job_helpers import HeldJobs
 from tests.task_helpers import count_statements, create_task, insert_tasks
 
@@ -168,7 +167,7 @@ def test_reports_which_tasks_became_completed(alice: AuthUser) -> None:
     open_ids = insert_tasks(alice.id, 2)
     done_ids = insert_tasks(alice.id, 2, completed=True)
     wanted = [done_ids[0], open_ids[1], done_ids[1], open_ids[0]]
-    with db_config.SessionLocal() as session:
+    with RESOURCES.sessions() as session:
         owner = session.get_one(User, alice.id)
 
         def run(updates: dict[str, Any]) -> list[int]:

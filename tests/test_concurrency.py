@@ -15,9 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
-import db_config
 from db_models import User
-from tests.conftest import BACKEND, PASSWORD, TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.conftest import BACKEND, PASSWORD, RESOURCES, TEST_DATABASE_URL, TEST_REDIS_URL
 from tests.served_app import ServedApp, app_environment, migrate, served_app
 
 THREADS = 16
@@ -42,7 +41,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
             yield app
     finally:
         if BACKEND != "embedded":
-            with db_config.engine.begin() as connection:
+            with RESOURCES.engine.begin() as connection:
                 connection.execute(delete(User).where(User.username.startswith(PREFIX)))
 
 

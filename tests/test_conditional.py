@@ -16,7 +16,7 @@ from dependencies import get_app_settings, get_request_cache
 from main import create_app
 from redis_config import RedisCache
 from services import stats as stats_service
-from tests.conftest import AuthUser
+from tests.conftest import RESOURCES, AuthUser
 from tests.task_helpers import count_statements, create_task
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -761,7 +761,7 @@ class TestFileETag:
 
 def test_cors_exposes_and_allows_the_headers() -> None:
     origin = "https://app.example.com"
-    client = TestClient(create_app(Settings(cors_origins=[origin])))
+    client = TestClient(create_app(Settings(cors_origins=[origin]), resources=RESOURCES))
     exposed = client.get("/", headers={"Origin": origin}).headers["access-control-expose-headers"]
     assert {"etag", "idempotent-replayed"} <= {h.strip().lower() for h in exposed.split(",")}
     preflight = client.options(

@@ -14,7 +14,7 @@ import db_config
 from config import Settings
 from dependencies import DbSession
 from main import create_app
-from tests.conftest import BACKEND, PASSWORD, TEST_DATABASE_URL, AuthUser
+from tests.conftest import BACKEND, PASSWORD, RESOURCES, TEST_DATABASE_URL, AuthUser
 from tests.tcp_proxy import TcpProxy
 
 
@@ -40,8 +40,8 @@ def _assert_unavailable(response: object) -> None:
 
 
 def _use_engine(engine: Engine) -> None:
-    # The per-test fixture rebinds SessionLocal to the test connection afterwards.
-    db_config.SessionLocal.configure(bind=engine)
+    # The per-test fixture rebinds the sessions to the test connection afterwards.
+    RESOURCES.sessions.configure(bind=engine)
 
 
 def test_database_down_from_the_start_is_a_503_not_a_500(
@@ -121,7 +121,7 @@ def test_a_statement_over_the_timeout_is_cut_off_with_a_503() -> None:
         Settings(database_url=TEST_DATABASE_URL, db_statement_timeout_ms=200)
     )
     _use_engine(engine)
-    slow = create_app(Settings(database_url=TEST_DATABASE_URL))
+    slow = create_app(Settings(database_url=TEST_DATABASE_URL), resources=RESOURCES)
 
     @slow.get("/slow")
     def slow_query(session: DbSession) -> None:

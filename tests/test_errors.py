@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-import db_config
 from main import create_app
+from tests.conftest import RESOURCES
 
 from .conftest import AuthUser
 
@@ -83,7 +83,7 @@ def test_every_response_has_a_request_id(client: TestClient, alice: AuthUser) ->
 
 @pytest.fixture
 def crashing_app() -> FastAPI:
-    app = create_app()
+    app = create_app(resources=RESOURCES)
 
     @app.get("/boom")
     def boom() -> None:
@@ -110,11 +110,11 @@ def failing_commit() -> Iterator[list[bool]]:
         if armed[0]:
             raise RuntimeError("commit refused")
 
-    event.listen(db_config.SessionLocal, "before_commit", refuse)
+    event.listen(RESOURCES.sessions, "before_commit", refuse)
     try:
         yield armed
     finally:
-        event.remove(db_config.SessionLocal, "before_commit", refuse)
+        event.remove(RESOURCES.sessions, "before_commit", refuse)
 
 
 def test_a_failing_commit_is_never_a_success(

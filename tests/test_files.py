@@ -19,14 +19,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
-import db_config
 import storage
 from config import Settings, get_settings
 from db_models import TaskFile
 from dependencies import get_app_settings
 from exceptions import AppError, FileTooLargeError
 from services import files as file_service
-from tests.conftest import AuthUser
+from tests.conftest import RESOURCES, AuthUser
 
 pytestmark = pytest.mark.usefixtures("storage_backend")
 
@@ -67,18 +66,18 @@ def upload_dir() -> Path:
 
 def temp_files() -> list[Path]:
     """Temporary files of uploads, wherever the storage spools them."""
-    return sorted(path for path, _stat in storage.get_storage().temp_files())
+    return sorted(path for path, _stat in RESOURCES.storage.temp_files())
 
 
 def stored_files() -> set[str]:
     """The keys of every object stored in this run's namespace."""
-    return {item.key for item in storage.get_storage().list_own()}
+    return {item.key for item in RESOURCES.storage.list_own()}
 
 
 def read_stored(key: str) -> bytes | None:
     """The bytes stored under a key, read straight from the backend; None when absent."""
     try:
-        found = storage.get_storage().open(key)
+        found = RESOURCES.storage.open(key)
     except storage.ObjectMissingError:
         return None
     if isinstance(found, storage.LocalObject):
@@ -709,7 +708,7 @@ class TestDownload:
     def test_bytes_missing_from_storage_is_404_not_500(
         self, client: TestClient, alice: AuthUser, file_id: int, db_connection: Connection
     ) -> None:
-        storage.get_storage().delete(stored_name(db_connection, file_id))
+        RESOURCES.storage.delete(stored_name(db_connection, file_id))
         assert_problem(
             client.get(f"/files/{file_id}", headers=alice.headers), 404, "file_not_found"
         )
@@ -832,7 +831,7 @@ class TestConsistency:
     def test_bytes_go_with_a_rolled_back_transaction_and_stay_with_a_committed_one(
         self, alice: AuthUser, task_id: int
     ) -> None:
-        store = storage.get_storage()
+        store = RESOURCES.storage
         before = stored_files()
 
         def received(name: str) -> file_service.ReceivedUpload:
@@ -863,16 +862,16 @@ class TestConsistency:
             assert read_stored(row.stored_filename) == PDF
             return row.stored_filename
 
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             rolled_back = attach(session, "rolled-back")
             session.rollback()
         assert not is_stored(rolled_back)
 
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             abandoned = attach(session, "abandoned")
         assert not is_stored(abandoned)
 
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             committed = attach(session, "committed")
             session.commit()
         assert is_stored(committed)
@@ -882,7 +881,7 @@ class TestConsistency:
     def test_bytes_stored_for_a_task_deleted_meanwhile_are_removed(
         self, client: TestClient, alice: AuthUser, task_id: int
     ) -> None:
-        store = storage.get_storage()
+        store = RESOURCES.storage
         before = stored_files()
         temp, handle = storage.create_temp_file(store.temp_dir)
         handle.write(PDF)
@@ -895,7 +894,7 @@ class TestConsistency:
             file=handle,
         )
         assert client.delete(f"/tasks/{task_id}", headers=alice.headers).status_code == 204
-        with db_config.SessionLocal() as session, pytest.raises(AppError) as raised:
+        with RESOURCES.sessions() as session, pytest.raises(AppError) as raised:
             file_service.attach_file(
                 session,
                 owner_id=alice.id,
@@ -928,11 +927,11 @@ class TestTaskDeletion:
         def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
             statements.append(statement)
 
-        event.listen(db_config.engine, "before_cursor_execute", record)
+        event.listen(RESOURCES.engine, "before_cursor_execute", record)
         try:
             response = client.delete(f"/tasks/{task_id}", headers=alice.headers)
         finally:
-            event.remove(db_config.engine, "before_cursor_execute", record)
+            event.remove(RESOURCES.engine, "before_cursor_execute", record)
         assert response.status_code == 204
 
         # The database cascade removed the rows: no DELETE per file row was sent.

@@ -26,8 +26,9 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
     from fastapi.testclient import TestClient
 
     from main import create_app
+    from tests.conftest import RESOURCES
 
-    with TestClient(create_app()) as client:
+    with TestClient(create_app(resources=RESOURCES)) as client:
         document.write_bytes(client.get("/openapi.json").content)
     config = folder / "config.yaml"
     config.write_text("post_hooks: []\n")

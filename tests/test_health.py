@@ -4,13 +4,12 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 import db_config
 from config import Settings
-from dependencies import get_app_settings
-from tests.conftest import BACKEND
+from redis_config import RedisCache
+from tests.conftest import BACKEND, RESOURCES
 
 
 def _closed_port() -> int:
@@ -28,11 +27,11 @@ def database_down() -> Iterator[None]:
         db_connect_timeout_seconds=1,
     )
     engine = db_config.build_engine(settings)
-    db_config.SessionLocal.configure(bind=engine)
+    RESOURCES.sessions.configure(bind=engine)
     try:
         yield
     finally:
-        engine.dispose()  # the per-test fixture rebinds SessionLocal
+        engine.dispose()  # the per-test fixture rebinds the sessions
 
 
 # --- GET /health ---------------------------------------------------------------------------
@@ -62,9 +61,14 @@ def test_ready_when_database_and_cache_answer(client: TestClient) -> None:
     }
 
 
-def test_degraded_but_serving_when_only_redis_is_down(app: FastAPI, client: TestClient) -> None:
-    settings = Settings(redis_url=f"redis://127.0.0.1:{_closed_port()}/0")
-    app.dependency_overrides[get_app_settings] = lambda: settings
+def test_degraded_but_serving_when_only_redis_is_down(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Readiness pings the Redis client the app's cache uses, not one of its own.
+    down = RedisCache(
+        f"redis://127.0.0.1:{_closed_port()}/0", key_prefix="down", timeout_seconds=0.05
+    )
+    monkeypatch.setattr(RESOURCES, "cache", down)
     response = client.get("/health/ready")
     assert response.status_code == 200
     assert response.json() == {"status": "degraded", "checks": {"database": "ok", "cache": "error"}}

@@ -23,6 +23,7 @@ from db_models import IdempotencyKey, Task, User, utcnow
 from dependencies import get_app_settings
 from tests.conftest import (
     BACKEND,
+    RESOURCES,
     AuthUser,
     alembic_config,
     register_and_login,
@@ -60,14 +61,14 @@ def notices(caplog: pytest.LogCaptureFixture) -> list[int]:
 
 
 def stored_keys() -> list[tuple[int, str]]:
-    with db_config.SessionLocal() as session:
+    with RESOURCES.sessions() as session:
         rows = session.execute(select(IdempotencyKey.user_id, IdempotencyKey.key)).all()
         return [(user_id, key) for user_id, key in rows]
 
 
 def age_keys(hours: float) -> None:
     """Make every stored result older, as time passing would."""
-    with db_config.SessionLocal() as session:
+    with RESOURCES.sessions() as session:
         session.execute(update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=hours)))
         session.commit()
 
@@ -447,7 +448,7 @@ class TestExpiry:
         assert other.status_code == 201
         assert "Idempotent-Replayed" not in other.headers
         assert task_count(client, alice) == 2
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             bodies = session.scalars(select(IdempotencyKey.body)).all()
         assert len(bodies) == 1
         assert '"another"' in bodies[0]
@@ -510,8 +511,8 @@ class _Request(threading.Thread):
 def committed_user(client: TestClient) -> Iterator[tuple[AuthUser, Engine]]:
     """A user whose requests commit for real on the test database (not the rolled-back test
     transaction), so that concurrent requests see each other; removed afterwards."""
-    engine = db_config.engine
-    db_config.SessionLocal.configure(bind=engine)
+    engine = RESOURCES.engine
+    RESOURCES.sessions.configure(bind=engine)
     user = register_and_login(client, f"conc-{uuid.uuid4().hex[:10]}")
     try:
         yield user, engine
@@ -585,7 +586,7 @@ def sqlite_file_database(tmp_path: Path) -> Iterator[Engine]:
     engine = db_config.build_engine(Settings(database_url=f"sqlite:///{tmp_path / 'app.db'}"))
     with engine.begin() as connection:
         command.upgrade(alembic_config(connection), "head")
-    db_config.SessionLocal.configure(bind=engine)
+    RESOURCES.sessions.configure(bind=engine)
     try:
         yield engine
     finally:

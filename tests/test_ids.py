@@ -15,7 +15,7 @@ from sqlalchemy import Connection, delete, insert
 import auth
 from config import PROJECT_DIR, get_settings
 from db_models import User, utcnow
-from tests.conftest import PASSWORD, AuthUser, register_and_login
+from tests.conftest import PASSWORD, RESOURCES, AuthUser, register_and_login
 
 PDF = b"%PDF-1.4\n% test\n"
 
@@ -84,7 +84,7 @@ def test_a_token_never_authenticates_another_account_with_the_same_id(
         )
     )
     # Another worker, or this one once USER_CACHE_SECONDS have passed, remembers nothing.
-    client.app.state.recent_users.clear()  # type: ignore[attr-defined]
+    RESOURCES.recent_users.clear()
 
     status, body = _me(client, old.token)
     assert status == 401
@@ -165,10 +165,25 @@ INSERT INTO task_files (id, task_id, user_id, original_filename, stored_filename
 """
 
 
-def _contents(db: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+_SEEDED_TABLES = ("users", "tasks", "task_tags", "task_files")
+
+
+def _columns(db: sqlite3.Connection) -> dict[str, list[str]]:
     return {
-        table: db.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()  # noqa: S608
-        for table in ("users", "tasks", "task_tags", "task_files")
+        table: [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+        for table in _SEEDED_TABLES
+    }
+
+
+def _contents(
+    db: sqlite3.Connection, columns: dict[str, list[str]]
+) -> dict[str, list[tuple[object, ...]]]:
+    # The given columns only: later migrations add columns (a task's version) of their own.
+    return {
+        table: db.execute(
+            f"SELECT {', '.join(columns[table])} FROM {table} ORDER BY 1, 2"  # noqa: S608
+        ).fetchall()
+        for table in _SEEDED_TABLES
     }
 
 
@@ -177,7 +192,8 @@ def test_the_sqlite_migration_keeps_every_row_and_stops_reusing_ids(tmp_path: Pa
     _alembic(url, "upgrade", "0002_task_search")
     with sqlite3.connect(tmp_path / "old.db") as db:
         db.executescript(_SEED)
-        before = _contents(db)
+        seeded_columns = _columns(db)
+        before = _contents(db, seeded_columns)
         assert "AUTOINCREMENT" not in _table_sql(db, "users")
     db.close()
 
@@ -185,7 +201,7 @@ def test_the_sqlite_migration_keeps_every_row_and_stops_reusing_ids(tmp_path: Pa
     _alembic(url, "upgrade", "0003_ids")
     db = sqlite3.connect(tmp_path / "old.db")
     try:
-        assert _contents(db) == before
+        assert _contents(db, seeded_columns) == before
         for table in ("users", "tasks", "task_files"):
             assert "AUTOINCREMENT" in _table_sql(db, table)
         db.execute("PRAGMA foreign_keys=ON")
@@ -214,7 +230,7 @@ def test_the_sqlite_migration_keeps_every_row_and_stops_reusing_ids(tmp_path: Pa
     _alembic(url, "downgrade", "0002_task_search")
     db = sqlite3.connect(tmp_path / "old.db")
     try:
-        assert _contents(db) == before
+        assert _contents(db, seeded_columns) == before
         assert "AUTOINCREMENT" not in _table_sql(db, "users")
         assert db.execute("PRAGMA foreign_key_check").fetchall() == []
     finally:

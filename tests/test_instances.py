@@ -22,9 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, make_url, select, text, update
 from sqlalchemy.engine import Engine
 
-import db_config
 from db_models import OutboxJob, User
-from tests.conftest import PASSWORD, TEST_REDIS_URL
+from tests.conftest import PASSWORD, RESOURCES, TEST_REDIS_URL
 from tests.process_helpers import GatedInbox, Process, migrate, serve_api, spawn, wait_until
 from tests.test_notifications import SENDER, free_port
 
@@ -153,10 +152,10 @@ def inbox() -> Iterator[GatedInbox]:
 @pytest.fixture(scope="module")
 def database_url() -> Iterator[str]:
     name = f"tm_instances_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(db_config.engine.url, isolation_level="AUTOCOMMIT")
+    admin = create_engine(RESOURCES.engine.url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(db_config.engine.url).set(database=name).render_as_string(hide_password=False)
+    url = make_url(RESOURCES.engine.url).set(database=name).render_as_string(hide_password=False)
     try:
         migrate(url)
         yield url

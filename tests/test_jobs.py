@@ -24,7 +24,6 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-import background_tasks
 import db_config
 import jobs
 import metrics
@@ -32,7 +31,7 @@ import outbox
 from config import PROJECT_DIR, Settings, get_settings
 from db_models import OutboxJob, TaskFile, utcnow
 from redis_config import key_prefix
-from tests.conftest import AuthUser, register_and_login, verified
+from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.job_helpers import HeldJobs
 from tests.task_helpers import create_task
 from tests.test_notifications import Inbox, free_port, smtp_settings
@@ -72,12 +71,12 @@ def rows(connection: Connection) -> list[Any]:
 
 
 def set_row(job_id: int, **values: Any) -> None:
-    with db_config.transaction() as session:
+    with db_config.transaction(RESOURCES.sessions) as session:
         session.execute(update(OutboxJob).where(OutboxJob.id == job_id).values(**values))
 
 
 def event_count(name: str, **labels: str) -> int:
-    return metrics.get_event_counters().snapshot().get(metrics.event_key(name, labels), 0)
+    return RESOURCES.events.snapshot().get(metrics.event_key(name, labels), 0)
 
 
 def upload(client: TestClient, user: AuthUser, task_id: int, name: str) -> int:
@@ -105,8 +104,7 @@ def use_settings(monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], None]:
     """Make jobs (and the notices they send) read these settings."""
 
     def apply(settings: Settings) -> None:
-        monkeypatch.setattr(background_tasks, "get_settings", lambda: settings)
-        monkeypatch.setattr(jobs, "get_settings", lambda: settings)
+        monkeypatch.setattr(RESOURCES, "settings", settings)
 
     return apply
 
@@ -237,7 +235,7 @@ class TestRecording:
         assert sorted(job.payload["stored_filenames"]) == sorted(key_of(p) for p in paths)
         # Removed by the job, not by the request.
         assert all(path.exists() for path in paths)
-        jobs.run_job(job_id)
+        jobs.run_job(RESOURCES, job_id)
         assert not any(path.exists() for path in paths)
         assert row(db_connection, job_id).done_at is not None
 
@@ -261,10 +259,10 @@ class TestRecording:
         [job_id] = held_jobs.take()
         assert row(db_connection, job_id).payload == {"stored_filenames": [key_of(path)]}
         assert path.exists()
-        jobs.run_job(job_id)
+        jobs.run_job(RESOURCES, job_id)
         assert not path.exists()
         # Bytes already gone are no error: a second removal succeeds too.
-        jobs.remove_stored_files([key_of(path)])
+        jobs.remove_stored_files(RESOURCES, [key_of(path)])
 
 
 # --- running a job ------------------------------------------------------------------------
@@ -274,8 +272,8 @@ class TestRunning:
     def test_a_job_run_twice_sends_one_notice(
         self, notice_job: int, inbox: Inbox, db_connection: Connection
     ) -> None:
-        jobs.run_job(notice_job)
-        jobs.run_job(notice_job)
+        jobs.run_job(RESOURCES, notice_job)
+        jobs.run_job(RESOURCES, notice_job)
         assert len(inbox.messages) == 1
         assert inbox.messages[0]["Subject"] == "Task completed: Ship it"
         job = row(db_connection, notice_job)
@@ -286,7 +284,7 @@ class TestRunning:
         self, notice_job: int, inbox: Inbox, db_connection: Connection
     ) -> None:
         set_row(notice_job, claimed_until=utcnow() + timedelta(minutes=1), attempts=1)
-        jobs.run_job(notice_job)
+        jobs.run_job(RESOURCES, notice_job)
         assert inbox.messages == []
         assert row(db_connection, notice_job).done_at is None
 
@@ -294,7 +292,7 @@ class TestRunning:
         self, notice_job: int, inbox: Inbox, db_connection: Connection
     ) -> None:
         set_row(notice_job, claimed_until=utcnow() - timedelta(seconds=1), attempts=1)
-        jobs.run_job(notice_job)
+        jobs.run_job(RESOURCES, notice_job)
         assert len(inbox.messages) == 1
         job = row(db_connection, notice_job)
         assert (job.attempts, job.done_at is not None, job.claimed_until) == (2, True, None)
@@ -309,7 +307,7 @@ class TestRunning:
         failures_before = event_count("job_failures", kind=outbox.TASK_COMPLETED)
         use_settings(smtp_settings(free_port()))  # nothing listens there
         started = utcnow()
-        jobs.run_job(notice_job)
+        jobs.run_job(RESOURCES, notice_job)
         job = row(db_connection, notice_job)
         assert (job.attempts, job.done_at, job.claimed_until) == (1, None, None)
         assert job.last_error.startswith("ConnectionRefusedError")
@@ -324,7 +322,7 @@ class TestRunning:
         controller.start()
         try:
             use_settings(smtp_settings(port))
-            jobs.run_job(notice_job)
+            jobs.run_job(RESOURCES, notice_job)
         finally:
             controller.stop()
         assert len(handler.messages) == 1
@@ -341,25 +339,25 @@ class TestRunning:
     ) -> None:
         dropped_before = event_count("notices_dropped", reason="failed")
         use_settings(smtp_settings(free_port(), job_max_attempts=2))
-        jobs.run_job(notice_job)
+        jobs.run_job(RESOURCES, notice_job)
         set_row(notice_job, available_at=utcnow())
-        jobs.run_job(notice_job)
+        jobs.run_job(RESOURCES, notice_job)
         job = row(db_connection, notice_job)
         assert (job.attempts, job.done_at is not None) == (2, True)
         assert job.last_error.startswith("ConnectionRefusedError")
         [record] = [r for r in caplog.records if getattr(r, "event", None) == "job_abandoned"]
         assert record.levelno == logging.ERROR
         assert event_count("notices_dropped", reason="failed") == dropped_before + 1
-        jobs.run_job(notice_job)
+        jobs.run_job(RESOURCES, notice_job)
         assert row(db_connection, notice_job).attempts == 2
 
     def test_a_job_of_an_unknown_kind_fails_without_harm(self, db_connection: Connection) -> None:
-        with db_config.transaction() as session:
+        with db_config.transaction(RESOURCES.sessions) as session:
             job_id = session.scalar(
                 insert(OutboxJob).values(kind="unheard_of", payload={}).returning(OutboxJob.id)
             )
         assert job_id is not None
-        jobs.run_job(job_id)
+        jobs.run_job(RESOURCES, job_id)
         job = row(db_connection, job_id)
         assert job.last_error.startswith("LookupError")
         assert job.done_at is None
@@ -374,7 +372,7 @@ class TestRunning:
         db_connection: Connection,
     ) -> None:
         client.patch(f"/tasks/{task_id}", json={"completed": False}, headers=alice.headers)
-        jobs.run_job(notice_job)
+        jobs.run_job(RESOURCES, notice_job)
         assert inbox.messages == []
         assert row(db_connection, notice_job).done_at is not None
 
@@ -395,10 +393,10 @@ class TestSweep:
             complete(client, alice, create_task(client, alice)["id"])
             ids += held_jobs.take()
         done, leased, later, lost = ids
-        jobs.run_job(done)
+        jobs.run_job(RESOURCES, done)
         set_row(leased, claimed_until=utcnow() + timedelta(minutes=1), attempts=1)
         set_row(later, available_at=utcnow() + timedelta(minutes=1), attempts=1)
-        report = jobs.sweep(get_settings(), held_jobs)
+        report = jobs.sweep(RESOURCES, held_jobs)
         assert report.dispatched == [lost]
         assert held_jobs.take() == [lost]
 
@@ -408,7 +406,7 @@ class TestSweep:
         dropped_before = event_count("notices_dropped", reason="failed")
         attempts = get_settings().job_max_attempts
         set_row(notice_job, claimed_until=utcnow() - timedelta(seconds=1), attempts=attempts)
-        report = jobs.sweep(get_settings(), held_jobs)
+        report = jobs.sweep(RESOURCES, held_jobs)
         assert report.given_up == [notice_job]
         assert held_jobs.take() == []
         job = row(db_connection, notice_job)
@@ -430,7 +428,7 @@ class TestSweep:
         old, recent = ids
         set_row(old, done_at=utcnow() - outbox.DONE_RETENTION - timedelta(minutes=1))
         set_row(recent, done_at=utcnow() - timedelta(days=1))
-        assert jobs.sweep(get_settings(), held_jobs).purged == 1
+        assert jobs.sweep(RESOURCES, held_jobs).purged == 1
         assert [job.id for job in rows(db_connection)] == [recent]
 
 
@@ -449,7 +447,7 @@ class TestInProcessRunner:
         self, notice_job: int, db_connection: Connection, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.INFO, logger="background_tasks")
-        runner = jobs.InProcessRunner(get_settings(), sweep_seconds=None)
+        runner = jobs.InProcessRunner(RESOURCES, sweep_seconds=None)
         runner.start()
         try:
             runner.submit([notice_job])
@@ -464,7 +462,7 @@ class TestInProcessRunner:
         self, notice_job: int, db_connection: Connection, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.INFO, logger="background_tasks")
-        runner = jobs.InProcessRunner(get_settings(), sweep_seconds=3600)
+        runner = jobs.InProcessRunner(RESOURCES, sweep_seconds=3600)
         runner.start()
         try:
             # Nothing was submitted: only the sweep at start can find the committed job.
@@ -475,7 +473,7 @@ class TestInProcessRunner:
         assert len([r for r in caplog.records if getattr(r, "event", None) == "task_completed"])
 
     def test_a_job_waiting_twice_runs_once_for_the_sweep(self, notice_job: int) -> None:
-        runner = jobs.InProcessRunner(get_settings(), sweep_seconds=None)
+        runner = jobs.InProcessRunner(RESOURCES, sweep_seconds=None)
         runner.submit([notice_job])
         runner.resubmit([notice_job])
         assert runner.queued() == 1
@@ -531,8 +529,8 @@ class TestRq:
         rq_runner.connection.flushdb()
         assert rq_runner.queued() == 0
         first, second = (
-            jobs.Sweeper(get_settings(), rq_runner),
-            jobs.Sweeper(get_settings(), rq_runner),
+            jobs.Sweeper(RESOURCES, rq_runner),
+            jobs.Sweeper(RESOURCES, rq_runner),
         )
         assert first.sweep_if_first() is True
         # One sweep per interval across every worker: the lock is taken.
@@ -554,7 +552,7 @@ class TestUnreachableQueue:
         assert "the outbox sweep will" in caplog.text
         assert runner.queued() is None
         # Still owed: the next sweep finds it.
-        assert jobs.sweep(get_settings(), HeldJobs()).dispatched == [notice_job]
+        assert jobs.sweep(RESOURCES, HeldJobs()).dispatched == [notice_job]
         assert row(db_connection, notice_job).done_at is None
 
 

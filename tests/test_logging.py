@@ -17,12 +17,11 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, text
 
-import db_config
 from config import Settings, get_settings
 from dependencies import CurrentUser
 from logging_config import JsonFormatter, RequestContextFilter, configure_logging
 from main import create_app
-from tests.conftest import AuthUser, register_and_login
+from tests.conftest import RESOURCES, AuthUser, register_and_login
 
 
 class CaptureHandler(logging.Handler):
@@ -71,7 +70,7 @@ def _root_stream(app: FastAPI) -> io.StringIO:
 
 
 def _app_with(**overrides: Any) -> FastAPI:
-    return create_app(Settings(**overrides))
+    return create_app(Settings(**overrides), resources=RESOURCES)
 
 
 # --- formats -------------------------------------------------------------------------------
@@ -134,7 +133,7 @@ def test_exactly_one_access_record_per_request_and_uvicorns_is_off(client: TestC
 
 
 def test_sql_is_never_echoed() -> None:
-    assert not db_config.engine.echo
+    assert not RESOURCES.engine.echo
     assert not logging.getLogger("sqlalchemy.engine").isEnabledFor(logging.INFO)
 
 

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from config import Settings
 from main import create_app
 from rate_limit_config import RateLimiter
-from tests.conftest import AuthUser
+from tests.conftest import RESOURCES, AuthUser
 
 AppFactory = Callable[..., FastAPI]
 FORM = "application/x-www-form-urlencoded"
@@ -29,7 +29,7 @@ def make_app() -> Iterator[AppFactory]:
 
     def build(**overrides: Any) -> FastAPI:
         settings = Settings(rate_limit_enabled=True, **overrides)
-        app = create_app(settings)
+        app = create_app(settings, resources=RESOURCES)
         prefix = f"test-{uuid.uuid4().hex}"
         app.state.limiter = RateLimiter(settings, key_prefix=prefix)
         if settings.redis_url:

@@ -20,7 +20,7 @@ import metrics
 from config import PROJECT_DIR, Settings
 from db_models import OutboxJob
 from main import create_app
-from tests.conftest import AuthUser, register_and_login, verified
+from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.job_helpers import HeldJobs
 from tests.task_helpers import create_task
 from tests.test_notifications import free_port
@@ -60,7 +60,7 @@ def value(found: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def metrics_app() -> FastAPI:
-    return create_app(Settings(metrics_token=SecretStr(TOKEN)))
+    return create_app(Settings(metrics_token=SecretStr(TOKEN)), resources=RESOURCES)
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ class TestJobMetrics:
         assert value(found, "taskmanager_jobs_pending", kind="task_completed") == 1
         assert value(found, "taskmanager_job_queue_length") == 1
         [job_id] = held_jobs.take()
-        jobs.run_job(job_id)
+        jobs.run_job(RESOURCES, job_id)
         found = scrape(metrics_client)
         assert value(found, "taskmanager_jobs_pending", kind="task_completed") == 0
         assert value(found, "taskmanager_job_queue_length") == 0
@@ -169,8 +169,8 @@ class TestJobMetrics:
 
     def test_job_failures_and_dropped_notices(self, metrics_client: TestClient) -> None:
         before = scrape(metrics_client)
-        metrics.count("job_failures", kind="remove_stored_files")
-        metrics.count("notices_dropped", 2, reason="refused")
+        RESOURCES.events.count("job_failures", kind="remove_stored_files")
+        RESOURCES.events.count("notices_dropped", 2, reason="refused")
         after = scrape(metrics_client)
         for name, labels, added in (
             ("taskmanager_job_failures_total", {"kind": "remove_stored_files"}, 1),

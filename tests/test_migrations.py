@@ -13,9 +13,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, inspect, make_url, text
 
-import db_config
 from config import PROJECT_DIR
 from db_models import Base, exists_on
+from tests.conftest import RESOURCES
 
 EXPECTED_TABLES = {
     *("alembic_version", "users", "tasks", "task_tags", "task_files"),
@@ -69,12 +69,12 @@ def test_upgrade_head_builds_an_empty_sqlite_file(tmp_path: Path) -> None:
 @pytest.fixture
 def empty_postgres_database() -> Iterator[str]:
     name = f"tm_migrate_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(db_config.engine.url, isolation_level="AUTOCOMMIT")
+    admin = create_engine(RESOURCES.engine.url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     try:
         yield (
-            make_url(db_config.engine.url).set(database=name).render_as_string(hide_password=False)
+            make_url(RESOURCES.engine.url).set(database=name).render_as_string(hide_password=False)
         )
     finally:
         with admin.connect() as connection:

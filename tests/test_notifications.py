@@ -30,11 +30,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 import background_tasks
-import config
 import jobs
 import notifications
 from config import Settings
-from tests.conftest import AuthUser, register_and_login, verified
+from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.test_cache import RedisServer, needs_redis_server
 
 SENDER = "Task Manager <noreply@taskmanager.invalid>"
@@ -90,7 +89,7 @@ def use_settings(monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], None]:
     """Make background work read these settings, as a process started with them would."""
 
     def apply(settings: Settings) -> None:
-        monkeypatch.setattr(background_tasks, "get_settings", lambda: settings)
+        monkeypatch.setattr(RESOURCES, "settings", settings)
 
     return apply
 
@@ -326,7 +325,9 @@ class TestSmtpNotifier:
         alices = make_task(client, alice, title="Alice's")
         assert complete(client, carol, carols["id"]).status_code == 200
         assert inbox.messages == []
-        assert background_tasks.send_completion_notices([carols["id"], alices["id"]]) == 0
+        assert (
+            background_tasks.send_completion_notices(RESOURCES, [carols["id"], alices["id"]]) == 0
+        )
         assert inbox.messages == []  # alice's task is still open, carol's address unverified
         assert complete(client, alice, alices["id"]).status_code == 200
         assert inbox.recipients == [[alice.email]]
@@ -349,7 +350,7 @@ class TestSmtpNotifier:
         done_b = make_task(client, bob, title="Bob's", completed=True)
         still_open = make_task(client, alice, title="Open")
         sent = background_tasks.send_completion_notices(
-            [done_a["id"], still_open["id"], done_b["id"], 2**31 - 1]
+            RESOURCES, [done_a["id"], still_open["id"], done_b["id"], 2**31 - 1]
         )
         assert sent == 2
         assert sorted(m["To"] for m in inbox.messages) == sorted([alice.email, bob.email])
@@ -359,7 +360,7 @@ class TestSmtpNotifier:
         ]
 
     def test_no_ids_sends_nothing(self, inbox: Inbox) -> None:
-        assert background_tasks.send_completion_notices([]) == 0
+        assert background_tasks.send_completion_notices(RESOURCES, []) == 0
         assert inbox.messages == []
 
 
@@ -589,8 +590,8 @@ class TestSilentMailServer:
     ) -> None:
         server = SilentMailServer()
         # The embedded runner as `make run` has it: jobs on its own thread, not awaited.
-        runner = jobs.InProcessRunner(config.get_settings(), sweep_seconds=None)
-        previous = jobs.set_runner(runner)
+        runner = jobs.InProcessRunner(RESOURCES, sweep_seconds=None)
+        previous, RESOURCES.runner = RESOURCES.runner, runner
         runner.start()
         try:
             # Long enough that any request waiting on the mail server would still be waiting.
@@ -610,7 +611,7 @@ class TestSilentMailServer:
             server.close()
             assert runner.wait_idle(30)
             runner.stop()
-            jobs.set_runner(previous)
+            RESOURCES.runner = previous
         [*failures] = failures_logged(caplog)
         assert failures
         # The first notice timed out on the silent server; the second found it closed.

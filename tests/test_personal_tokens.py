@@ -16,7 +16,7 @@ from main import create_app
 from rate_limit_config import RateLimiter
 from services.users import Principal, RecentUsers
 from tests.account_helpers import bearer, make_personal_token
-from tests.conftest import AuthUser
+from tests.conftest import RESOURCES, AuthUser
 
 
 def _parse(timestamp: str) -> datetime:
@@ -238,7 +238,7 @@ class TestUse:
 def limited_app() -> FastAPI:
     """Limits on; a fresh counter prefix, so no run shares a budget (Redis keys expire)."""
     settings = Settings(rate_limit_enabled=True, rate_limit_default="3/minute")
-    app = create_app(settings)
+    app = create_app(settings, resources=RESOURCES)
     app.state.limiter = RateLimiter(settings, key_prefix=f"test-pat-{time.time_ns()}")
     return app
 

@@ -22,7 +22,7 @@ import rate_limit_config as rate_limits
 from config import Settings
 from main import create_app
 from rate_limit_config import RateLimiter
-from tests.conftest import BACKEND, PASSWORD, TEST_REDIS_URL, AuthUser
+from tests.conftest import BACKEND, PASSWORD, RESOURCES, TEST_REDIS_URL, AuthUser
 from tests.tcp_proxy import TcpProxy
 
 AppFactory = Callable[..., FastAPI]
@@ -45,7 +45,7 @@ def make_app() -> Iterator[AppFactory]:
 
     def build(*, key_prefix: str | None = None, **overrides: Any) -> FastAPI:
         settings = Settings(rate_limit_enabled=True, **overrides)
-        app = create_app(settings)
+        app = create_app(settings, resources=RESOURCES)
         prefix = key_prefix or f"test-{uuid.uuid4().hex}"
         app.state.limiter = RateLimiter(settings, key_prefix=prefix)
         if settings.redis_url:
@@ -341,3 +341,53 @@ def test_hung_redis_costs_a_bounded_wait_then_limits_in_memory(make_app: AppFact
         assert time.monotonic() - started < 10
         assert _login(client, "nobody").status_code == 401
         _assert_rate_limited(_login(client, "nobody"))
+
+
+# --- slowapi's private API, and what is worked out once -------------------------------------
+
+
+def test_canary_slowapi_private_members_still_exist() -> None:
+    """Fails loudly when slowapi changes a private member `SlowapiInternals` relies on."""
+    import inspect
+
+    from slowapi import Limiter
+
+    limiter = Limiter(key_func=rate_limits.client_ip, default_limits=["2/minute"])
+    assert limiter._storage_dead is False
+    assert rate_limits.SlowapiInternals.storage_dead(limiter) is False
+    parameters = list(inspect.signature(Limiter._check_request_limit).parameters)
+    assert parameters[:4] == ["self", "request", "endpoint_func", "in_middleware"]
+
+    def endpoint() -> None:  # pragma: no cover - counted against, never called
+        return None
+
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": [],
+                       "client": ("203.0.113.9", 1), "app": None, "state": {}})  # fmt: skip
+    rate_limits.SlowapiInternals.hit(limiter, request, endpoint)
+    hit = rate_limits.SlowapiInternals.last_hit(request)
+    assert hit is not None
+    item, identifiers = hit
+    assert (item.amount, item.GRANULARITY.name) == (2, "minute")
+    assert identifiers
+
+
+def test_route_auth_requirements_are_worked_out_once_per_route(
+    make_app: AppFactory, alice: AuthUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app()
+    worked_out: list[object] = []
+    original = rate_limits.requires_auth
+
+    def counted(dependant: Any) -> bool:
+        worked_out.append(dependant)
+        return original(dependant)
+
+    monkeypatch.setattr(rate_limits, "requires_auth", counted)
+    client = TestClient(app)
+    rounds = []
+    for _ in range(3):
+        assert client.get("/tasks", headers=alice.headers).status_code == 200
+        assert client.get("/health").status_code == 200
+        rounds.append(len(worked_out))
+    # The first requests work out their route's requirement; the later ones reuse it.
+    assert rounds == [2, 2, 2]

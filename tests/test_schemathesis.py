@@ -21,11 +21,14 @@ from schemathesis.checks import load_all_checks
 from sqlalchemy import Connection
 
 import auth
-import db_config
 from config import get_settings
 from db_models import AuthSession, User, utcnow
-from main import app
+from main import create_app
 from tests import conftest
+from tests.conftest import RESOURCES
+
+# The app as served, on the suite's resources (its sessions join the module's transaction).
+app = create_app(resources=RESOURCES)
 
 # Fixed ids far above what the suite's own users get, so the tokens can be signed before
 # collection (schemathesis builds its cases, credentials included, while collecting). Each user
@@ -162,11 +165,11 @@ CHECKS: list[Any] = list(CHECK_REGISTRY.get_all())
 @pytest.fixture(scope="module")
 def db_connection() -> Iterator[Connection]:
     """One transaction for the whole module: the two users live through every operation's run."""
-    connection = db_config.engine.connect()
+    connection = RESOURCES.engine.connect()
     transaction = connection.begin()
-    db_config.SessionLocal.configure(bind=connection, join_transaction_mode="create_savepoint")
+    RESOURCES.sessions.configure(bind=connection, join_transaction_mode="create_savepoint")
     try:
-        with db_config.SessionLocal() as session:
+        with RESOURCES.sessions() as session:
             for name, user_id in USERS.items():
                 hashed = auth.hash_password(PASSWORD, get_settings())
                 email = f"fuzz-{name}@example.com"
@@ -182,7 +185,7 @@ def db_connection() -> Iterator[Connection]:
             session.commit()
         yield connection
     finally:
-        db_config.SessionLocal.configure(bind=db_config.engine)
+        RESOURCES.sessions.configure(bind=RESOURCES.engine)
         transaction.rollback()
         connection.close()
 

@@ -4,7 +4,7 @@ from fastapi.testclient import TestClient
 
 from config import Settings
 from main import create_app
-from tests.conftest import AuthUser
+from tests.conftest import RESOURCES, AuthUser
 
 ORIGIN = "https://app.example.com"
 
@@ -44,7 +44,7 @@ def test_cors_is_off_without_configured_origins(client: TestClient) -> None:
 
 
 def test_cors_allows_only_the_listed_origins() -> None:
-    client = TestClient(create_app(Settings(cors_origins=[ORIGIN])))
+    client = TestClient(create_app(Settings(cors_origins=[ORIGIN]), resources=RESOURCES))
     allowed = client.get("/", headers={"Origin": ORIGIN})
     assert allowed.headers["access-control-allow-origin"] == ORIGIN
     exposed = allowed.headers["access-control-expose-headers"]

@@ -31,12 +31,14 @@ from fastapi import FastAPI
 from config import PROJECT_DIR, Settings
 from main import create_app
 from rate_limit_config import RateLimiter
+from tests.conftest import RESOURCES
 
 # The module: the package's `uvicorn.main` attribute is the command itself.
 uvicorn_main = importlib.import_module("uvicorn.main")
 BASH = shutil.which("bash") or "/bin/bash"
 
 # Options of a served process that a server in a test thread must choose for itself.
+LOCK_FILES = ("requirements.lock", "requirements-dev.lock")
 _PROCESS_OPTIONS = {
     *("app", "app_dir", "host", "port", "uds", "fd", "workers", "env_file", "log_config"),
     *("reload", "reload_dirs", "reload_includes", "reload_excludes", "reload_delay", "loop"),
@@ -47,10 +49,7 @@ _PROCESS_OPTIONS = {
 def project(tmp_path: Path) -> Path:
     """A copy of what the scripts need, with its own (absent) .env; the venv is shared."""
     shutil.copytree(PROJECT_DIR / "scripts", tmp_path / "scripts")
-    for name in (
-        "config.py",
-        *("requirements.txt", "requirements-dev.txt", "requirements.lock", "requirements-dev.lock"),
-    ):
+    for name in ("config.py", "requirements.txt", "requirements-dev.txt", *LOCK_FILES):
         shutil.copy2(PROJECT_DIR / name, tmp_path / name)
     return tmp_path
 
@@ -125,7 +124,7 @@ def serving(config: uvicorn.Config) -> Iterator[str]:
 def login_limited_app() -> FastAPI:
     """One login per minute per client address."""
     settings = Settings(rate_limit_enabled=True, rate_limit_login="1/minute")
-    app = create_app(settings)
+    app = create_app(settings, resources=RESOURCES)
     app.state.limiter = RateLimiter(settings, key_prefix=f"test-{uuid.uuid4().hex}")
     return app
 
@@ -187,7 +186,7 @@ def test_forwarded_allow_ips_is_honoured(project: Path, script: str, where: str)
 
 @SCRIPTS
 def test_keep_alive_and_concurrency_limits_have_defaults(project: Path, script: str) -> None:
-    config = uvicorn_config(dry_run(project, script, **SECRET), create_app())
+    config = uvicorn_config(dry_run(project, script, **SECRET), create_app(resources=RESOURCES))
     assert config.timeout_keep_alive == 5
     assert config.limit_concurrency == 1000
 
@@ -216,7 +215,7 @@ def test_make_serve_applies_the_configured_connection_limits(project: Path) -> N
     )
     assert args[args.index("--timeout-keep-alive") + 1] == "1"
     assert args[args.index("--limit-concurrency") + 1] == "3"
-    config = uvicorn_config(args, create_app())
+    config = uvicorn_config(args, create_app(resources=RESOURCES))
     with serving(config) as base_url:
         address = ("127.0.0.1", int(base_url.rsplit(":", 1)[1]))
         with socket.create_connection(address, timeout=30) as sock:
@@ -236,7 +235,7 @@ def test_make_serve_applies_the_configured_connection_limits(project: Path) -> N
 
 def test_make_run_applies_the_same_connection_limits(project: Path) -> None:
     args = dry_run(project, "run.sh", KEEP_ALIVE_SECONDS="7", MAX_CONNECTIONS_PER_WORKER="50")
-    config = uvicorn_config(args, create_app())
+    config = uvicorn_config(args, create_app(resources=RESOURCES))
     assert config.timeout_keep_alive == 7
     assert config.limit_concurrency == 50
 

@@ -1,5 +1,6 @@
 """Sessions: login, refresh-token rotation and reuse detection, the session list, logout."""
 
+import copy
 import hashlib
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -15,7 +16,7 @@ from db_models import AuthSession, RefreshToken, utcnow
 from main import create_app
 from services.users import RecentUsers
 from tests.account_helpers import bearer, login
-from tests.conftest import AuthUser
+from tests.conftest import RESOURCES, AuthUser
 
 
 def _refresh(client: TestClient, refresh_token: object) -> Any:
@@ -286,11 +287,13 @@ class TestLogout:
 def second_worker() -> Iterator[tuple[TestClient, list[float]]]:
     """Another app instance on the same database and Redis, as a second worker process is;
     its memory of recent tokens runs on a clock the test moves."""
-    app: FastAPI = create_app()
     now = [1000.0]
-    app.state.recent_users = RecentUsers(
-        app.state.settings.user_cache_seconds, clock=lambda: now[0]
+    # The suite's database and Redis (so the test's rows are seen), its own token memory.
+    resources = copy.copy(RESOURCES)
+    resources.recent_users = RecentUsers(
+        RESOURCES.settings.user_cache_seconds, clock=lambda: now[0]
     )
+    app: FastAPI = create_app(resources=resources)
     with TestClient(app) as client:
         yield client, now
 

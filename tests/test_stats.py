@@ -9,13 +9,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-import db_config
 from db_models import User
 from models import TaskCreate, TaskStats
-from redis_config import MemoryCache, get_cache
+from redis_config import MemoryCache
 from services import stats as stats_service
 from services import tasks as task_service
-from tests.conftest import AuthUser, register_and_login
+from tests.conftest import RESOURCES, AuthUser, register_and_login
 from tests.task_helpers import count_statements, create_task, insert_tasks
 
 EMPTY = {
@@ -196,20 +195,20 @@ def test_a_result_computed_before_a_write_is_never_served_after_it(
     alice: AuthUser, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The race: a computation reads the database, a write commits, then the result is stored."""
-    cache = get_cache()
+    cache = RESOURCES.cache
     original = stats_service.compute_stats
 
     def compute_then_let_a_write_commit(
         session: Session, *, owner_id: int, today: date
     ) -> TaskStats:
         result = original(session, owner_id=owner_id, today=today)
-        with db_config.SessionLocal() as writer:
+        with RESOURCES.sessions() as writer:
             owner = writer.get_one(User, owner_id)
             task_service.create_task(writer, owner=owner, data=TaskCreate(title="x"), cache=cache)
             writer.commit()
         return result
 
-    with db_config.SessionLocal() as session:
+    with RESOURCES.sessions() as session:
         monkeypatch.setattr(stats_service, "compute_stats", compute_then_let_a_write_commit)
         raced = stats_service.get_stats(session, owner_id=alice.id, cache=cache, ttl_seconds=60)
         monkeypatch.undo()
@@ -224,7 +223,7 @@ def test_a_result_computed_before_a_write_is_never_served_after_it(
 def test_versions_are_bumped_by_the_commit_not_by_a_savepoint(alice: AuthUser) -> None:
     cache = MemoryCache()
     key = f"stats:version:{alice.id}"
-    with db_config.SessionLocal() as session:
+    with RESOURCES.sessions() as session:
         owner = session.get_one(User, alice.id)
         task_service.create_task(session, owner=owner, data=TaskCreate(title="x"), cache=cache)
         with session.begin_nested():

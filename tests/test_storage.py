@@ -20,7 +20,7 @@ import storage
 from config import Settings, get_settings
 from db_models import TaskFile
 from routers.files import content_disposition
-from tests.conftest import TEST_BUCKET, AuthUser, s3_storage_for
+from tests.conftest import RESOURCES, TEST_BUCKET, AuthUser, s3_storage_for
 from tests.s3_server import S3Server
 
 PDF = b"%PDF-1.7\nstored\n"
@@ -54,13 +54,18 @@ def key_of(db_connection: Connection, file_id: int) -> str:
 @pytest.fixture
 def use_storage() -> Iterator[list[storage.Storage]]:
     """Put a storage of the test's own making in place: `use_storage.append(store)`."""
-    chosen: list[storage.Storage] = []
-    original = storage.get_storage
-    storage.get_storage = lambda: chosen[-1] if chosen else original()  # type: ignore[assignment]
+    original = RESOURCES.storage
+
+    class Chosen(list[storage.Storage]):
+        def append(self, store: storage.Storage) -> None:
+            super().append(store)
+            RESOURCES.storage = store
+
+    chosen = Chosen()
     try:
         yield chosen
     finally:
-        storage.get_storage = original
+        RESOURCES.storage = original
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -102,8 +107,8 @@ class TestKeys:
 class TestNamespace:
     def test_the_default_comes_from_the_database(self) -> None:
         settings = get_settings()
-        assert storage.get_storage().namespace == storage.database_namespace(settings.database_url)
-        assert storage.NAMESPACE.fullmatch(storage.get_storage().namespace)
+        assert RESOURCES.storage.namespace == storage.database_namespace(settings.database_url)
+        assert storage.NAMESPACE.fullmatch(RESOURCES.storage.namespace)
 
     @pytest.mark.parametrize(
         ("one", "other"),

@@ -29,7 +29,7 @@ from alembic import command
 from config import PROJECT_DIR, get_settings
 from db_models import TaskFile
 from services import files as file_service
-from tests.conftest import TEST_BUCKET, AuthUser, alembic_config, s3_storage_for
+from tests.conftest import RESOURCES, TEST_BUCKET, AuthUser, alembic_config, s3_storage_for
 from tests.s3_server import S3Server
 
 PDF = b"%PDF-1.7\nswept?\n"
@@ -111,7 +111,7 @@ def uploaded(client: TestClient, alice: AuthUser, db_connection: Connection) -> 
 
 def local_dir() -> Path:
     """This deployment's folder on the local disk: its stored files and temporary files."""
-    return storage.get_storage().temp_dir
+    return RESOURCES.storage.temp_dir
 
 
 class TestSweep:
@@ -128,9 +128,9 @@ class TestSweep:
         foreign = make_file(directory, "README.md", old=True)
         (directory / "subdir").mkdir(exist_ok=True)
 
-        report = background_tasks.sweep_orphaned_files()
+        report = background_tasks.sweep_orphaned_files(RESOURCES)
 
-        namespace = storage.get_storage().namespace
+        namespace = RESOURCES.storage.namespace
         assert f"{namespace}/{old_orphan.name}" in report.orphans_removed
         assert old_temp.name in report.temp_files_removed
         assert report.bytes_freed >= 8
@@ -144,29 +144,29 @@ class TestSweep:
 
     def test_a_dry_run_reports_but_removes_nothing(self, uploaded: tuple[int, Path]) -> None:
         orphan = make_file(local_dir(), orphan_name(), old=True)
-        report = background_tasks.sweep_orphaned_files(dry_run=True)
-        assert f"{storage.get_storage().namespace}/{orphan.name}" in report.orphans_removed
+        report = background_tasks.sweep_orphaned_files(RESOURCES, dry_run=True)
+        assert f"{RESOURCES.storage.namespace}/{orphan.name}" in report.orphans_removed
         assert orphan.exists()
         assert all(not key.endswith(uploaded[1].name) for key in report.orphans_removed)
 
     def test_the_age_threshold_is_adjustable(self, uploaded: tuple[int, Path]) -> None:
         fresh = make_file(local_dir(), orphan_name(), old=False)
-        report = background_tasks.sweep_orphaned_files(min_age_seconds=0)
-        assert f"{storage.get_storage().namespace}/{fresh.name}" in report.orphans_removed
+        report = background_tasks.sweep_orphaned_files(RESOURCES, min_age_seconds=0)
+        assert f"{RESOURCES.storage.namespace}/{fresh.name}" in report.orphans_removed
         assert not fresh.exists()
         assert uploaded[1].exists()
 
     def test_the_report_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
         orphan = make_file(local_dir(), orphan_name(), old=True)
         caplog.set_level(logging.INFO, logger="background_tasks")
-        background_tasks.sweep_orphaned_files()
+        background_tasks.sweep_orphaned_files(RESOURCES)
         [record] = [r for r in caplog.records if getattr(r, "event", None) == "orphan_sweep"]
-        removed = f"{storage.get_storage().namespace}/{orphan.name}"
+        removed = f"{RESOURCES.storage.namespace}/{orphan.name}"
         assert removed in record.orphans_removed  # type: ignore[attr-defined]
 
     def test_a_missing_upload_dir_is_an_empty_sweep(self, tmp_path: Path) -> None:
         store = storage.LocalStorage(namespace="db-test", upload_dir=tmp_path / "not-yet")
-        report = background_tasks.sweep_orphaned_files(store=store)
+        report = background_tasks.sweep_orphaned_files(RESOURCES, store=store)
         assert report.removed == 0
 
 
@@ -184,12 +184,12 @@ class TestSweepOnEachBackend:
         orphan = put(storage_backend, storage_backend.new_key())
 
         # Younger than the grace period: an upload may still be committing it.
-        report = background_tasks.sweep_orphaned_files()
+        report = background_tasks.sweep_orphaned_files(RESOURCES)
         assert orphan not in report.orphans_removed
         assert report.recent_orphans_kept >= 1
         assert is_stored(storage_backend, orphan)
 
-        report = background_tasks.sweep_orphaned_files(min_age_seconds=0)
+        report = background_tasks.sweep_orphaned_files(RESOURCES, min_age_seconds=0)
         assert orphan in report.orphans_removed
         assert referenced not in report.orphans_removed
         assert not is_stored(storage_backend, orphan)
@@ -208,7 +208,7 @@ class TestSweepOnEachBackend:
             )
         )
         theirs = put(other, other.new_key())
-        report = background_tasks.sweep_orphaned_files(min_age_seconds=0)
+        report = background_tasks.sweep_orphaned_files(RESOURCES, min_age_seconds=0)
         assert theirs not in report.orphans_removed
         assert is_stored(other, theirs)
         other.delete(theirs)
@@ -223,7 +223,7 @@ class TestSweepOnEachBackend:
         def while_quiet(temp: Path) -> None:
             # The client has gone quiet for an hour, as far as the file's age tells.
             os.utime(temp, (AN_HOUR_AGO, AN_HOUR_AGO))
-            reports.append(background_tasks.sweep_orphaned_files())
+            reports.append(background_tasks.sweep_orphaned_files(RESOURCES))
             assert temp.exists()
 
         response = _upload_with_a_pause(live_server, alice, content, while_quiet)
@@ -235,7 +235,7 @@ class TestSweepOnEachBackend:
             f"{live_server}/files/{response.json()['id']}", headers=alice.headers, timeout=30
         )
         assert downloaded.content == content
-        assert list(storage.get_storage().temp_files()) == []
+        assert list(RESOURCES.storage.temp_files()) == []
 
     def test_an_upload_whose_temporary_file_vanished_still_succeeds(
         self, live_server: str, alice: AuthUser
@@ -263,7 +263,7 @@ def _upload_with_a_pause(
         deadline = time.monotonic() + 30
         temps: list[Path] = []
         while not temps and time.monotonic() < deadline:
-            temps = [path for path, _ in storage.get_storage().temp_files()]
+            temps = [path for path, _ in RESOURCES.storage.temp_files()]
             time.sleep(0.02)
         assert len(temps) == 1, "the upload never started spooling"
         during_pause(temps[0])
@@ -307,7 +307,7 @@ class TestFlatLayout:
         flat_temp = make_file(upload_dir(), temp_name(), old=True)
 
         assert client.get(f"/files/{file_id}", headers=alice.headers).content == PDF
-        report = background_tasks.sweep_orphaned_files(min_age_seconds=0)
+        report = background_tasks.sweep_orphaned_files(RESOURCES, min_age_seconds=0)
         # Whose they are cannot be known: another database may still point at them.
         assert flat_orphan.exists()
         assert flat_temp.exists()
@@ -400,7 +400,7 @@ class TestStartupSweep:
             raise OSError("upload dir not readable")
 
         monkeypatch.setattr(file_service, "sweep_orphans", broken)
-        background_tasks.sweep_at_startup()
+        background_tasks.sweep_at_startup(RESOURCES)
         assert "Orphan sweep at startup failed" in caplog.text
 
 

@@ -1,0 +1,74 @@
+"""What a running app (or worker) uses, built once from its settings and closed with it.
+
+`Resources(settings)` holds the engine and its session factory, the cache, the storage for
+attachments, the deployment's event counters and, once started, the job runner. The app's
+lifespan builds one from the app's settings and keeps it in `app.state.resources`; request
+dependencies read it from there; background work and jobs receive it as an argument; a worker
+process (`worker.py`) builds its own. Nothing here connects anywhere until it is first used.
+
+Every session made by `sessions` carries the resources in `session.info`, so work committed by
+that session (the outbox's jobs) reaches this app's runner and no other.
+"""
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+import storage as storage_backends
+from config import Settings
+from db_config import build_engine
+from metrics import EventCounters, build_event_counters
+from redis_config import Cache, build_cache
+from services.users import RecentUsers
+
+# The key of `session.info` under which a session finds the resources it was made by.
+SESSION_INFO_KEY = "resources"
+
+
+class JobSubmitter(Protocol):
+    """What the outbox and the metrics need from a job runner (see `jobs.Runner`)."""
+
+    def submit(self, job_ids: Sequence[int]) -> None: ...
+
+    def queued(self) -> int | None: ...
+
+
+class Resources:
+    """The engine, sessions, cache, storage, counters and user memory of one app or worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: Engine = build_engine(settings)
+        self.sessions: sessionmaker[Session] = sessionmaker(
+            bind=self.engine,
+            expire_on_commit=False,
+            autoflush=False,
+            info={SESSION_INFO_KEY: self},
+        )
+        self.cache: Cache = build_cache(settings)
+        self.storage: storage_backends.Storage = storage_backends.build_storage(settings)
+        self.events: EventCounters = build_event_counters(settings)
+        # Who authenticated lately, so most requests need no user query (this process only).
+        self.recent_users = RecentUsers(settings.user_cache_seconds)
+        # Set by whoever runs the jobs (the app's lifespan, a worker, a test).
+        self.runner: JobSubmitter | None = None
+
+    def submit_jobs(self, job_ids: Sequence[int]) -> None:
+        """Hand committed job ids to the runner; without one (a command-line tool), the sweep
+        of a running service finds them."""
+        if self.runner is not None:
+            self.runner.submit(job_ids)
+
+    def close(self) -> None:
+        """Release the connections (the pool, Redis clients)."""
+        self.cache.close()
+        self.events.close()
+        self.engine.dispose()
+
+
+def of_session(session: Session) -> Resources | None:
+    """The resources the session was made by (None for a session made elsewhere)."""
+    found = session.info.get(SESSION_INFO_KEY)
+    return found if isinstance(found, Resources) else None

@@ -1,0 +1,88 @@
+"""An app uses what its lifespan built from its own settings: database, storage, jobs."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from alembic import command
+from config import Settings, get_settings
+from jobs import InProcessRunner
+from main import create_app
+from resources import Resources
+from tests.conftest import RESOURCES, alembic_config, register_and_login
+
+
+@pytest.fixture
+def own_settings(tmp_path: Path) -> Settings:
+    """Settings of an app of its own: its own SQLite database and upload directory, no Redis."""
+    settings = get_settings().model_copy(
+        update={
+            "database_url": f"sqlite:///{tmp_path / 'own.db'}",
+            "redis_url": None,
+            "upload_dir": tmp_path / "own-uploads",
+        }
+    )
+    resources = Resources(settings)
+    try:
+        with resources.engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "head")
+    finally:
+        resources.close()
+    return settings
+
+
+@pytest.fixture
+def own_client(own_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(own_settings)) as client:
+        yield client
+
+
+def _files_under(directory: Path) -> list[Path]:
+    return sorted(path for path in directory.rglob("*") if path.is_file())
+
+
+def test_an_app_keeps_and_deletes_uploads_in_its_own_upload_dir(
+    own_client: TestClient, own_settings: Settings
+) -> None:
+    own_dir = own_settings.upload_dir
+    shared_dir = get_settings().upload_dir
+    shared_before = _files_under(shared_dir) if shared_dir.exists() else []
+    user = register_and_login(own_client, "owner")
+    task = own_client.post("/tasks", json={"title": "with a file"}, headers=user.headers).json()
+
+    response = own_client.post(
+        f"/tasks/{task['id']}/files",
+        files={"file": ("notes.txt", b"my own notes", "text/plain")},
+        headers=user.headers,
+    )
+    assert response.status_code == 201, response.text
+    [stored] = _files_under(own_dir)
+    assert stored.read_bytes() == b"my own notes"
+
+    response = own_client.delete(f"/files/{response.json()['id']}", headers=user.headers)
+    assert response.status_code == 204
+    runner = own_client.app.state.resources.runner  # type: ignore[attr-defined]
+    assert isinstance(runner, InProcessRunner)
+    assert runner.wait_idle(30)
+    assert _files_under(own_dir) == []
+    # Nothing went through the process's other storage (the test suite's own app).
+    assert (_files_under(shared_dir) if shared_dir.exists() else []) == shared_before
+
+
+def test_the_lifespan_builds_what_the_app_uses_and_closes_it(own_settings: Settings) -> None:
+    app = create_app(own_settings)
+    with TestClient(app) as client:
+        resources = app.state.resources
+        assert resources is not RESOURCES
+        assert resources.settings is own_settings
+        assert resources.engine.url.database == own_settings.database_url.split("///", 1)[1]
+        assert resources.storage.temp_dir.is_relative_to(own_settings.upload_dir)
+        assert client.get("/health/ready").json()["checks"] == {
+            "database": "ok",
+            "cache": "disabled",
+        }
+    # Stopped with the app: its runner is gone, its pool holds no connection.
+    assert resources.runner is None
+    assert resources.engine.pool.checkedout() == 0
