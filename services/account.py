@@ -12,9 +12,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 import auth
-import outbox
 from config import Settings
-from db_models import AccountToken, PersonalToken, Task, TaskFile, User, utcnow
+from db_models import AccountToken, PersonalToken, Task, User, utcnow
 from exceptions import (
     InvalidOrExpiredTokenError,
     InvalidTokenError,
@@ -22,6 +21,7 @@ from exceptions import (
 )
 from models import PasswordChange, PasswordReset
 from redis_config import Cache
+from services import files as file_service
 from services import passwords
 from services import sessions as session_service
 from services import stats as stats_service
@@ -211,17 +211,9 @@ def delete_account(
     removed by an outbox job recorded in the same transaction."""
     user = _caller(session, principal)
     _check_current_password(user, password, settings)
-    # Locked as an upload locks its task, so no file is attached after this read.
-    names = session.scalars(
-        select(TaskFile.stored_filename)
-        .select_from(Task)
-        .join(TaskFile, TaskFile.task_id == Task.id)
-        .where(Task.user_id == user.id)
-        .with_for_update(of=Task)
-    ).all()
+    file_service.remove_files_of_tasks_after_commit(session, Task.user_id == user.id)
     session.execute(delete(User).where(User.id == user.id))
     session.expunge(user)
     # The id may come back (SQLite reuses the highest): nothing cached under it may survive.
     stats_service.invalidate_after_commit(session, cache=cache, owner_id=user.id)
     user_service.forget_after_commit(session, recent, user_id=user.id)
-    outbox.stored_files_deleted(session, stored_filenames=list(names))

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import anyio
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
@@ -552,6 +552,25 @@ async def upload_file(
         # Gone already once moved into place; otherwise it must not linger.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(upload.discard)
+
+
+def remove_files_of_tasks_after_commit(session: Session, *tasks: ColumnElement[bool]) -> None:
+    """Record, in this transaction, the removal of the stored bytes of the tasks matching
+    `tasks`, whose rows the caller is deleting: an outbox job removes them after the commit.
+
+    The task rows are locked as an upload locks its task, so no file is attached after this
+    read (tasks without files are locked too).
+    """
+    names = session.scalars(
+        select(TaskFile.stored_filename)
+        .select_from(Task)
+        .outerjoin(TaskFile, TaskFile.task_id == Task.id)
+        .where(*tasks)
+        .with_for_update(of=Task)
+    ).all()
+    outbox.stored_files_deleted(
+        session, stored_filenames=[name for name in names if name is not None]
+    )
 
 
 def list_files(session: Session, *, task: Task) -> list[TaskFile]:

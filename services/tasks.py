@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, joinedload
 
 import etags
 import outbox
-from db_models import Task, TaskFile, TaskTag, User, utcnow
+from db_models import Task, TaskTag, User, utcnow
 from exceptions import (
     BulkPreconditionFailedError,
     EmptyUpdateError,
@@ -28,6 +28,7 @@ from models import (
 )
 from redis_config import Cache
 from services import changes as change_service
+from services import files as file_service
 from services import stats as stats_service
 
 
@@ -255,21 +256,11 @@ def update_task(session: Session, *, task: Task, data: TaskUpdate, cache: Cache)
 
 def delete_task(session: Session, *, task: Task, cache: Cache) -> None:
     """Delete a task; its tags and file rows go with it, their bytes after the commit."""
-    # The task row is locked as an upload locks it, so no file is attached after this read.
-    names = session.scalars(
-        select(TaskFile.stored_filename)
-        .select_from(Task)
-        .outerjoin(TaskFile, TaskFile.task_id == Task.id)
-        .where(Task.id == task.id)
-        .with_for_update(of=Task)
-    ).all()
+    file_service.remove_files_of_tasks_after_commit(session, Task.id == task.id)
     # One statement: the database cascade removes the tag and file rows. session.delete()
     # would first delete every loaded tag row itself.
     session.execute(delete(Task).where(Task.id == task.id, Task.user_id == task.user_id))
     session.expunge(task)
-    outbox.stored_files_deleted(
-        session, stored_filenames=[name for name in names if name is not None]
-    )
     _record_change(session, owner_id=task.user_id, cache=cache)
 
 
