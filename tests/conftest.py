@@ -57,6 +57,9 @@ from tests.job_helpers import HeldJobs, RunAtOnce  # noqa: E402
 
 PROJECT_DIR = config.PROJECT_DIR
 
+# Fixtures shared by the files that need a real SMTP server (`inbox`, `use_settings`).
+pytest_plugins = ["tests.mail_helpers"]
+
 # What the app under test uses (engine, sessions, cache, storage, runner): built once from the
 # test settings and lent to every app the tests build with `create_app(resources=RESOURCES)`,
 # so that their sessions join each test's rolled-back transaction (see `db_connection`).

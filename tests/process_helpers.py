@@ -17,7 +17,7 @@ from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
 from config import PROJECT_DIR
-from tests.test_notifications import Inbox
+from tests.mail_helpers import Inbox
 
 WAIT_SECONDS = 90
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config as BotoConfig
 
+from tests.served_app import free_port
+
 if TYPE_CHECKING:
     from types_boto3_s3.client import S3Client
 else:
@@ -78,13 +80,6 @@ class S3Server:
                 self.process.wait(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _answers(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
@@ -100,7 +95,7 @@ def start_s3_server(data_dir: Path) -> S3Server:
     log_path = data_dir.parent / f"{data_dir.name}.log"
     last_error = "it never answered"
     for _attempt in range(3):
-        port = _free_port()
+        port = free_port()
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 [

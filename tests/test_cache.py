@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from config import Settings, get_settings
 from dependencies import get_request_cache
 from redis_config import MemoryCache, RedisCache, build_cache
 from tests.conftest import AuthUser
+from tests.served_app import free_port
 from tests.task_helpers import create_task
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -88,18 +88,11 @@ def test_without_redis_url_the_cache_is_in_process() -> None:
 # --- a Redis server of our own ------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class RedisServer:
     """A throwaway redis-server this test owns: start, stop, freeze and thaw it at will."""
 
     def __init__(self, directory: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.directory = directory
         self.process: subprocess.Popen[bytes] | None = None
         self.frozen = False
@@ -243,7 +236,7 @@ def test_a_dead_redis_reads_as_misses_at_once_and_warns_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cache = RedisCache(
-        f"redis://127.0.0.1:{_free_port()}/0",
+        f"redis://127.0.0.1:{free_port()}/0",
         key_prefix=KEY_PREFIX,
         timeout_seconds=TIMEOUT_SECONDS,
         retry_interval_seconds=RETRY_INTERVAL,

@@ -17,8 +17,9 @@ from sqlalchemy import create_engine, select
 
 from db_models import OutboxJob
 from tests.conftest import PASSWORD
+from tests.mail_helpers import SENDER
 from tests.process_helpers import GatedInbox, migrate, serve_api, wait_until
-from tests.test_notifications import SENDER, free_port
+from tests.served_app import free_port
 
 JOB_TIMEOUT_SECONDS = 2
 

@@ -24,8 +24,9 @@ from sqlalchemy.engine import Engine
 
 from db_models import OutboxJob, User
 from tests.conftest import PASSWORD, RESOURCES, TEST_REDIS_URL
+from tests.mail_helpers import SENDER
 from tests.process_helpers import GatedInbox, Process, migrate, serve_api, spawn, wait_until
-from tests.test_notifications import SENDER, free_port
+from tests.served_app import free_port
 
 pytestmark = pytest.mark.postgres_redis
 

@@ -33,8 +33,9 @@ from db_models import OutboxJob, TaskFile, utcnow
 from redis_config import key_prefix
 from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.job_helpers import HeldJobs
+from tests.mail_helpers import Inbox, smtp_settings
+from tests.served_app import free_port
 from tests.task_helpers import create_task
-from tests.test_notifications import Inbox, free_port, smtp_settings
 
 PDF = b"%PDF-1.7\nhello\n"
 
@@ -97,29 +98,6 @@ def stored_path(connection: Connection, file_id: int) -> Path:
 def key_of(path: Path) -> str:
     """The storage key of a locally stored file (its namespace folder and name)."""
     return path.relative_to(get_settings().upload_dir).as_posix()
-
-
-@pytest.fixture
-def use_settings(monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], None]:
-    """Make jobs (and the notices they send) read these settings."""
-
-    def apply(settings: Settings) -> None:
-        monkeypatch.setattr(RESOURCES, "settings", settings)
-
-    return apply
-
-
-@pytest.fixture
-def inbox(use_settings: Callable[[Settings], None]) -> Iterator[Inbox]:
-    handler = Inbox()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    use_settings(smtp_settings(port))
-    try:
-        yield handler
-    finally:
-        controller.stop()
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from db_models import OutboxJob
 from main import create_app
 from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.job_helpers import HeldJobs
+from tests.served_app import free_port
 from tests.task_helpers import create_task
-from tests.test_notifications import free_port
 
 TOKEN = "metrics-token-for-the-tests-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -5,15 +5,12 @@ them returns (`tests/job_helpers.py`), so each test looks at what was sent right
 """
 
 import contextlib
-import email
-import email.policy
 import logging
 import smtplib
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -34,31 +31,9 @@ import jobs
 import notifications
 from config import Settings
 from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
+from tests.mail_helpers import SENDER, Inbox, smtp_settings
+from tests.served_app import free_port
 from tests.test_cache import RedisServer, needs_redis_server
-
-SENDER = "Task Manager <noreply@taskmanager.invalid>"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class Inbox:
-    """An aiosmtpd handler that keeps every message it accepts."""
-
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-        self.recipients: list[list[str]] = []
-
-    async def handle_DATA(self, _server: SMTP, _session: SmtpSession, envelope: Envelope) -> str:
-        content = envelope.content
-        assert isinstance(content, bytes)
-        self.messages.append(email.message_from_bytes(content, policy=email.policy.default))
-        self.recipients.append(list(envelope.rcpt_tos))
-        return "250 Message accepted for delivery"
 
 
 class RefusingServer:
@@ -70,42 +45,6 @@ class RefusingServer:
     async def handle_DATA(self, _server: SMTP, _session: SmtpSession, _envelope: Envelope) -> str:
         self.attempts += 1
         return "554 5.3.0 Transaction failed"
-
-
-def smtp_settings(port: int, **changes: Any) -> Settings:
-    values: dict[str, Any] = {
-        "smtp_host": "127.0.0.1",
-        "smtp_port": port,
-        "smtp_from": SENDER,
-        "smtp_starttls": False,
-        "smtp_timeout_seconds": 5,
-        **changes,
-    }
-    return Settings(**values)
-
-
-@pytest.fixture
-def use_settings(monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], None]:
-    """Make background work read these settings, as a process started with them would."""
-
-    def apply(settings: Settings) -> None:
-        monkeypatch.setattr(RESOURCES, "settings", settings)
-
-    return apply
-
-
-@pytest.fixture
-def inbox(use_settings: Callable[[Settings], None]) -> Iterator[Inbox]:
-    """A real SMTP server on a local port, with the app configured to send through it."""
-    handler = Inbox()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    use_settings(smtp_settings(port))
-    try:
-        yield handler
-    finally:
-        controller.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ Runs in both passes: it needs only the redis-server binary.
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,10 @@ import redis
 
 from config import PROJECT_DIR, derived_redis_key_prefix
 from tests.conftest import PASSWORD
+from tests.served_app import free_port
 from tests.test_cache import RedisServer, needs_redis_server
 
 pytestmark = needs_redis_server
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Deployment:
@@ -39,7 +32,7 @@ class Deployment:
     def __init__(self, name: str, directory: Path, redis_url: str) -> None:
         self.name = name
         self.database_url = f"sqlite:///{directory / f'{name}.db'}"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = directory / f"{name}.log"
         self.env = {
