@@ -1,9 +1,11 @@
-"""Two API instances, job workers, one PostgreSQL, one Redis and a real SMTP server.
+"""Two API instances, job workers, one PostgreSQL, one Redis, one bucket and a real SMTP server.
 
 Each instance is a uvicorn process of its own on its own port, each worker a `python -m worker`
-process (what `make worker` runs); they share nothing but the database, Redis and their
-settings. Processes are killed with SIGKILL where a crash is the point. The database is a fresh
-one of its own (these processes commit for real), dropped afterwards.
+process (what `make worker` runs); they share nothing but the database, Redis, the bucket (the
+s3 storage backend on a real S3-compatible server) and their settings. Each process has an
+upload folder of its own, as on separate machines, so only the bucket can carry a file's bytes
+from one to another. Processes are killed with SIGKILL where a crash is the point. The database
+is a fresh one of its own (these processes commit for real), dropped afterwards.
 """
 
 import os
@@ -26,6 +28,7 @@ from db_models import OutboxJob, User
 from tests.conftest import PASSWORD, RESOURCES, TEST_REDIS_URL
 from tests.mail_helpers import SENDER
 from tests.process_helpers import GatedInbox, Process, migrate, serve_api, spawn, wait_until
+from tests.s3_server import S3Server
 from tests.served_app import free_port
 
 pytestmark = pytest.mark.postgres_redis
@@ -36,28 +39,50 @@ CREATE_TASK_LIMIT = 6
 JOB_TIMEOUT_SECONDS = 4
 
 
-@dataclass
+# No generated repr: a failing assertion would print the settings, secrets included.
+@dataclass(repr=False)
 class Cluster:
     env: dict[str, str]
-    logs: Path
+    directory: Path
     engine: Engine
-    queue_key: str
+    s3: S3Server
     ports: dict[str, int] = field(default_factory=dict)
     apis: dict[str, Process] = field(default_factory=dict)
     workers: list[Process] = field(default_factory=list)
 
+    @property
+    def logs(self) -> Path:
+        return self.directory / "logs"
+
+    @property
+    def queue_key(self) -> str:
+        return f"rq:queue:{self.env['REDIS_KEY_PREFIX']}:jobs"
+
+    @property
+    def bucket(self) -> str:
+        return self.env["S3_BUCKET"]
+
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
-    def start_api(self, name: str) -> None:
+    def env_of(self, name: str, **settings: str) -> dict[str, str]:
+        """The shared settings, the process's own upload folder, and `settings` on top."""
+        return {**self.env, "UPLOAD_DIR": str(self.directory / f"uploads-{name}"), **settings}
+
+    def uploaded_files(self) -> list[Path]:
+        """Files in any process's upload folder: with s3 there are none once uploads are done."""
+        return [path for path in self.directory.glob("uploads-*/**/*") if path.is_file()]
+
+    def start_api(self, name: str, **settings: str) -> None:
         port = self.ports.setdefault(name, free_port())
-        self.apis[name] = serve_api(name, port, env=self.env, log_dir=self.logs)
+        env = self.env_of(name, **settings)
+        self.apis[name] = serve_api(name, port, env=env, log_dir=self.logs)
 
     def kill_api(self, name: str) -> None:
         self.apis.pop(name).kill()
 
     def start_worker(self) -> Process:
-        process = spawn("worker", ["-m", "worker"], env=self.env, log_dir=self.logs)
+        process = spawn("worker", ["-m", "worker"], env=self.env_of("worker"), log_dir=self.logs)
         self.workers.append(process)
         wait_until(
             lambda: "Worker started on queue" in process.log.read_text(), "the worker to start"
@@ -167,14 +192,25 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def bucket(s3_server: S3Server) -> str:
+    """A bucket of the cluster's own: everything in it was stored by the cluster."""
+    name = f"tm-instances-{uuid.uuid4().hex[:8]}"
+    s3_server.client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
 def cluster(
-    database_url: str, inbox: GatedInbox, tmp_path_factory: pytest.TempPathFactory
+    database_url: str,
+    inbox: GatedInbox,
+    s3_server: S3Server,
+    bucket: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
     """Instances `a` and `b` and one worker, sharing the settings every instance must share."""
     directory = tmp_path_factory.mktemp("instances")
     prefix = f"tm-instances-{uuid.uuid4().hex[:8]}"
-    logs = directory / "logs"
-    logs.mkdir()
+    (directory / "logs").mkdir()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -199,15 +235,16 @@ def cluster(
         "JOB_TIMEOUT_SECONDS": str(JOB_TIMEOUT_SECONDS),
         "OUTBOX_SWEEP_SECONDS": "0.5",
         "METRICS_TOKEN": METRICS_TOKEN,
-        "UPLOAD_DIR": str(directory / "uploads"),
+        **s3_server.environment(bucket),
+        # Downloads stream through the API.
+        "S3_PRESIGN_SECONDS": "",
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "text",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     engine = create_engine(database_url)
-    queue_key = f"rq:queue:{prefix}:jobs"
-    running = Cluster(env=env, logs=logs, engine=engine, queue_key=queue_key)
+    running = Cluster(env=env, directory=directory, engine=engine, s3=s3_server)
     try:
         running.start_api("a")
         running.start_api("b")
