@@ -8,6 +8,7 @@ from one to another. Processes are killed with SIGKILL where a crash is the poin
 is a fresh one of its own (these processes commit for real), dropped afterwards.
 """
 
+import hashlib
 import os
 import secrets
 import uuid
@@ -20,11 +21,13 @@ import httpx
 import pytest
 import redis
 from aiosmtpd.controller import Controller
+from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, make_url, select, text, update
 from sqlalchemy.engine import Engine
 
-from db_models import OutboxJob, User
+from db_models import OutboxJob, TaskFile, User
+from routers.files import content_disposition
 from tests.conftest import PASSWORD, RESOURCES, TEST_REDIS_URL
 from tests.mail_helpers import SENDER
 from tests.process_helpers import GatedInbox, Process, migrate, serve_api, spawn, wait_until
@@ -37,6 +40,9 @@ METRICS_TOKEN = "instances-metrics-token-0123456789"
 CREATE_TASK_LIMIT = 6
 # Short, so that the tests that kill a worker mid-job wait little for its lease to expire.
 JOB_TIMEOUT_SECONDS = 4
+PRESIGN_SECONDS = 60
+# Larger than one chunk of a streamed download, so a download is more than one read.
+ATTACHMENT = b"%PDF-1.7\n" + os.urandom(300 * 1024)
 
 
 # No generated repr: a failing assertion would print the settings, secrets included.
@@ -119,6 +125,22 @@ class Cluster:
         """Every job done: nothing can send a notice any more."""
         return self.jobs_not_done() == 0
 
+    def key_of(self, file_id: int) -> str:
+        with self.engine.connect() as connection:
+            key = connection.scalar(select(TaskFile.stored_filename).where(TaskFile.id == file_id))
+        assert key is not None
+        return key
+
+    def in_bucket(self, key: str) -> bytes | None:
+        """The bytes stored under `key` in the shared bucket, read directly; None if none are."""
+        try:
+            found = self.s3.client().get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchKey":
+                return None
+            raise
+        return found["Body"].read()
+
 
 @dataclass
 class Client:
@@ -129,9 +151,21 @@ class Client:
     email: str = ""
     headers: dict[str, str] = field(default_factory=dict)
 
-    def call(self, instance: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def call(
+        self,
+        instance: str,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
         return httpx.request(
-            method, self.cluster.url(instance) + path, headers=self.headers, timeout=30, **kwargs
+            method,
+            self.cluster.url(instance) + path,
+            headers={**self.headers, **(headers or {})},
+            timeout=30,
+            **kwargs,
         )
 
     def register(self, on: str, login_on: str) -> "Client":
@@ -162,6 +196,13 @@ class Client:
     def complete(self, on: str, task_id: int) -> None:
         response = self.call(on, "PATCH", f"/tasks/{task_id}", json={"completed": True})
         assert response.status_code == 200, response.text
+
+    def upload(self, on: str, task_id: int, name: str, content: bytes = ATTACHMENT) -> int:
+        response = self.call(on, "POST", f"/tasks/{task_id}/files", files={"file": (name, content)})
+        assert response.status_code == 201, response.text
+        assert response.json()["sha256"] == hashlib.sha256(content).hexdigest()
+        file_id: int = response.json()["id"]
+        return file_id
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +277,7 @@ def cluster(
         "OUTBOX_SWEEP_SECONDS": "0.5",
         "METRICS_TOKEN": METRICS_TOKEN,
         **s3_server.environment(bucket),
-        # Downloads stream through the API.
+        # Downloads stream through the API; the presigning instances set it for themselves.
         "S3_PRESIGN_SECONDS": "",
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "text",
@@ -390,5 +431,91 @@ def test_a_worker_killed_in_the_middle_of_a_job_loses_nothing(
     assert running.attempts()[-1] == 2
 
 
-# File up/download across instances belongs here too: with STORAGE_BACKEND=s3 and one bucket,
-# a file uploaded through instance a is downloaded through instance b (storage backends).
+@pytest.fixture
+def presigning(running: Cluster) -> Iterator[Cluster]:
+    """Instances `c` and `d` too, both with S3_PRESIGN_SECONDS: their downloads are redirects."""
+    for name in ("c", "d"):
+        running.start_api(name, S3_PRESIGN_SECONDS=str(PRESIGN_SECONDS))
+    yield running
+    for name in ("c", "d"):
+        running.kill_api(name)
+
+
+def test_a_file_uploaded_through_one_instance_downloads_through_the_other(
+    running: Cluster,
+) -> None:
+    frank = user(running).register(on="a", login_on="b")
+    task_id = frank.create_task("a", "Attachments")
+    digest = hashlib.sha256(ATTACHMENT).hexdigest()
+    for up, down in (("a", "b"), ("b", "a")):
+        file_id = frank.upload(up, task_id, f"from {up}.pdf")
+        assert running.in_bucket(running.key_of(file_id)) == ATTACHMENT
+        response = frank.call(down, "GET", f"/files/{file_id}")
+        assert response.status_code == 200, response.text
+        assert hashlib.sha256(response.content).hexdigest() == digest
+        assert response.headers["etag"] == f'"{digest}"'
+        assert response.headers["content-type"] == "application/pdf"
+        assert response.headers["content-disposition"] == content_disposition(f"from {up}.pdf")
+        # The tag one instance gave validates a cached copy at the other.
+        revalidated = frank.call(
+            up, "GET", f"/files/{file_id}", headers={"If-None-Match": response.headers["etag"]}
+        )
+        assert revalidated.status_code == 304
+
+    def names(on: str) -> list[str]:
+        response = frank.call(on, "GET", f"/tasks/{task_id}/files")
+        return [item["original_filename"] for item in response.json()]
+
+    assert names("a") == names("b") == ["from a.pdf", "from b.pdf"]
+    # The bytes went through the bucket: no process kept them in its own folder.
+    assert running.uploaded_files() == []
+
+
+@pytest.mark.parametrize("deleted", ["file", "task"])
+def test_a_file_deleted_through_one_instance_is_gone_through_the_other_and_from_the_bucket(
+    running: Cluster, deleted: str
+) -> None:
+    grace = user(running).register(on="b", login_on="a")
+    task_id = grace.create_task("b", "Short-lived")
+    file_id = grace.upload("b", task_id, "gone.pdf")
+    key = running.key_of(file_id)
+    assert grace.call("a", "GET", f"/files/{file_id}").content == ATTACHMENT
+    # No worker: the bytes stay until the job recorded with the deletion runs.
+    running.kill_workers()
+    path = f"/files/{file_id}" if deleted == "file" else f"/tasks/{task_id}"
+    assert grace.call("a", "DELETE", path).status_code == 204
+    response = grace.call("b", "GET", f"/files/{file_id}")
+    assert response.status_code == 404
+    assert response.json()["code"] == "file_not_found"
+    assert grace.call("b", "DELETE", f"/files/{file_id}").status_code == 404
+    assert running.in_bucket(key) == ATTACHMENT
+    running.start_worker()
+    wait_until(running.quiet, "the removal job to be done")
+    assert running.in_bucket(key) is None
+
+
+def test_a_presigned_download_through_another_instance_redirects_to_the_bytes(
+    presigning: Cluster,
+) -> None:
+    heidi = user(presigning).register(on="c", login_on="d")
+    task_id = heidi.create_task("c", "Presigned")
+    file_id = heidi.upload("c", task_id, "signed.pdf")
+    response = heidi.call("d", "GET", f"/files/{file_id}")
+    assert response.status_code == 302, response.text
+    assert response.headers["cache-control"] == "no-store"
+    location = response.headers["location"]
+    assert location.startswith(f"{presigning.s3.endpoint_url}/{presigning.bucket}/")
+    assert f"X-Amz-Expires={PRESIGN_SECONDS}" in location
+    # The URL is the credential: a plain client, without the API's token, follows it.
+    fetched = httpx.get(location, timeout=30)
+    assert fetched.status_code == 200
+    assert hashlib.sha256(fetched.content).hexdigest() == hashlib.sha256(ATTACHMENT).hexdigest()
+    assert fetched.headers["content-type"] == "application/pdf"
+    assert fetched.headers["content-disposition"] == content_disposition("signed.pdf")
+    # Deleted through the other instance: once the job ran, the URL handed out serves nothing.
+    assert heidi.call("c", "DELETE", f"/files/{file_id}").status_code == 204
+    assert heidi.call("d", "GET", f"/files/{file_id}").status_code == 404
+    wait_until(presigning.quiet, "the removal job to be done")
+    refused = httpx.get(location, timeout=30)
+    assert refused.status_code == 404
+    assert ATTACHMENT not in refused.content
