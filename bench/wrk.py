@@ -32,10 +32,19 @@ class RunResult:
     output: str = ""
     # The status every answer should have; None: any 2xx.
     expected_status: str | None = None
+    # CPU seconds the server used during the run (bench/servers.py), when measured.
+    server_cpu_s: float | None = None
 
     @property
     def rps(self) -> float:
         return self.requests / self.duration_s if self.duration_s > 0 else 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        """Server CPU microseconds per request (0 when not measured)."""
+        if not self.server_cpu_s or not self.requests:
+            return 0.0
+        return self.server_cpu_s * 1e6 / self.requests
 
     @property
     def unexpected(self) -> dict[str, int]:
@@ -64,6 +73,8 @@ class RunResult:
             "socket_errors": self.socket_errors,
             "errors": self.errors,
             "cache": self.cache,
+            "server_cpu_s": self.server_cpu_s,
+            "cpu_us_per_request": round(self.cpu_us_per_request, 1),
         }
 
 
