@@ -99,7 +99,9 @@ def with_task_etag(response: Response, task: Task) -> Task:
     return task
 
 
-def task_or_not_modified(task: Task, response: Response, if_none_match: str | None) -> Any:
+def task_or_not_modified(
+    task: etags.Versioned, response: Response, if_none_match: str | None
+) -> Any:
     """The task with its tag, or a 304 when the client's tag is current."""
     unchanged = tag_or_not_modified(response, etags.task_etag(task), if_none_match)
     return task if unchanged is None else unchanged

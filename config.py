@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1, le=200)
     db_max_overflow: int = Field(default=0, ge=0, le=200)
     db_connect_timeout_seconds: int = Field(default=5, ge=1, le=60)
+    # Off: a connection that died while pooled fails one request (503), which makes the pool
+    # replace every connection as old as it. On: one extra round trip on every checkout, for
+    # networks that silently drop idle connections.
+    db_pool_pre_ping: bool = False
+    # Connections older than this are replaced when next checked out (0: never).
+    db_pool_recycle_seconds: int = Field(default=1800, ge=0, le=86_400)
     db_statement_timeout_ms: int = Field(default=10_000, ge=0, le=600_000)
 
     redis_url: str | None = None

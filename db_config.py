@@ -150,8 +150,10 @@ def build_engine(settings: Settings) -> Engine:
         # Sized to the request concurrency: an overflow connection per request costs a connect.
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
-        # A connection that died while pooled (a database restart) is replaced, not served.
-        pool_pre_ping=True,
+        # No ping per checkout by default: a dead connection fails its request (503), and that
+        # error makes the pool replace every connection as old as it (detection on error).
+        pool_pre_ping=settings.db_pool_pre_ping,
+        pool_recycle=settings.db_pool_recycle_seconds or -1,
         pool_timeout=settings.db_connect_timeout_seconds,
         # Error messages (and so logs) must never carry bound values: password hashes, user text.
         hide_parameters=True,
@@ -182,6 +184,37 @@ def for_writing(session: Session) -> Session:
     return session
 
 
+@lru_cache(maxsize=8)
+def _autocommit(bind: Engine) -> Engine:
+    return bind.execution_options(isolation_level="AUTOCOMMIT")
+
+
+_READ_ONLY = "read_only"
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_writes(session: Session, *_args: Any) -> None:
+    if session.info.get(_READ_ONLY):
+        raise RuntimeError("a read-only request tried to write through its session")
+
+
+def for_reading(session: Session) -> bool:
+    """Make the session's statements run without a transaction, on PostgreSQL: no BEGIN and
+    no COMMIT round trips, and no thread-pool hop to end it. True when it did.
+
+    Under READ COMMITTED every statement sees its own snapshot anyway, so a request that only
+    reads loses nothing. SQLite keeps its deferred transaction (one snapshot per request, no
+    round trips to save); a session bound to a connection (a test's outer transaction) is left
+    as it is. An ORM write through such a session is refused.
+    """
+    bind = session.bind
+    if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
+        return False
+    session.bind = _autocommit(bind)
+    session.info[_READ_ONLY] = True
+    return True
+
+
 @contextmanager
 def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error, for sync code."""
@@ -197,23 +230,28 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
 async def get_db(request: Request) -> AsyncIterator[Session]:
     """One session and one transaction per request, committed before the response is sent.
 
-    Async on purpose: opening a session does no I/O, so only a request that used the database
-    pays a thread-pool hop, once, for its COMMIT (or ROLLBACK) at the end. A request whose
-    method writes gets a writer session; reads stay deferred, so they never queue for a lock.
+    Async on purpose: opening a session does no I/O, so only a request that wrote pays a
+    thread-pool hop, once, for its COMMIT (or ROLLBACK) at the end. A request whose method
+    writes gets a writer session. Reads on PostgreSQL run without a transaction and end with
+    no I/O at all (closing gives the connection back; nothing to commit or roll back); on
+    SQLite they stay deferred, so they never queue for the write lock.
     """
     session = request.app.state.resources.sessions()
+    reading = False
     if request.method in _WRITE_METHODS:
         for_writing(session)
+    else:
+        reading = for_reading(session)
     try:
         yield session
-        if session.in_transaction():
+        if session.in_transaction() and not reading:
             await run_in_threadpool(session.commit)
     except BaseException as error:
         # Some refusals must keep what the request did (a revoked session, see AppError).
         end = session.commit if getattr(error, "commit_changes", False) else session.rollback
         # Shielded: a cancelled request must still give its connection back cleanly.
         with anyio.CancelScope(shield=True):
-            if session.in_transaction():
+            if session.in_transaction() and not reading:
                 await run_in_threadpool(end)
         raise
     finally:

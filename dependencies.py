@@ -12,7 +12,7 @@ import auth
 import db_config
 from config import Settings
 from db_config import get_db
-from db_models import Task, User
+from db_models import Task
 from enums import Scope
 from exceptions import (
     InsufficientScopeError,
@@ -28,6 +28,7 @@ from services import sessions as session_service
 from services import tasks as task_service
 from services import tokens as token_service
 from services import users as user_service
+from services.tasks import TaskView
 from services.users import Principal, RecentUsers
 from storage import Storage
 
@@ -195,14 +196,17 @@ async def get_current_user(
     session: DbSession,
     settings: SettingsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
-) -> User:
-    """The user the bearer token names; 401 for a missing, bad or revoked token, 403 for a
-    personal access token without the scopes the route declares."""
-    principal = await authenticate(request, session, settings, token)
-    return principal.user()
+) -> Principal:
+    """Who the bearer token stands for; 401 for a missing, bad or revoked token, 403 for a
+    personal access token without the scopes the route declares.
+
+    The worker's immutable snapshot of the user (`Principal`), never an ORM `User`: a route
+    that changes the account loads the row in its own session.
+    """
+    return await authenticate(request, session, settings, token)
 
 
-CurrentUser = Annotated[User, Depends(get_current_user)]
+CurrentUser = Annotated[Principal, Depends(get_current_user)]
 
 
 async def get_current_principal(request: Request, user: CurrentUser) -> Principal:
@@ -233,6 +237,15 @@ def get_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Ta
 
 
 OwnedTask = Annotated[Task, Depends(get_owned_task)]
+
+
+@raises(TaskNotFoundError)
+def read_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> TaskView:
+    """The caller's task named in the path, as read (no ORM row); 404 like `OwnedTask`."""
+    return task_service.read_owned_task(session, owner_id=user.id, task_id=task_id)
+
+
+ReadTask = Annotated[TaskView, Depends(read_owned_task)]
 
 
 async def get_request_cache(request: Request) -> Cache:

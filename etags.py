@@ -5,9 +5,8 @@ Pure functions, no FastAPI: services use them for the bulk `if_match`, routes fo
 
 import hashlib
 import re
-from datetime import date
-
-from db_models import Task
+from datetime import date, datetime
+from typing import Protocol
 
 # One entity tag in a list: an optional weakness prefix and a quoted opaque part.
 _ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
@@ -18,7 +17,20 @@ def _digest(*parts: object) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
-def task_etag(task: Task) -> str:
+class Versioned(Protocol):
+    """What a task's tag is made of: an ORM `Task` and a read-only view both have it."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def version(self) -> int: ...
+
+
+def task_etag(task: Versioned) -> str:
     """The strong tag of a task: changes exactly when its version does.
 
     The creation time is part of it, so a new task that ever got the id of a deleted one

@@ -24,7 +24,7 @@ from dependencies import (
     CacheDep,
     CurrentUser,
     DbSession,
-    OwnedTask,
+    ReadTask,
     SettingsDep,
 )
 from exceptions import (
@@ -140,7 +140,7 @@ def list_tasks(
     )
     if unchanged is not None:
         return unchanged
-    page = task_service.list_tasks(session, owner=user, params=params)
+    page = task_service.list_tasks(session, owner_id=user.id, params=params)
     _set_paging_headers(request, response, params, page.total)
     etag = collection_etag(request, kind="tasks", owner_id=user.id, counter=page.change_counter)
     response.headers["ETag"] = etag
@@ -166,7 +166,7 @@ def create_task(
     response: Response,
 ) -> Any:
     """Create a task owned by the caller."""
-    task = task_service.create_task(session, owner=user, data=data, cache=cache)
+    task = task_service.create_task(session, owner_id=user.id, data=data, cache=cache)
     response.headers["Location"] = f"/tasks/{task.id}"
     with_task_etag(response, task)
     return idempotency.respond(task, adapter=_TASK, status_code=201, response=response)
@@ -222,7 +222,7 @@ def bulk_update_tasks(
     response: Response,
 ) -> Any:
     """Apply one update to many of your tasks: all or nothing, answered in request order."""
-    result = task_service.bulk_update(session, owner=user, data=data, cache=cache)
+    result = task_service.bulk_update(session, owner_id=user.id, data=data, cache=cache)
     return idempotency.respond(result.tasks, adapter=_TASKS, status_code=200, response=response)
 
 
@@ -246,7 +246,7 @@ router.add_api_route(
     dependencies=[READ_TASKS],
 )
 async def get_task(
-    task: OwnedTask, response: Response, if_none_match: IfNoneMatchHeader = None
+    task: ReadTask, response: Response, if_none_match: IfNoneMatchHeader = None
 ) -> Any:
     """One of the caller's tasks, with its `ETag`."""
     return task_or_not_modified(task, response, if_none_match)

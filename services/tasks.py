@@ -1,16 +1,28 @@
 """Tasks: every query on tasks and their tags, always scoped by the owner."""
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, false, func, insert, or_, select, true, update
+from sqlalchemy import (
+    ColumnElement,
+    delete,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session, joinedload
 
 import etags
 import outbox
-from db_models import Task, TaskTag, User, utcnow
+from db_models import Task, TaskTag, utcnow
+from enums import Priority
 from exceptions import (
     BulkPreconditionFailedError,
     EmptyUpdateError,
@@ -55,12 +67,76 @@ def get_owned_task(
     return task
 
 
+# --- reading -------------------------------------------------------------------------------
+# Reads select columns and build plain values: no ORM instances, identity map or instance
+# state, which cost most of a read's time when loaded (docs/PERFORMANCE.md).
+
+
+@dataclass(slots=True)
+class TaskView:
+    """A task as read, with its tags (sorted): what `TaskRead` answers, without an ORM row."""
+
+    id: int
+    title: str
+    description: str | None
+    completed: bool
+    priority: Priority
+    due_date: date | None
+    created_at: datetime
+    updated_at: datetime
+    user_id: int
+    version: int
+    tags: list[str] = dataclasses.field(default_factory=list)
+
+
+_VIEW_COLUMNS = (
+    Task.id,
+    Task.title,
+    Task.description,
+    Task.completed,
+    Task.priority,
+    Task.due_date,
+    Task.created_at,
+    Task.updated_at,
+    Task.user_id,
+    Task.version,
+)
+
+
+def _views(rows: Iterable[Any]) -> list[TaskView]:
+    """Tasks from rows of their columns plus one tag (NULL for none), a task's rows adjacent."""
+    views: list[TaskView] = []
+    last: TaskView | None = None
+    columns: list[Any]
+    for *columns, tag in rows:
+        if last is None or last.id != columns[0]:
+            last = TaskView(*columns)
+            views.append(last)
+        if tag is not None:
+            last.tags.append(tag)
+    return views
+
+
+def read_owned_task(session: Session, *, owner_id: int, task_id: int) -> TaskView:
+    """The caller's task as read (one round trip, tags included); 404 like `get_owned_task`."""
+    rows = session.execute(
+        select(*_VIEW_COLUMNS, TaskTag.tag)
+        .outerjoin(TaskTag, TaskTag.task_id == Task.id)
+        .where(Task.id == task_id, Task.user_id == owner_id)
+        .order_by(TaskTag.tag)
+    )
+    views = _views(rows)
+    if not views:
+        raise TaskNotFoundError(task_id)
+    return views[0]
+
+
 # --- listing ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class TaskPage:
-    tasks: list[Task]
+    tasks: list[TaskView]
     total: int
     # The owner's change counter, read before the page (services/changes.py).
     change_counter: int
@@ -129,40 +205,49 @@ def _conditions(owner_id: int, params: TaskListParams, today: date) -> list[Colu
     return conditions
 
 
-def _ordering(params: TaskListParams) -> list[Any]:
-    column = _SORT_COLUMNS[params.sort_by]
+def _ordering(params: TaskListParams, columns: Any = None) -> list[Any]:
+    """The ORDER BY of a listing, over the task table or over the columns of a page of it."""
+
+    def column(name: str) -> Any:
+        return _SORT_COLUMNS[name] if columns is None else columns[name]
+
     descending = params.sort_order == "desc"
-    first = column.desc() if descending else column.asc()
+    first = column(params.sort_by).desc() if descending else column(params.sort_by).asc()
     if params.sort_by == "due_date":
         first = first.nulls_last()
     if params.sort_by == "id":
         return [first]
-    return [first, Task.id.desc() if descending else Task.id.asc()]
+    return [first, column("id").desc() if descending else column("id").asc()]
 
 
-def list_tasks(session: Session, *, owner: User, params: TaskListParams) -> TaskPage:
+def list_tasks(session: Session, *, owner_id: int, params: TaskListParams) -> TaskPage:
     """One page of the caller's matching tasks, and how many match in all."""
-    conditions = _conditions(owner.id, params, datetime.now(UTC).date())
+    conditions = _conditions(owner_id, params, datetime.now(UTC).date())
     # The count stays a query of its own: it is an index-only scan, where a window count over
     # the page query would read every matching row of a large user. The change counter comes
     # with it, in the same round trip.
     total, changes = session.execute(
-        select(func.count(), change_service.counter_column(owner.id))
+        select(func.count(), change_service.counter_column(owner_id))
         .select_from(Task)
         .where(*conditions)
     ).one()
     if total <= params.skip:
         return TaskPage(tasks=[], total=total, change_counter=changes)
-    # The page and its tags in one round trip.
-    page = session.scalars(
-        select(Task)
+    # The page and its tags in one round trip: the page's rows, each joined to its tags.
+    page = (
+        select(*_VIEW_COLUMNS)
         .where(*conditions)
         .order_by(*_ordering(params))
         .offset(params.skip)
         .limit(params.limit)
-        .options(joinedload(Task.tag_rows))
-    ).unique()
-    return TaskPage(tasks=list(page), total=total, change_counter=changes)
+        .subquery("page")
+    )
+    rows = session.execute(
+        select(page, TaskTag.tag)
+        .outerjoin(TaskTag, TaskTag.task_id == page.c.id)
+        .order_by(*_ordering(params, page.c), TaskTag.tag)
+    )
+    return TaskPage(tasks=_views(rows), total=total, change_counter=changes)
 
 
 # --- writes -------------------------------------------------------------------------------
@@ -199,10 +284,10 @@ def _record_change(session: Session, *, owner_id: int, cache: Cache) -> None:
     stats_service.invalidate_after_commit(session, cache=cache, owner_id=owner_id)
 
 
-def create_task(session: Session, *, owner: User, data: TaskCreate, cache: Cache) -> Task:
+def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cache) -> Task:
     """Create a task owned by the caller."""
     task = Task(
-        user_id=owner.id,
+        user_id=owner_id,
         title=data.title,
         description=data.description,
         priority=data.priority,
@@ -212,7 +297,7 @@ def create_task(session: Session, *, owner: User, data: TaskCreate, cache: Cache
     replace_tags(task, data.tags)
     session.add(task)
     session.flush()
-    _record_change(session, owner_id=owner.id, cache=cache)
+    _record_change(session, owner_id=owner_id, cache=cache)
     return task
 
 
@@ -313,7 +398,7 @@ def _bulk_conflicts(
 
 
 def bulk_update(
-    session: Session, *, owner: User, data: BulkTaskUpdate, cache: Cache
+    session: Session, *, owner_id: int, data: BulkTaskUpdate, cache: Cache
 ) -> BulkUpdateResult:
     """Apply one update to many of the caller's tasks, all or nothing, in constant queries.
 
@@ -323,7 +408,7 @@ def bulk_update(
     if not changes:
         raise EmptyUpdateError()
     ids = data.task_ids
-    owned_scope = (Task.user_id == owner.id, Task.id.in_(ids))
+    owned_scope = (Task.user_id == owner_id, Task.id.in_(ids))
     # Locked (on PostgreSQL) so that no concurrent write changes or deletes them meanwhile;
     # their tags come in one more query.
     found = session.scalars(select(Task).where(*owned_scope).with_for_update(of=Task)).all()
@@ -339,7 +424,7 @@ def bulk_update(
     if not changed:
         return BulkUpdateResult(tasks=[by_id[i] for i in ids], newly_completed_ids=[])
     was_completed = {task_id: by_id[task_id].completed for task_id in changed}
-    changed_scope = (Task.user_id == owner.id, Task.id.in_(changed))
+    changed_scope = (Task.user_id == owner_id, Task.id.in_(changed))
     session.execute(
         update(Task)
         .where(*changed_scope)
@@ -350,18 +435,18 @@ def bulk_update(
         retagged = [i for i in changed if by_id[i].tags != sorted(set(tags))]
         if retagged:
             session.execute(
-                delete(TaskTag).where(TaskTag.user_id == owner.id, TaskTag.task_id.in_(retagged)),
+                delete(TaskTag).where(TaskTag.user_id == owner_id, TaskTag.task_id.in_(retagged)),
                 execution_options={"synchronize_session": False},
             )
         if retagged and tags:
-            rows = [{"task_id": i, "tag": t, "user_id": owner.id} for i in retagged for t in tags]
+            rows = [{"task_id": i, "tag": t, "user_id": owner_id} for i in retagged for t in tags]
             # One multi-row INSERT (at most 100 x 20 rows), not one statement per task.
             session.execute(insert(TaskTag).values(rows))
     # The changed tasks again, as the database now has them (fields, version and tags).
     session.scalars(
         select(Task).where(*changed_scope).execution_options(populate_existing=True)
     ).all()
-    _record_change(session, owner_id=owner.id, cache=cache)
+    _record_change(session, owner_id=owner_id, cache=cache)
     newly_completed = (
         [i for i in changed if not was_completed[i]] if changes.get("completed") is True else []
     )

@@ -119,15 +119,10 @@ class Principal:
             **details,
         )
 
-    def user(self) -> User:
-        """A fresh, session-less `User`: no request can change what another one sees."""
-        return User(
-            id=self.user_id,
-            username=self.username,
-            email=self.email,
-            email_verified=self.email_verified,
-            created_at=self.created_at,
-        )
+    @property
+    def id(self) -> int:
+        """The user's id (`user_id`), so a principal reads like the user it stands for."""
+        return self.user_id
 
     def allows(self, scopes: Iterable[str]) -> bool:
         return self.scopes is None or all(scope in self.scopes for scope in scopes)

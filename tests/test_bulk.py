@@ -7,7 +7,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection
 
-from db_models import User
 from models import MAX_ID, BulkTaskUpdate
 from redis_config import MemoryCache
 from services import tasks as task_service
@@ -168,11 +167,12 @@ def test_reports_which_tasks_became_completed(alice: AuthUser) -> None:
     done_ids = insert_tasks(alice.id, 2, completed=True)
     wanted = [done_ids[0], open_ids[1], done_ids[1], open_ids[0]]
     with RESOURCES.sessions() as session:
-        owner = session.get_one(User, alice.id)
 
         def run(updates: dict[str, Any]) -> list[int]:
             data = BulkTaskUpdate.model_validate({"task_ids": wanted, "updates": updates})
-            result = task_service.bulk_update(session, owner=owner, data=data, cache=MemoryCache())
+            result = task_service.bulk_update(
+                session, owner_id=alice.id, data=data, cache=MemoryCache()
+            )
             assert [task.id for task in result.tasks] == wanted
             return result.newly_completed_ids
 

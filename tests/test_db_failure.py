@@ -110,6 +110,7 @@ def test_postgresql_outage_is_503_with_retry_after_and_served_right_after(
         assert client.post("/tasks", json={"title": "back"}, headers=headers).status_code == 201
     finally:
         proxy.reopen()
+        engine.dispose()  # reopening cut the pooled connections
         with engine.begin() as connection:
             connection.execute(text("DELETE FROM users WHERE username = :u"), {"u": username})
 

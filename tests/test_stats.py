@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from db_models import User
 from models import TaskCreate, TaskStats
 from redis_config import MemoryCache
 from services import stats as stats_service
@@ -203,8 +202,9 @@ def test_a_result_computed_before_a_write_is_never_served_after_it(
     ) -> TaskStats:
         result = original(session, owner_id=owner_id, today=today)
         with RESOURCES.sessions() as writer:
-            owner = writer.get_one(User, owner_id)
-            task_service.create_task(writer, owner=owner, data=TaskCreate(title="x"), cache=cache)
+            task_service.create_task(
+                writer, owner_id=alice.id, data=TaskCreate(title="x"), cache=cache
+            )
             writer.commit()
         return result
 
@@ -224,8 +224,9 @@ def test_versions_are_bumped_by_the_commit_not_by_a_savepoint(alice: AuthUser) -
     cache = MemoryCache()
     key = f"stats:version:{alice.id}"
     with RESOURCES.sessions() as session:
-        owner = session.get_one(User, alice.id)
-        task_service.create_task(session, owner=owner, data=TaskCreate(title="x"), cache=cache)
+        task_service.create_task(
+            session, owner_id=alice.id, data=TaskCreate(title="x"), cache=cache
+        )
         with session.begin_nested():
             pass
         assert cache.counter(key) == 0

@@ -1,0 +1,109 @@
+"""Requests that only read run on PostgreSQL without a transaction; writes keep theirs.
+
+A read pays no BEGIN and no COMMIT round trip and no thread-pool hop to end a transaction
+(docs/PERFORMANCE.md); under READ COMMITTED each statement sees its own snapshot anyway. These
+tests bind the app's sessions to a real engine, as production does (the other tests share one
+outer transaction per test), so what they create is committed for real and removed afterwards.
+"""
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+import db_config
+from config import Settings
+from db_models import Task
+from services import tasks as task_service
+from tests.conftest import BACKEND, PASSWORD, RESOURCES, TEST_DATABASE_URL
+
+# psycopg2's connection.get_transaction_status() values (psycopg2.extensions).
+IDLE, IN_TRANSACTION = 0, 2
+
+pytestmark = [
+    pytest.mark.postgres_redis,
+    pytest.mark.skipif(BACKEND == "embedded", reason="reads keep their transaction on SQLite"),
+]
+
+
+@pytest.fixture
+def engine() -> Iterator[Engine]:
+    engine = db_config.build_engine(Settings(database_url=TEST_DATABASE_URL))
+    # The per-test fixture binds the sessions back to the test's connection afterwards.
+    RESOURCES.sessions.configure(bind=engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def headers(client: TestClient, engine: Engine) -> Iterator[dict[str, str]]:
+    username = f"reader-{uuid.uuid4().hex[:12]}"
+    body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD}
+    try:
+        assert client.post("/auth/register", json=body).status_code == 201
+        login = client.post("/auth/login", json={"username": username, "password": PASSWORD})
+        yield {"Authorization": f"Bearer {login.json()['access_token']}"}
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM users WHERE username = :u"), {"u": username})
+
+
+def _spy_on(monkeypatch: pytest.MonkeyPatch, name: str) -> list[dict[str, Any]]:
+    """Record, for each call of a task service function, how its session's connection runs."""
+    seen: list[dict[str, Any]] = []
+    original = getattr(task_service, name)
+
+    def spy(session: Session, **kwargs: Any) -> Any:
+        result = original(session, **kwargs)
+        dbapi = session.connection().connection.dbapi_connection
+        assert dbapi is not None
+        seen.append({"autocommit": dbapi.autocommit, "status": dbapi.get_transaction_status()})
+        return result
+
+    monkeypatch.setattr(task_service, name, spy)
+    return seen
+
+
+def test_a_read_runs_without_a_transaction_and_a_write_within_one(
+    client: TestClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed = _spy_on(monkeypatch, "list_tasks")
+    created = _spy_on(monkeypatch, "create_task")
+    assert (
+        client.post("/tasks", json={"title": "t", "tags": ["a"]}, headers=headers).status_code
+        == 201
+    )
+    response = client.get("/tasks", headers=headers)
+    assert response.status_code == 200
+    assert [task["tags"] for task in response.json()] == [["a"]]
+    # The read's statements ran in autocommit: no transaction was open after them.
+    assert listed == [{"autocommit": True, "status": IDLE}]
+    # The write's ran inside its transaction, committed once the route returned.
+    assert created == [{"autocommit": False, "status": IN_TRANSACTION}]
+
+
+def test_a_connection_that_served_a_read_serves_a_write_in_a_transaction(
+    client: TestClient, headers: dict[str, str], engine: Engine
+) -> None:
+    # One connection for both: the read's autocommit must not stick to it in the pool.
+    RESOURCES.sessions.configure(
+        bind=db_config.build_engine(Settings(database_url=TEST_DATABASE_URL, db_pool_size=1))
+    )
+    assert client.get("/tasks", headers=headers).status_code == 200
+    task = client.post("/tasks", json={"title": "kept"}, headers=headers)
+    assert task.status_code == 201
+    assert client.get(f"/tasks/{task.json()['id']}", headers=headers).json()["title"] == "kept"
+
+
+def test_an_orm_write_through_a_read_session_is_refused(engine: Engine) -> None:
+    with Session(engine) as session:
+        assert db_config.for_reading(session)
+        session.add(Task(user_id=1, title="never written"))
+        with pytest.raises(RuntimeError, match="read-only"):
+            session.flush()
