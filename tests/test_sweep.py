@@ -55,7 +55,7 @@ def orphan_name() -> str:
 
 
 def temp_name() -> str:
-    return f"{file_service.TEMP_PREFIX}{uuid.uuid4().hex[:8]}{file_service.TEMP_SUFFIX}"
+    return f"{storage.TEMP_PREFIX}{uuid.uuid4().hex[:8]}{storage.TEMP_SUFFIX}"
 
 
 def put(store: storage.Storage, key: str, content: bytes = PDF) -> str:
