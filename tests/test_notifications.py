@@ -39,7 +39,7 @@ from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.mail_helpers import SENDER, Inbox, smtp_settings
 from tests.served_app import free_port
 from tests.task_helpers import insert_tasks
-from tests.test_cache import RedisServer, needs_redis_server
+from tests.test_cache import TIMEOUT_SECONDS, RedisServer, needs_redis_server
 
 
 class RefusingServer:
@@ -633,7 +633,9 @@ class TestSharedNoticeBudget:
         self, redis_server: RedisServer
     ) -> None:
         budgets = [
-            notifications.NoticeBudget(redis_url=redis_server.url, key_prefix=prefix)
+            notifications.NoticeBudget(
+                redis_url=redis_server.url, key_prefix=prefix, timeout_seconds=TIMEOUT_SECONDS
+            )
             for prefix in ("deploy-a", "deploy-a", "deploy-b")
         ]
         try:
@@ -675,7 +677,9 @@ class TestSharedNoticeBudget:
     def test_a_failing_redis_falls_back_to_counting_in_process(
         self, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
     ) -> None:
-        budget = notifications.NoticeBudget(redis_url=redis_server.url, key_prefix="deploy-a")
+        budget = notifications.NoticeBudget(
+            redis_url=redis_server.url, key_prefix="deploy-a", timeout_seconds=TIMEOUT_SECONDS
+        )
         try:
             assert budget.take(7, 1, 3) == 1
             redis_server.stop()

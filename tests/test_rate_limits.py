@@ -337,7 +337,7 @@ def test_hung_redis_costs_a_bounded_wait_then_limits_in_memory(make_app: AppFact
         client = client_at(app)
         started = time.monotonic()
         assert _login(client, "nobody").status_code == 401
-        # One Redis timeout (REDIS_TIMEOUT_SECONDS), not a hang.
+        # One Redis timeout (REDIS_SOCKET_TIMEOUT_MS), not a hang.
         assert time.monotonic() - started < 10
         assert _login(client, "nobody").status_code == 401
         _assert_rate_limited(_login(client, "nobody"))
