@@ -26,7 +26,7 @@ from exceptions import (
     raises,
 )
 from services import idempotency as idempotency_service
-from services.files import ReceivedUpload
+from uploads import ReceivedUpload
 
 MAX_KEY_LENGTH = 255
 # Visible ASCII, unquoted.

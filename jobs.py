@@ -40,7 +40,7 @@ import metrics
 import outbox
 from config import Settings
 from db_models import utcnow
-from redis_config import key_prefix
+from redis_config import key_prefix, redis_timeout_seconds
 from resources import JobSubmitter, Resources
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class RqRunner:
         if connection is None:
             if not settings.redis_url:
                 raise ValueError("the RQ runner needs REDIS_URL")
-            timeout = settings.redis_socket_timeout_ms / 1000
+            timeout = redis_timeout_seconds(settings)
             # Enqueueing happens before the response: bounded like every other Redis call.
             connection = redis.Redis.from_url(
                 settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout

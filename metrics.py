@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config import Settings
-from redis_config import key_prefix
+from redis_config import key_prefix, redis_timeout_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class RedisEventCounters(EventCounters):
     """One Redis hash for the deployment, incremented by whichever process saw the event."""
 
     def __init__(self, settings: Settings, redis_url: str) -> None:
-        timeout = max(settings.redis_socket_timeout_ms / 1000, 0.2)
+        timeout = redis_timeout_seconds(settings)
         self._client = redis.Redis.from_url(
             redis_url,
             socket_timeout=timeout,

@@ -21,12 +21,11 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from config import Settings
+from redis_config import redis_timeout_seconds
 
 logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 3600
-# A Redis call made by a job: it delays no request, but must not hang either.
-REDIS_TIMEOUT_SECONDS = 0.5
 # Users whose recent sends are remembered in memory; beyond this the oldest are forgotten.
 MAX_REMEMBERED_USERS = 100_000
 
@@ -100,7 +99,12 @@ class NoticeBudget:
     """The per-user hourly budget: in Redis when configured, else (or while it fails) in memory."""
 
     def __init__(
-        self, *, redis_url: str | None, key_prefix: str, warn_interval_seconds: float = 60.0
+        self,
+        *,
+        redis_url: str | None,
+        key_prefix: str,
+        timeout_seconds: float,
+        warn_interval_seconds: float = 60.0,
     ) -> None:
         self.memory = MemoryNoticeBudget()
         self._warn_interval = warn_interval_seconds
@@ -110,8 +114,9 @@ class NoticeBudget:
         if redis_url:
             self._client = redis.Redis.from_url(
                 redis_url,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                # A call made by a job: it delays no request, but must not hang either.
+                socket_timeout=timeout_seconds,
+                socket_connect_timeout=timeout_seconds,
                 retry=Retry(NoBackoff(), 0),
             )
         self._script = self._client.register_script(_TAKE_SCRIPT) if self._client else None
@@ -146,18 +151,21 @@ class NoticeBudget:
             self._client.close()
 
 
-_budgets: dict[tuple[str | None, str], NoticeBudget] = {}
+_budgets: dict[tuple[str | None, str, float], NoticeBudget] = {}
 _budgets_lock = threading.Lock()
 
 
 def notice_budget(settings: Settings) -> NoticeBudget:
-    """The process-wide budget for these settings' Redis and key prefix."""
-    key = (settings.redis_url, settings.redis_key_prefix)
+    """The process-wide budget for these settings' Redis, key prefix and Redis timeout."""
+    timeout = redis_timeout_seconds(settings)
+    key = (settings.redis_url, settings.redis_key_prefix, timeout)
     with _budgets_lock:
         budget = _budgets.get(key)
         if budget is None:
             budget = _budgets[key] = NoticeBudget(
-                redis_url=settings.redis_url, key_prefix=settings.redis_key_prefix
+                redis_url=settings.redis_url,
+                key_prefix=settings.redis_key_prefix,
+                timeout_seconds=timeout,
             )
         return budget
 

@@ -24,12 +24,9 @@ from starlette.concurrency import run_in_threadpool
 
 import auth
 from config import Settings
+from redis_config import redis_timeout_seconds
 
 logger = logging.getLogger(__name__)
-
-# A healthy Redis answers in well under a millisecond; one slower than this counts as down, and
-# the limiter falls back to counting in memory rather than stalling requests.
-REDIS_TIMEOUT_SECONDS = 0.5
 
 _ROUTE_LIMITS_ATTRIBUTE = "__rate_limits__"
 _BODY_READER_ATTRIBUTE = "__rate_limit_body_reader__"
@@ -209,9 +206,12 @@ class RateLimiter:
     def __init__(self, settings: Settings, *, key_prefix: str = "taskmanager") -> None:
         storage_options: dict[str, Any] = {}
         if settings.redis_url:
+            # A Redis slower than the app's Redis timeout counts as down: the limiter falls back
+            # to counting in memory rather than stalling requests.
+            timeout = redis_timeout_seconds(settings)
             storage_options = {
-                "socket_connect_timeout": REDIS_TIMEOUT_SECONDS,
-                "socket_timeout": REDIS_TIMEOUT_SECONDS,
+                "socket_connect_timeout": timeout,
+                "socket_timeout": timeout,
                 # Every counter key starts with REDIS_KEY_PREFIX: deployments sharing a Redis
                 # database never share a budget.
                 "key_prefix": f"{settings.redis_key_prefix}:limits",

@@ -267,6 +267,16 @@ class RedisCache(Cache):
         self._client.close()
 
 
+def redis_timeout_seconds(settings: Settings) -> float:
+    """REDIS_SOCKET_TIMEOUT_MS in seconds: the connect and read timeout of every Redis client.
+
+    One bound for every client the app (or a worker) builds, the cache, the rate limiter, the
+    notice budget, enqueueing a job and the job counters, so a frozen Redis costs each call the
+    same short wait before that client's fallback takes over, and one setting tunes them all.
+    """
+    return settings.redis_socket_timeout_ms / 1000
+
+
 def key_prefix(settings: Settings) -> str:
     """The prefix of this deployment's own Redis names (the job queue, job and metric counters).
 
@@ -286,6 +296,6 @@ def build_cache(settings: Settings) -> Cache:
         return RedisCache(
             settings.redis_url,
             key_prefix=settings.redis_key_prefix,
-            timeout_seconds=settings.redis_socket_timeout_ms / 1000,
+            timeout_seconds=redis_timeout_seconds(settings),
         )
     return MemoryCache()

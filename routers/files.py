@@ -9,6 +9,7 @@ from pydantic import TypeAdapter
 
 import etags
 import rate_limit_config as rate_limits
+import uploads
 from conditional import ETAG_HEADER, NOT_MODIFIED, IfNoneMatchHeader, not_modified
 from dependencies import (
     READ_FILES,
@@ -72,11 +73,11 @@ _UPLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
     }
 }
 # One binary media type: the bytes are sent with the type checked at upload (one of
-# `file_service.CONTENT_TYPES`), and clients read them as bytes whatever it is.
+# `uploads.CONTENT_TYPES`), and clients read them as bytes whatever it is.
 _DOWNLOAD_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The file's bytes, as an attachment, with the content type checked at "
-        "upload: " + ", ".join(f"`{t}`" for t in file_service.CONTENT_TYPES) + ".",
+        "upload: " + ", ".join(f"`{t}`" for t in uploads.CONTENT_TYPES) + ".",
         "content": {
             "application/octet-stream": {"schema": _BINARY},
             # The same bytes under their own type: read them as binary whatever it is.
@@ -140,16 +141,22 @@ async def upload_file(
     response: Response,
 ) -> Any:
     """Attach a file to one of your tasks: multipart/form-data with one part named `file`."""
-    row = await file_service.upload_file(
-        session,
-        task=task,
+    max_files = settings.max_files_per_task
+    target = await file_service.check_room_for_file(session, task=task, max_files=max_files)
+    async with uploads.receive_upload(
         headers=request.headers,
         body=request.stream(),
-        storage=storage,
-        max_bytes=settings.max_upload_bytes,
-        max_files=settings.max_files_per_task,
-        before_attach=idempotency.claim_upload,
-    )
+        upload_dir=storage.temp_dir,
+        limit=settings.max_upload_bytes,
+    ) as upload:
+        row = await file_service.attach_upload(
+            session,
+            target=target,
+            upload=upload,
+            storage=storage,
+            max_files=max_files,
+            before_attach=idempotency.claim_upload,
+        )
     response.headers["Location"] = f"/files/{row.id}"
     return await idempotency.respond_async(row, adapter=_FILE, status_code=201, response=response)
 

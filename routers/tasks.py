@@ -223,7 +223,7 @@ def bulk_update_tasks(
 ) -> Any:
     """Apply one update to many of your tasks: all or nothing, answered in request order."""
     result = task_service.bulk_update(session, owner_id=user.id, data=data, cache=cache)
-    return idempotency.respond(result.tasks, adapter=_TASKS, status_code=200, response=response)
+    return idempotency.respond(result.updated, adapter=_TASKS, status_code=200, response=response)
 
 
 # `/{task_id}` would capture the other methods of these literal paths (a 422 for the id
@@ -264,8 +264,8 @@ def update_task(
     task: WritableTask, data: TaskUpdate, session: DbSession, cache: CacheDep, response: Response
 ) -> Any:
     """Change some fields of a task; only the fields sent are changed."""
-    task = task_service.update_task(session, task=task, data=data, cache=cache)
-    return with_task_etag(response, task)
+    result = task_service.update_task(session, task=task, data=data, cache=cache)
+    return with_task_etag(response, result.updated)
 
 
 @router.delete(

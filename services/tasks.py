@@ -4,7 +4,7 @@ import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -318,7 +318,37 @@ def apply_changes(task: Task, changes: dict[str, Any]) -> None:
     task.updated_at = utcnow()
 
 
-def update_task(session: Session, *, task: Task, data: TaskUpdate, cache: Cache) -> Task:
+_Updated = TypeVar("_Updated", Task, list[Task])
+
+
+@dataclass(frozen=True)
+class UpdateResult(Generic[_Updated]):
+    """What an update did, for one task or many alike.
+
+    `newly_completed_ids`: the tasks that were open before the update and are completed now,
+    each owed exactly one completion notice (re-sending `completed: true` completes nothing).
+    """
+
+    updated: _Updated
+    newly_completed_ids: list[int]
+
+
+def _newly_completed(changes: dict[str, Any], was_completed: dict[int, bool]) -> list[int]:
+    """Of the tasks an update changes (their completion before it), those it completes."""
+    if changes.get("completed") is not True:
+        return []
+    return [task_id for task_id, done in was_completed.items() if not done]
+
+
+def _owe_notices(session: Session, result: UpdateResult[_Updated]) -> UpdateResult[_Updated]:
+    # The one place an update decides on completion notices, in its own transaction.
+    outbox.tasks_completed(session, task_ids=result.newly_completed_ids)
+    return result
+
+
+def update_task(
+    session: Session, *, task: Task, data: TaskUpdate, cache: Cache
+) -> UpdateResult[Task]:
     """Change the fields the client sent; an empty update is a 400."""
     changes = data.changes()
     if not changes:
@@ -328,15 +358,13 @@ def update_task(session: Session, *, task: Task, data: TaskUpdate, cache: Cache)
     fields = {field: value for field, value in changes.items() if field != "tags"}
     if not _differs(task, fields, changes.get("tags")):
         # Nothing would change: the version, updated_at and the list tags stay as they are.
-        return task
-    became_completed = changes.get("completed") is True and not task.completed
+        return UpdateResult(task, newly_completed_ids=[])
+    newly_completed = _newly_completed(changes, {task.id: task.completed})
     apply_changes(task, changes)
     # The flush raises the version (version_id_col) along with updated_at.
     session.flush()
-    if became_completed:
-        outbox.tasks_completed(session, task_ids=[task.id])
     _record_change(session, owner_id=task.user_id, cache=cache)
-    return task
+    return _owe_notices(session, UpdateResult(task, newly_completed_ids=newly_completed))
 
 
 def delete_task(session: Session, *, task: Task, cache: Cache) -> None:
@@ -376,13 +404,6 @@ def remove_tag(session: Session, *, task: Task, tag: str, cache: Cache) -> Task:
     return task
 
 
-@dataclass(frozen=True)
-class BulkUpdateResult:
-    tasks: list[Task]
-    # Tasks that were open before this update and are completed now (for notifications).
-    newly_completed_ids: list[int]
-
-
 def _bulk_conflicts(
     ids: list[int], tasks: dict[int, Task], if_match: dict[int, str]
 ) -> list[dict[str, Any]]:
@@ -399,7 +420,7 @@ def _bulk_conflicts(
 
 def bulk_update(
     session: Session, *, owner_id: int, data: BulkTaskUpdate, cache: Cache
-) -> BulkUpdateResult:
+) -> UpdateResult[list[Task]]:
     """Apply one update to many of the caller's tasks, all or nothing, in constant queries.
 
     Only the tasks the update really changes get a new version, updated_at and tag rows.
@@ -422,8 +443,10 @@ def bulk_update(
     tags: list[str] | None = changes.pop("tags", None)
     changed = [task_id for task_id in ids if _differs(by_id[task_id], changes, tags)]
     if not changed:
-        return BulkUpdateResult(tasks=[by_id[i] for i in ids], newly_completed_ids=[])
-    was_completed = {task_id: by_id[task_id].completed for task_id in changed}
+        return UpdateResult([by_id[i] for i in ids], newly_completed_ids=[])
+    newly_completed = _newly_completed(
+        changes, {task_id: by_id[task_id].completed for task_id in changed}
+    )
     changed_scope = (Task.user_id == owner_id, Task.id.in_(changed))
     session.execute(
         update(Task)
@@ -447,8 +470,6 @@ def bulk_update(
         select(Task).where(*changed_scope).execution_options(populate_existing=True)
     ).all()
     _record_change(session, owner_id=owner_id, cache=cache)
-    newly_completed = (
-        [i for i in changed if not was_completed[i]] if changes.get("completed") is True else []
+    return _owe_notices(
+        session, UpdateResult([by_id[i] for i in ids], newly_completed_ids=newly_completed)
     )
-    outbox.tasks_completed(session, task_ids=newly_completed)
-    return BulkUpdateResult(tasks=[by_id[i] for i in ids], newly_completed_ids=newly_completed)

@@ -4,13 +4,16 @@ With TEST_DATABASE_URL / TEST_REDIS_URL unset, tests run on the embedded default
 SQLite file, in-process cache). With them set, the same tests run on PostgreSQL + Redis.
 """
 
+import contextlib
 import os
 import secrets
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +55,7 @@ from sqlalchemy import Connection, text, update  # noqa: E402
 import jobs  # noqa: E402
 from alembic import command  # noqa: E402
 from main import create_app  # noqa: E402
+from rate_limit_config import RateLimiter  # noqa: E402
 from resources import Resources  # noqa: E402
 from tests.job_helpers import HeldJobs, RunAtOnce  # noqa: E402
 
@@ -278,6 +282,39 @@ def live_server(db_connection: Connection) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+# --- apps of a test's own, with rate limits ---------------------------------------------------
+
+AppFactory = Callable[..., FastAPI]
+
+
+@contextlib.contextmanager
+def apps_with_own_limits(**defaults: Any) -> Iterator[AppFactory]:
+    """Build apps on the suite's resources with `defaults` and each call's settings.
+
+    With rate limiting on, each app counts under a prefix of its own (`key_prefix=` shares
+    one), so runs and tests never share a budget; their Redis keys go at the end.
+    """
+    prefixes: list[tuple[str, str]] = []
+
+    def build(*, key_prefix: str | None = None, **overrides: Any) -> FastAPI:
+        settings = config.Settings(**{**defaults, **overrides})
+        app = create_app(settings, resources=RESOURCES)
+        if settings.rate_limit_enabled:
+            prefix = key_prefix or f"test-{uuid.uuid4().hex}"
+            app.state.limiter = RateLimiter(settings, key_prefix=prefix)
+            if settings.redis_url:
+                prefixes.append((settings.redis_url, prefix))
+        return app
+
+    yield build
+    for redis_url, prefix in prefixes:
+        # Leftovers expire with their window anyway.
+        with contextlib.suppress(redis.RedisError), redis.Redis.from_url(redis_url) as client:
+            keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+            if keys:
+                client.delete(*keys)
 
 
 # --- the stats cache ------------------------------------------------------------------------

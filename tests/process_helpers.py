@@ -18,6 +18,7 @@ from aiosmtpd.smtp import Session as SmtpSession
 
 from config import PROJECT_DIR
 from tests.mail_helpers import Inbox
+from tests.served_app import run_module
 
 WAIT_SECONDS = 90
 
@@ -109,15 +110,11 @@ def serve_api(name: str, port: int, *, env: dict[str, str], log_dir: Path) -> Pr
     return process
 
 
+def alembic(database_url: str, *args: str) -> None:
+    """Run alembic on a database (`upgrade head`, `downgrade base`, ...); fails unless it succeeds."""
+    run_module("alembic", *args, env={**os.environ, "DATABASE_URL": database_url})
+
+
 def migrate(database_url: str) -> None:
     """Build a database's schema with the migrations, as `make run` and `make serve` do."""
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=PROJECT_DIR,
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    alembic(database_url, "upgrade", "head")

@@ -56,10 +56,11 @@ def app_environment(database_url: str, directory: Path, **extra: str) -> dict[st
     }
 
 
-def migrate(env: dict[str, str]) -> None:
-    """`alembic upgrade head` on the instance's database, as `make run` does before serving."""
+def run_module(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` in the project folder, as the Makefile runs the service's commands;
+    fails the test (with the command's stderr) unless it exits 0."""
     result = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        [sys.executable, "-m", *args],
         cwd=PROJECT_DIR,
         env=env,
         capture_output=True,
@@ -68,6 +69,12 @@ def migrate(env: dict[str, str]) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def migrate(env: dict[str, str]) -> None:
+    """`alembic upgrade head` on the instance's database, as `make run` does before serving."""
+    run_module("alembic", "upgrade", "head", env=env)
 
 
 @contextmanager

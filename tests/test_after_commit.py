@@ -15,6 +15,7 @@ import storage
 from db_models import Task, User
 from services import files as file_service
 from tests.conftest import RESOURCES
+from uploads import ReceivedUpload
 
 
 def add_user(session: Session, name: str) -> None:
@@ -174,10 +175,10 @@ class TestAfterRollback:
         assert calls == ["inner"]
 
 
-def _received(tmp_path: Path, data: bytes) -> file_service.ReceivedUpload:
+def _received(tmp_path: Path, data: bytes) -> ReceivedUpload:
     temp = tmp_path / "received.txt"
     temp.write_bytes(data)
-    return file_service.ReceivedUpload(
+    return ReceivedUpload(
         temp_path=temp,
         original_filename="notes.txt",
         content_type="text/plain",

@@ -4,12 +4,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
+import notifications
 from alembic import command
 from config import Settings, get_settings
-from jobs import InProcessRunner
+from jobs import InProcessRunner, RqRunner
 from main import create_app
+from metrics import RedisEventCounters, build_event_counters
+from redis_config import RedisCache, build_cache
 from resources import Resources
 from tests.conftest import RESOURCES, alembic_config, register_and_login
 
@@ -86,3 +90,42 @@ def test_the_lifespan_builds_what_the_app_uses_and_closes_it(own_settings: Setti
     # Stopped with the app: its runner is gone, its pool holds no connection.
     assert resources.runner is None
     assert resources.engine.pool.checkedout() == 0
+
+
+def test_every_redis_client_of_an_app_takes_its_redis_timeout() -> None:
+    """REDIS_SOCKET_TIMEOUT_MS bounds connecting and each call of every Redis client the app
+    builds: rate-limit counters and notice budget as well as cache, job queue and counters."""
+    settings = get_settings().model_copy(
+        update={
+            # Nothing listens there: building a client does not connect.
+            "redis_url": "redis://127.0.0.1:1/0",
+            "redis_socket_timeout_ms": 1234,
+            "rate_limit_enabled": True,
+        }
+    )
+    app = create_app(settings)
+    cache, counters = build_cache(settings), build_event_counters(settings)
+    assert isinstance(cache, RedisCache)
+    assert isinstance(counters, RedisEventCounters)
+    budget = notifications.notice_budget(app.state.settings)._client
+    assert budget is not None
+    clients: dict[str, redis.Redis] = {
+        # slowapi's limits storage holds the client it made from the limiter's options.
+        "rate limiter": app.state.limiter.limiter._storage.storage,
+        "notice budget": budget,
+        "cache": cache._client,
+        "job queue": RqRunner(settings).connection,
+        "job counters": counters._client,
+    }
+    try:
+        timeouts = {
+            name: (
+                client.connection_pool.connection_kwargs["socket_timeout"],
+                client.connection_pool.connection_kwargs["socket_connect_timeout"],
+            )
+            for name, client in clients.items()
+        }
+        assert timeouts == dict.fromkeys(clients, (1.234, 1.234))
+    finally:
+        for client in clients.values():
+            client.close()

@@ -4,48 +4,26 @@ authentication and rate limits, whether the size is declared or streamed (chunke
 Apps built here have small limits so bodies stay small; the default is checked on the shared app.
 """
 
-import contextlib
 import json
 import socket
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from config import Settings
-from main import create_app
-from rate_limit_config import RateLimiter
-from tests.conftest import PASSWORD, RESOURCES, AuthUser
+from tests.conftest import PASSWORD, AppFactory, AuthUser, apps_with_own_limits
 
-AppFactory = Callable[..., FastAPI]
 LIMIT = 2000
 
 
 @pytest.fixture
 def make_app() -> Iterator[AppFactory]:
-    """Apps with the given settings; rate-limit counters under a prefix of their own."""
-    prefixes: list[tuple[str, str]] = []
-
-    def build(**overrides: Any) -> FastAPI:
-        settings = Settings(**{"max_body_bytes": LIMIT, **overrides})
-        app = create_app(settings, resources=RESOURCES)
-        if settings.rate_limit_enabled:
-            prefix = f"test-{uuid.uuid4().hex}"
-            app.state.limiter = RateLimiter(settings, key_prefix=prefix)
-            if settings.redis_url:
-                prefixes.append((settings.redis_url, prefix))
-        return app
-
-    yield build
-    for redis_url, prefix in prefixes:
-        with contextlib.suppress(redis.RedisError), redis.Redis.from_url(redis_url) as client:
-            keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
+    """Apps with the given settings and small body limits."""
+    with apps_with_own_limits(max_body_bytes=LIMIT) as build:
+        yield build
 
 
 def client_of(app: FastAPI, ip: str = "203.0.113.20") -> TestClient:

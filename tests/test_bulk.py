@@ -173,7 +173,7 @@ def test_reports_which_tasks_became_completed(alice: AuthUser) -> None:
             result = task_service.bulk_update(
                 session, owner_id=alice.id, data=data, cache=MemoryCache()
             )
-            assert [task.id for task in result.tasks] == wanted
+            assert [task.id for task in result.updated] == wanted
             return result.newly_completed_ids
 
         assert run({"title": "renamed"}) == []

@@ -26,6 +26,7 @@ from dependencies import get_app_settings
 from exceptions import AppError, FileTooLargeError
 from services import files as file_service
 from tests.conftest import RESOURCES, AuthUser
+from uploads import DOCX_CONTENT_TYPE, ReceivedUpload, receive_upload, safe_filename
 
 pytestmark = pytest.mark.usefixtures("storage_backend")
 
@@ -50,7 +51,7 @@ SAMPLES: dict[str, tuple[bytes, str]] = {
     "old.gif": (b"GIF87a\x01\x00\x01\x00" + b"\x00" * 16, "image/gif"),
     "report.pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "application/pdf"),
     "letter.doc": (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 64, "application/msword"),
-    "letter.docx": (DOCX_BYTES, file_service.DOCX_CONTENT_TYPE),
+    "letter.docx": (DOCX_BYTES, DOCX_CONTENT_TYPE),
     "bundle.zip": (_zip("a.txt", "b/c.txt"), "application/zip"),
     "notes.txt": ("Grüße, 世界!\nline two\n".encode(), "text/plain; charset=utf-8"),
 }
@@ -446,12 +447,13 @@ class TestUploadSize:
                 yield chunk
 
         async def receive() -> None:
-            await file_service.receive_upload(
+            async with receive_upload(
                 headers={"content-type": MULTIPART},
                 body=body(),
                 upload_dir=tmp_path,
                 limit=256 * 1024,
-            )
+            ):
+                pass
 
         with pytest.raises(FileTooLargeError):
             anyio.run(receive)
@@ -464,9 +466,10 @@ class TestUploadSize:
             raise ClientDisconnect()
 
         async def receive() -> None:
-            await file_service.receive_upload(
+            async with receive_upload(
                 headers={"content-type": MULTIPART}, body=body(), upload_dir=tmp_path, limit=10_000
-            )
+            ):
+                pass
 
         with pytest.raises(AppError) as raised:
             anyio.run(receive)
@@ -529,10 +532,10 @@ class TestFilenames:
         ],
     )
     def test_safe_filename(self, raw: str, expected: str) -> None:
-        assert file_service.safe_filename(raw) == expected
+        assert safe_filename(raw) == expected
 
     def test_long_names_are_capped_keeping_the_extension(self) -> None:
-        name = file_service.safe_filename("é" * 400 + ".docx")
+        name = safe_filename("é" * 400 + ".docx")
         assert len(name) == 255
         assert name.endswith("é.docx")
 
@@ -700,7 +703,7 @@ class TestDownload:
     ) -> None:
         from routers.files import content_disposition
 
-        stored = file_service.safe_filename(filename)
+        stored = safe_filename(filename)
         assert content_disposition(stored) == (
             f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
         )
@@ -834,10 +837,10 @@ class TestConsistency:
         store = RESOURCES.storage
         before = stored_files()
 
-        def received(name: str) -> file_service.ReceivedUpload:
+        def received(name: str) -> ReceivedUpload:
             temp, handle = storage.create_temp_file(store.temp_dir)
             handle.write(PDF)
-            return file_service.ReceivedUpload(
+            return ReceivedUpload(
                 temp_path=temp,
                 original_filename=f"{name}.pdf",
                 content_type="application/pdf",
@@ -885,7 +888,7 @@ class TestConsistency:
         before = stored_files()
         temp, handle = storage.create_temp_file(store.temp_dir)
         handle.write(PDF)
-        upload = file_service.ReceivedUpload(
+        upload = ReceivedUpload(
             temp_path=temp,
             original_filename="late.pdf",
             content_type="application/pdf",

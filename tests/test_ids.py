@@ -1,9 +1,6 @@
 """Ids are never given twice, and a token authenticates only the account it was issued for."""
 
-import os
 import sqlite3
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,9 +10,10 @@ from jose import jwt
 from sqlalchemy import Connection, delete, insert
 
 import auth
-from config import PROJECT_DIR, get_settings
+from config import get_settings
 from db_models import User, utcnow
 from tests.conftest import PASSWORD, RESOURCES, AuthUser, register_and_login
+from tests.process_helpers import alembic
 
 PDF = b"%PDF-1.4\n% test\n"
 
@@ -128,19 +126,6 @@ def test_a_token_without_a_live_session_of_its_account_is_refused(
 # --- the migration that made ids never-reused on SQLite ------------------------------------
 
 
-def _alembic(database_url: str, *args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=PROJECT_DIR,
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def _table_sql(db: sqlite3.Connection, table: str) -> str:
     row = db.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
     sql: str = row[0]
@@ -189,7 +174,7 @@ def _contents(
 
 def test_the_sqlite_migration_keeps_every_row_and_stops_reusing_ids(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    _alembic(url, "upgrade", "0002_task_search")
+    alembic(url, "upgrade", "0002_task_search")
     with sqlite3.connect(tmp_path / "old.db") as db:
         db.executescript(_SEED)
         seeded_columns = _columns(db)
@@ -198,7 +183,7 @@ def test_the_sqlite_migration_keeps_every_row_and_stops_reusing_ids(tmp_path: Pa
     db.close()
 
     # This migration's own effect; later ones add columns the comparison would not expect.
-    _alembic(url, "upgrade", "0003_ids")
+    alembic(url, "upgrade", "0003_ids")
     db = sqlite3.connect(tmp_path / "old.db")
     try:
         assert _contents(db, seeded_columns) == before
@@ -227,7 +212,7 @@ def test_the_sqlite_migration_keeps_every_row_and_stops_reusing_ids(tmp_path: Pa
     finally:
         db.close()
 
-    _alembic(url, "downgrade", "0002_task_search")
+    alembic(url, "downgrade", "0002_task_search")
     db = sqlite3.connect(tmp_path / "old.db")
     try:
         assert _contents(db, seeded_columns) == before

@@ -2,46 +2,24 @@
 shape: padded JSON, OAuth2 forms, malformed or oversized forms (4xx, never a 500).
 """
 
-import contextlib
 import json
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from config import Settings
-from main import create_app
-from rate_limit_config import RateLimiter
-from tests.conftest import RESOURCES, AuthUser
+from tests.conftest import AppFactory, AuthUser, apps_with_own_limits
 
-AppFactory = Callable[..., FastAPI]
 FORM = "application/x-www-form-urlencoded"
 
 
 @pytest.fixture
 def make_app() -> Iterator[AppFactory]:
     """Apps with rate limiting on, each with counters of its own."""
-    prefixes: list[tuple[str, str]] = []
-
-    def build(**overrides: Any) -> FastAPI:
-        settings = Settings(rate_limit_enabled=True, **overrides)
-        app = create_app(settings, resources=RESOURCES)
-        prefix = f"test-{uuid.uuid4().hex}"
-        app.state.limiter = RateLimiter(settings, key_prefix=prefix)
-        if settings.redis_url:
-            prefixes.append((settings.redis_url, prefix))
-        return app
-
-    yield build
-    for redis_url, prefix in prefixes:
-        with contextlib.suppress(redis.RedisError), redis.Redis.from_url(redis_url) as client:
-            keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
-            if keys:
-                client.delete(*keys)
+    with apps_with_own_limits(rate_limit_enabled=True) as build:
+        yield build
 
 
 def client_at(app: FastAPI, ip: str) -> TestClient:

@@ -1,8 +1,5 @@
 """Alembic is the only schema source: it builds an empty database and matches the models."""
 
-import os
-import subprocess
-import sys
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -13,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, create_engine, inspect, make_url, text
 
-from config import PROJECT_DIR
 from db_models import Base, exists_on
 from tests.conftest import RESOURCES
+from tests.process_helpers import alembic
 
 EXPECTED_TABLES = {
     *("alembic_version", "users", "tasks", "task_tags", "task_files"),
@@ -37,26 +34,13 @@ def _drift(connection: Connection) -> list[object]:
         return list(compare_metadata(context, Base.metadata))
 
 
-def _alembic(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=PROJECT_DIR,
-        env={**os.environ, "DATABASE_URL": database_url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_models_match_the_migrated_schema(db_connection: Connection) -> None:
     assert _drift(db_connection) == []
 
 
 def test_upgrade_head_builds_an_empty_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    result = _alembic(url, "upgrade", "head")
-    assert result.returncode == 0, result.stderr
+    alembic(url, "upgrade", "head")
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
@@ -84,15 +68,13 @@ def empty_postgres_database() -> Iterator[str]:
 
 @pytest.mark.postgres_redis
 def test_upgrade_head_builds_an_empty_postgres_database(empty_postgres_database: str) -> None:
-    result = _alembic(empty_postgres_database, "upgrade", "head")
-    assert result.returncode == 0, result.stderr
+    alembic(empty_postgres_database, "upgrade", "head")
     engine = create_engine(empty_postgres_database)
     try:
         with engine.connect() as connection:
             assert set(inspect(connection).get_table_names()) >= EXPECTED_TABLES
             assert _drift(connection) == []
-        result = _alembic(empty_postgres_database, "downgrade", "base")
-        assert result.returncode == 0, result.stderr
+        alembic(empty_postgres_database, "downgrade", "base")
         with engine.connect() as connection:
             assert set(inspect(connection).get_table_names()) == {"alembic_version"}
     finally:
@@ -100,8 +82,7 @@ def test_upgrade_head_builds_an_empty_postgres_database(empty_postgres_database:
 
 
 def _existing_task_gets_version_1(database_url: str) -> None:
-    result = _alembic(database_url, "upgrade", "0002_task_search")
-    assert result.returncode == 0, result.stderr
+    alembic(database_url, "upgrade", "0002_task_search")
     engine = create_engine(database_url)
     try:
         with engine.begin() as connection:
@@ -118,8 +99,7 @@ def _existing_task_gets_version_1(database_url: str) -> None:
                     "CURRENT_TIMESTAMP)"
                 )
             )
-        result = _alembic(database_url, "upgrade", "head")
-        assert result.returncode == 0, result.stderr
+        alembic(database_url, "upgrade", "head")
         with engine.connect() as connection:
             assert connection.execute(text("SELECT version FROM tasks")).scalars().all() == [1]
     finally:

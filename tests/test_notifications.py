@@ -22,18 +22,24 @@ from aiosmtpd.smtp import Session as SmtpSession
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 import background_tasks
 import jobs
 import notifications
+import outbox
 from config import Settings
+from db_models import OutboxJob, Task
+from models import BulkTaskUpdate, TaskUpdate
+from redis_config import MemoryCache
+from services import tasks as task_service
 from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.mail_helpers import SENDER, Inbox, smtp_settings
 from tests.served_app import free_port
-from tests.test_cache import RedisServer, needs_redis_server
+from tests.task_helpers import insert_tasks
+from tests.test_cache import TIMEOUT_SECONDS, RedisServer, needs_redis_server
 
 
 class RefusingServer:
@@ -193,12 +199,23 @@ class TestLogNotifier:
         assert response.status_code == 404
         assert notices_logged(caplog) == []
 
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            pytest.param({}, id="completed-only"),
+            pytest.param({"title": "Still done"}, id="renamed"),
+        ],
+    )
     def test_no_second_notice_for_an_already_completed_task(
-        self, client: TestClient, alice: AuthUser, caplog: pytest.LogCaptureFixture
+        self,
+        client: TestClient,
+        alice: AuthUser,
+        caplog: pytest.LogCaptureFixture,
+        extra: dict[str, Any],
     ) -> None:
         task = make_task(client, alice, completed=True)
         caplog.set_level(logging.INFO, logger="background_tasks")
-        assert complete(client, alice, task["id"], title="Still done").status_code == 200
+        assert complete(client, alice, task["id"], **extra).status_code == 200
         assert notices_logged(caplog) == []
 
     def test_no_notice_for_a_refused_update(
@@ -233,6 +250,44 @@ class TestLogNotifier:
         response = complete(TestClient(app, raise_server_exceptions=False), alice, task["id"])
         assert response.status_code == 503
         assert notices_logged(caplog) == []
+
+
+def test_one_task_and_many_report_and_owe_completions_alike(alice: AuthUser) -> None:
+    """Single and bulk updates return the tasks they completed, and owe a notice for exactly
+    those: a PATCH that completes a task owes one, re-sending `completed: true` owes none."""
+    [single, in_bulk] = insert_tasks(alice.id, 2)
+    with RESOURCES.sessions() as session:
+
+        def owed() -> list[int]:
+            jobs = session.scalars(
+                select(OutboxJob).where(OutboxJob.kind == outbox.TASK_COMPLETED)
+            ).all()
+            return [job.payload["task_id"] for job in jobs]
+
+        def update_one(updates: dict[str, Any]) -> list[int]:
+            task = session.get_one(Task, single)
+            data = TaskUpdate.model_validate(updates)
+            result = task_service.update_task(session, task=task, data=data, cache=MemoryCache())
+            assert result.updated is task
+            return result.newly_completed_ids
+
+        def update_many(updates: dict[str, Any]) -> list[int]:
+            data = BulkTaskUpdate.model_validate({"task_ids": [in_bulk], "updates": updates})
+            result = task_service.bulk_update(
+                session, owner_id=alice.id, data=data, cache=MemoryCache()
+            )
+            assert [task.id for task in result.updated] == [in_bulk]
+            return result.newly_completed_ids
+
+        before = owed()
+        for update, task_id in ((update_one, single), (update_many, in_bulk)):
+            assert update({"title": "Renamed"}) == []
+            assert update({"completed": True}) == [task_id]
+            assert update({"completed": True}) == []
+            assert update({"completed": True, "title": "Still done"}) == []
+            assert update({"completed": False}) == []
+        assert owed() == [*before, single, in_bulk]
+        session.rollback()
 
 
 # --- PATCH /tasks/{id} with the SMTP notifier ---------------------------------------------
@@ -579,7 +634,9 @@ class TestSharedNoticeBudget:
         self, redis_server: RedisServer
     ) -> None:
         budgets = [
-            notifications.NoticeBudget(redis_url=redis_server.url, key_prefix=prefix)
+            notifications.NoticeBudget(
+                redis_url=redis_server.url, key_prefix=prefix, timeout_seconds=TIMEOUT_SECONDS
+            )
             for prefix in ("deploy-a", "deploy-a", "deploy-b")
         ]
         try:
@@ -621,7 +678,9 @@ class TestSharedNoticeBudget:
     def test_a_failing_redis_falls_back_to_counting_in_process(
         self, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
     ) -> None:
-        budget = notifications.NoticeBudget(redis_url=redis_server.url, key_prefix="deploy-a")
+        budget = notifications.NoticeBudget(
+            redis_url=redis_server.url, key_prefix="deploy-a", timeout_seconds=TIMEOUT_SECONDS
+        )
         try:
             assert budget.take(7, 1, 3) == 1
             redis_server.stop()

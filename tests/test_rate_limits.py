@@ -4,12 +4,11 @@ The suite runs with RATE_LIMIT_ENABLED=false; these tests build their own apps w
 each with its own counter prefix so runs and tests never share a budget.
 """
 
-import contextlib
 import re
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,44 +18,22 @@ from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 import rate_limit_config as rate_limits
-from config import Settings
-from main import create_app
-from rate_limit_config import RateLimiter
-from tests.conftest import BACKEND, PASSWORD, RESOURCES, TEST_REDIS_URL, AuthUser
+from tests.conftest import (
+    BACKEND,
+    PASSWORD,
+    TEST_REDIS_URL,
+    AppFactory,
+    AuthUser,
+    apps_with_own_limits,
+)
 from tests.tcp_proxy import TcpProxy
-
-AppFactory = Callable[..., FastAPI]
-
-
-def _delete_keys(redis_url: str, prefix: str) -> None:
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @pytest.fixture
 def make_app() -> Iterator[AppFactory]:
     """Build apps with rate limiting on and the given settings; Redis keys are removed after."""
-    prefixes: list[tuple[str, str]] = []
-
-    def build(*, key_prefix: str | None = None, **overrides: Any) -> FastAPI:
-        settings = Settings(rate_limit_enabled=True, **overrides)
-        app = create_app(settings, resources=RESOURCES)
-        prefix = key_prefix or f"test-{uuid.uuid4().hex}"
-        app.state.limiter = RateLimiter(settings, key_prefix=prefix)
-        if settings.redis_url:
-            prefixes.append((settings.redis_url, prefix))
-        return app
-
-    yield build
-    for redis_url, prefix in prefixes:
-        # Leftovers expire with their window anyway.
-        with contextlib.suppress(redis.RedisError):
-            _delete_keys(redis_url, prefix)
+    with apps_with_own_limits(rate_limit_enabled=True) as build:
+        yield build
 
 
 def client_at(app: FastAPI, ip: str = "203.0.113.7") -> TestClient:
@@ -337,7 +314,7 @@ def test_hung_redis_costs_a_bounded_wait_then_limits_in_memory(make_app: AppFact
         client = client_at(app)
         started = time.monotonic()
         assert _login(client, "nobody").status_code == 401
-        # One Redis timeout (REDIS_TIMEOUT_SECONDS), not a hang.
+        # One Redis timeout (REDIS_SOCKET_TIMEOUT_MS), not a hang.
         assert time.monotonic() - started < 10
         assert _login(client, "nobody").status_code == 401
         _assert_rate_limited(_login(client, "nobody"))

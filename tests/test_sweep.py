@@ -31,6 +31,7 @@ from db_models import TaskFile
 from services import files as file_service
 from tests.conftest import RESOURCES, TEST_BUCKET, AuthUser, alembic_config, s3_storage_for
 from tests.s3_server import S3Server
+from tests.served_app import run_module
 
 PDF = b"%PDF-1.7\nswept?\n"
 AN_HOUR_AGO = time.time() - 3600
@@ -55,7 +56,7 @@ def orphan_name() -> str:
 
 
 def temp_name() -> str:
-    return f"{file_service.TEMP_PREFIX}{uuid.uuid4().hex[:8]}{file_service.TEMP_SUFFIX}"
+    return f"{storage.TEMP_PREFIX}{uuid.uuid4().hex[:8]}{storage.TEMP_SUFFIX}"
 
 
 def put(store: storage.Storage, key: str, content: bytes = PDF) -> str:
@@ -363,17 +364,8 @@ class TestSwitchingDatabases:
         # An orphan of the other database, e.g. left by a crash while it was in use.
         theirs = put(theirs_store, theirs_store.new_key())
 
-        result = subprocess.run(
-            [sys.executable, "-m", "background_tasks", "sweep", "--min-age-minutes", "0"],
-            cwd=PROJECT_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = run_module("background_tasks", "sweep", "--min-age-minutes", "0", env=env)
 
-        assert result.returncode == 0, result.stderr
         assert f"removed orphan {theirs}" in result.stdout
         assert ours not in result.stdout
         assert not is_stored(theirs_store, theirs)
