@@ -11,6 +11,7 @@ import logging
 import logging.config
 import logging.handlers
 import os
+import re
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +53,11 @@ _ESCAPES = {
 _MULTILINE_FIELDS = {"exc_text", "stack_info"}
 
 
+_HAS_CONTROL_CHARACTER = re.compile(
+    "[" + "".join(re.escape(chr(code)) for code in _CONTROL_CHARACTERS) + "]"
+)
+
+
 def escape_control_characters(text: str) -> str:
     """`text` on one line: each control character written as a visible escape (`\\n`, `\\x1b`)."""
     return text.translate(_ESCAPES)
@@ -66,6 +72,9 @@ class TextFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
+        if not record.exc_info and not record.stack_info and not _needs_escaping(record):
+            # The common case (an access line): nothing to escape, no copy needed.
+            return super().format(record)
         safe = copy.copy(record)
         safe.msg, safe.args = escape_control_characters(record.getMessage()), None
         for name, value in vars(record).items():
@@ -80,6 +89,16 @@ class TextFormatter(logging.Formatter):
         for message in _exception_messages(ei[1]):
             text = text.replace(message, escape_control_characters(message))
         return text
+
+
+def _needs_escaping(record: logging.LogRecord) -> bool:
+    if _HAS_CONTROL_CHARACTER.search(record.getMessage()):
+        return True
+    return any(
+        isinstance(value, str) and _HAS_CONTROL_CHARACTER.search(value)
+        for name, value in vars(record).items()
+        if name != "msg"
+    )
 
 
 def _exception_messages(error: BaseException | None) -> list[str]:

@@ -103,27 +103,31 @@ _VIEW_COLUMNS = (
 )
 
 
+# A task's tags in one text value: "/" can never be part of a tag (models.TAG_PATTERN).
+_TAG_SEPARATOR = "/"
+_TAGS = (
+    select(func.aggregate_strings(TaskTag.tag, _TAG_SEPARATOR))
+    .where(TaskTag.task_id == Task.id)
+    .correlate(Task)
+    .scalar_subquery()
+)
+
+
 def _views(rows: Iterable[Any]) -> list[TaskView]:
-    """Tasks from rows of their columns plus one tag (NULL for none), a task's rows adjacent."""
-    views: list[TaskView] = []
-    last: TaskView | None = None
-    columns: list[Any]
-    for *columns, tag in rows:
-        if last is None or last.id != columns[0]:
-            last = TaskView(*columns)
-            views.append(last)
-        if tag is not None:
-            last.tags.append(tag)
+    """Tasks from rows of their columns and their tags joined into one value (NULL: none)."""
+    views = []
+    for *columns, tags in rows:
+        view = TaskView(*columns)
+        if tags:
+            view.tags = sorted(tags.split(_TAG_SEPARATOR))
+        views.append(view)
     return views
 
 
 def read_owned_task(session: Session, *, owner_id: int, task_id: int) -> TaskView:
     """The caller's task as read (one round trip, tags included); 404 like `get_owned_task`."""
     rows = session.execute(
-        select(*_VIEW_COLUMNS, TaskTag.tag)
-        .outerjoin(TaskTag, TaskTag.task_id == Task.id)
-        .where(Task.id == task_id, Task.user_id == owner_id)
-        .order_by(TaskTag.tag)
+        select(*_VIEW_COLUMNS, _TAGS).where(Task.id == task_id, Task.user_id == owner_id)
     )
     views = _views(rows)
     if not views:
@@ -205,19 +209,15 @@ def _conditions(owner_id: int, params: TaskListParams, today: date) -> list[Colu
     return conditions
 
 
-def _ordering(params: TaskListParams, columns: Any = None) -> list[Any]:
-    """The ORDER BY of a listing, over the task table or over the columns of a page of it."""
-
-    def column(name: str) -> Any:
-        return _SORT_COLUMNS[name] if columns is None else columns[name]
-
+def _ordering(params: TaskListParams) -> list[Any]:
+    column = _SORT_COLUMNS[params.sort_by]
     descending = params.sort_order == "desc"
-    first = column(params.sort_by).desc() if descending else column(params.sort_by).asc()
+    first = column.desc() if descending else column.asc()
     if params.sort_by == "due_date":
         first = first.nulls_last()
     if params.sort_by == "id":
         return [first]
-    return [first, column("id").desc() if descending else column("id").asc()]
+    return [first, Task.id.desc() if descending else Task.id.asc()]
 
 
 def list_tasks(session: Session, *, owner_id: int, params: TaskListParams) -> TaskPage:
@@ -233,19 +233,13 @@ def list_tasks(session: Session, *, owner_id: int, params: TaskListParams) -> Ta
     ).one()
     if total <= params.skip:
         return TaskPage(tasks=[], total=total, change_counter=changes)
-    # The page and its tags in one round trip: the page's rows, each joined to its tags.
-    page = (
-        select(*_VIEW_COLUMNS)
+    # The page and its tags in one round trip.
+    rows = session.execute(
+        select(*_VIEW_COLUMNS, _TAGS)
         .where(*conditions)
         .order_by(*_ordering(params))
         .offset(params.skip)
         .limit(params.limit)
-        .subquery("page")
-    )
-    rows = session.execute(
-        select(page, TaskTag.tag)
-        .outerjoin(TaskTag, TaskTag.task_id == page.c.id)
-        .order_by(*_ordering(params, page.c), TaskTag.tag)
     )
     return TaskPage(tasks=_views(rows), total=total, change_counter=changes)
 
