@@ -5,7 +5,7 @@ answer errors in the contract's order: authentication, then ownership (404), the
 precondition (428 / 412).
 """
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request, Response
 from sqlalchemy.orm import Session
@@ -93,7 +93,10 @@ def tag_or_not_modified(
     return None
 
 
-def with_task_etag(response: Response, task: Task) -> Task:
+_Tagged = TypeVar("_Tagged", bound=etags.Versioned)
+
+
+def with_task_etag(response: Response, task: _Tagged) -> _Tagged:
     """Send the task's current tag with the response that carries it."""
     response.headers["ETag"] = etags.task_etag(task)
     return task

@@ -25,19 +25,17 @@ def record_change(session: Session, *, owner_id: int) -> None:
     )
 
 
+# Read through the table's columns: a Core statement, without the ORM's compile steps.
+_COUNTER = UserChangeCounter.__table__.c
+
+
 def current_counter(session: Session, *, owner_id: int) -> int:
     """The owner's change counter: 0 before their first change."""
-    counter = session.scalar(
-        select(UserChangeCounter.counter).where(UserChangeCounter.user_id == owner_id)
-    )
+    counter = session.scalar(select(_COUNTER.counter).where(_COUNTER.user_id == owner_id))
     return counter or 0
 
 
 def counter_column(owner_id: int) -> ColumnElement[int]:
     """The owner's change counter as a column, to read it with another query's round trip."""
-    counter = (
-        select(UserChangeCounter.counter)
-        .where(UserChangeCounter.user_id == owner_id)
-        .scalar_subquery()
-    )
+    counter = select(_COUNTER.counter).where(_COUNTER.user_id == owner_id).scalar_subquery()
     return func.coalesce(counter, 0)

@@ -89,26 +89,32 @@ class TaskView:
     tags: list[str] = dataclasses.field(default_factory=list)
 
 
+# Reads use the tables' columns, not the mapped attributes: a Core statement skips the ORM's
+# compile and loading steps.
+_TASK_TABLE = Task.metadata.tables[Task.__tablename__]
+_TAG_TABLE = TaskTag.metadata.tables[TaskTag.__tablename__]
+_TASK = _TASK_TABLE.c
+_TAG = _TAG_TABLE.c
 _VIEW_COLUMNS = (
-    Task.id,
-    Task.title,
-    Task.description,
-    Task.completed,
-    Task.priority,
-    Task.due_date,
-    Task.created_at,
-    Task.updated_at,
-    Task.user_id,
-    Task.version,
+    _TASK.id,
+    _TASK.title,
+    _TASK.description,
+    _TASK.completed,
+    _TASK.priority,
+    _TASK.due_date,
+    _TASK.created_at,
+    _TASK.updated_at,
+    _TASK.user_id,
+    _TASK.version,
 )
 
 
 # A task's tags in one text value: "/" can never be part of a tag (models.TAG_PATTERN).
 _TAG_SEPARATOR = "/"
 _TAGS = (
-    select(func.aggregate_strings(TaskTag.tag, _TAG_SEPARATOR))
-    .where(TaskTag.task_id == Task.id)
-    .correlate(Task)
+    select(func.aggregate_strings(_TAG.tag, _TAG_SEPARATOR))
+    .where(_TAG.task_id == _TASK.id)
+    .correlate(_TASK_TABLE)
     .scalar_subquery()
 )
 
@@ -127,7 +133,7 @@ def _views(rows: Iterable[Any]) -> list[TaskView]:
 def read_owned_task(session: Session, *, owner_id: int, task_id: int) -> TaskView:
     """The caller's task as read (one round trip, tags included); 404 like `get_owned_task`."""
     rows = session.execute(
-        select(*_VIEW_COLUMNS, _TAGS).where(Task.id == task_id, Task.user_id == owner_id)
+        select(*_VIEW_COLUMNS, _TAGS).where(_TASK.id == task_id, _TASK.user_id == owner_id)
     )
     views = _views(rows)
     if not views:
@@ -147,13 +153,13 @@ class TaskPage:
 
 
 _SORT_COLUMNS: dict[str, Any] = {
-    "id": Task.id,
-    "title": Task.title,
-    "priority": Task.priority,
-    "completed": Task.completed,
-    "created_at": Task.created_at,
-    "updated_at": Task.updated_at,
-    "due_date": Task.due_date,
+    "id": _TASK.id,
+    "title": _TASK.title,
+    "priority": _TASK.priority,
+    "completed": _TASK.completed,
+    "created_at": _TASK.created_at,
+    "updated_at": _TASK.updated_at,
+    "due_date": _TASK.due_date,
 }
 
 
@@ -167,44 +173,44 @@ def _like_pattern(text: str) -> str:
 
 
 def _conditions(owner_id: int, params: TaskListParams, today: date) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = [Task.user_id == owner_id]
+    conditions: list[ColumnElement[bool]] = [_TASK.user_id == owner_id]
     if params.completed is not None:
-        conditions.append(Task.completed == (true() if params.completed else false()))
+        conditions.append(_TASK.completed == (true() if params.completed else false()))
     if params.priority is not None:
-        conditions.append(Task.priority == params.priority)
+        conditions.append(_TASK.priority == params.priority)
     if params.tag:
         # Served by the (user_id, tag, task_id) index: only this user's tag rows are read.
         with_all_tags = (
-            select(TaskTag.task_id)
-            .where(TaskTag.user_id == owner_id, TaskTag.tag.in_(params.tag))
-            .group_by(TaskTag.task_id)
+            select(_TAG.task_id)
+            .where(_TAG.user_id == owner_id, _TAG.tag.in_(params.tag))
+            .group_by(_TAG.task_id)
             .having(func.count() == len(params.tag))
         )
-        conditions.append(Task.id.in_(with_all_tags))
+        conditions.append(_TASK.id.in_(with_all_tags))
     if params.overdue is True:
-        conditions.extend([Task.completed == false(), Task.due_date < today])
+        conditions.extend([_TASK.completed == false(), _TASK.due_date < today])
     elif params.overdue is False:
         # Spelled out: NOT (due_date < today) would drop tasks without a due date (NULL).
         conditions.append(
-            or_(Task.completed == true(), Task.due_date.is_(None), Task.due_date >= today)
+            or_(_TASK.completed == true(), _TASK.due_date.is_(None), _TASK.due_date >= today)
         )
     if params.search:
         pattern = _like_pattern(params.search)
         conditions.append(
             or_(
-                Task.title.ilike(pattern, escape="\\"),
-                Task.description.ilike(pattern, escape="\\"),
+                _TASK.title.ilike(pattern, escape="\\"),
+                _TASK.description.ilike(pattern, escape="\\"),
             )
         )
     if params.due_before is not None:
-        conditions.append(Task.due_date <= params.due_before)
+        conditions.append(_TASK.due_date <= params.due_before)
     if params.due_after is not None:
-        conditions.append(Task.due_date >= params.due_after)
+        conditions.append(_TASK.due_date >= params.due_after)
     if params.created_after is not None:
-        conditions.append(Task.created_at >= _start_of_day(params.created_after))
+        conditions.append(_TASK.created_at >= _start_of_day(params.created_after))
     if params.created_before is not None and params.created_before < date.max:
         conditions.append(
-            Task.created_at < _start_of_day(params.created_before + timedelta(days=1))
+            _TASK.created_at < _start_of_day(params.created_before + timedelta(days=1))
         )
     return conditions
 
@@ -217,7 +223,7 @@ def _ordering(params: TaskListParams) -> list[Any]:
         first = first.nulls_last()
     if params.sort_by == "id":
         return [first]
-    return [first, Task.id.desc() if descending else Task.id.asc()]
+    return [first, _TASK.id.desc() if descending else _TASK.id.asc()]
 
 
 def list_tasks(session: Session, *, owner_id: int, params: TaskListParams) -> TaskPage:
@@ -278,19 +284,30 @@ def _record_change(session: Session, *, owner_id: int, cache: Cache) -> None:
     stats_service.invalidate_after_commit(session, cache=cache, owner_id=owner_id)
 
 
-def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cache) -> Task:
-    """Create a task owned by the caller."""
-    task = Task(
-        user_id=owner_id,
-        title=data.title,
-        description=data.description,
-        priority=data.priority,
-        due_date=data.due_date,
-        completed=data.completed,
-    )
-    replace_tags(task, data.tags)
-    session.add(task)
-    session.flush()
+def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cache) -> TaskView:
+    """Create a task owned by the caller: its row (answered as inserted), then its tags.
+
+    Core statements rather than an ORM flush: the unit of work cost a third of a create.
+    """
+    row = session.execute(
+        insert(_TASK_TABLE)
+        .values(
+            user_id=owner_id,
+            title=data.title,
+            description=data.description,
+            priority=data.priority,
+            due_date=data.due_date,
+            completed=data.completed,
+        )
+        .returning(*_VIEW_COLUMNS)
+    ).one()
+    task = TaskView(*row)
+    task.tags = sorted(set(data.tags))
+    if task.tags:
+        session.execute(
+            insert(_TAG_TABLE),
+            [{"task_id": task.id, "tag": tag, "user_id": owner_id} for tag in task.tags],
+        )
     _record_change(session, owner_id=owner_id, cache=cache)
     return task
 
