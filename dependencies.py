@@ -21,14 +21,13 @@ from exceptions import (
     TaskNotFoundError,
     raises,
 )
-from models import MAX_ID
+from models import MAX_ID, TaskRead
 from redis_config import Cache
 from resources import Resources
 from services import sessions as session_service
 from services import tasks as task_service
 from services import tokens as token_service
 from services import users as user_service
-from services.tasks import TaskView
 from services.users import Principal, RecentUsers
 from storage import Storage
 
@@ -240,12 +239,12 @@ OwnedTask = Annotated[Task, Depends(get_owned_task)]
 
 
 @raises(TaskNotFoundError)
-def read_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> TaskView:
+def read_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> TaskRead:
     """The caller's task named in the path, as read (no ORM row); 404 like `OwnedTask`."""
     return task_service.read_owned_task(session, owner_id=user.id, task_id=task_id)
 
 
-ReadTask = Annotated[TaskView, Depends(read_owned_task)]
+ReadTask = Annotated[TaskRead, Depends(read_owned_task)]
 
 
 async def get_request_cache(request: Request) -> Cache:

@@ -1,6 +1,5 @@
 """Tasks: every query on tasks and their tags, always scoped by the owner."""
 
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -22,7 +21,6 @@ from sqlalchemy.orm import Session, joinedload
 import etags
 import outbox
 from db_models import Task, TaskTag, utcnow
-from enums import Priority
 from exceptions import (
     BulkPreconditionFailedError,
     EmptyUpdateError,
@@ -36,6 +34,7 @@ from models import (
     BulkTaskUpdate,
     TaskCreate,
     TaskListParams,
+    TaskRead,
     TaskUpdate,
 )
 from redis_config import Cache
@@ -68,25 +67,8 @@ def get_owned_task(
 
 
 # --- reading -------------------------------------------------------------------------------
-# Reads select columns and build plain values: no ORM instances, identity map or instance
-# state, which cost most of a read's time when loaded (docs/PERFORMANCE.md).
-
-
-@dataclass(slots=True)
-class TaskView:
-    """A task as read, with its tags (sorted): what `TaskRead` answers, without an ORM row."""
-
-    id: int
-    title: str
-    description: str | None
-    completed: bool
-    priority: Priority
-    due_date: date | None
-    created_at: datetime
-    updated_at: datetime
-    user_id: int
-    version: int
-    tags: list[str] = dataclasses.field(default_factory=list)
+# Reads select columns and validate them straight into the response model: no ORM instances,
+# identity map or instance state, which cost most of a read's time (docs/PERFORMANCE.md).
 
 
 # Reads use the tables' columns, not the mapped attributes: a Core statement skips the ORM's
@@ -95,18 +77,9 @@ _TASK_TABLE = Task.metadata.tables[Task.__tablename__]
 _TAG_TABLE = TaskTag.metadata.tables[TaskTag.__tablename__]
 _TASK = _TASK_TABLE.c
 _TAG = _TAG_TABLE.c
-_VIEW_COLUMNS = (
-    _TASK.id,
-    _TASK.title,
-    _TASK.description,
-    _TASK.completed,
-    _TASK.priority,
-    _TASK.due_date,
-    _TASK.created_at,
-    _TASK.updated_at,
-    _TASK.user_id,
-    _TASK.version,
-)
+# The columns of a task as answered (`TaskRead`, tags aside), read as plain values.
+_VIEW_NAMES = tuple(name for name in TaskRead.model_fields if name != "tags")
+_VIEW_COLUMNS = tuple(_TASK[name] for name in _VIEW_NAMES)
 
 
 # A task's tags in one text value: "/" can never be part of a tag (models.TAG_PATTERN).
@@ -119,18 +92,20 @@ _TAGS = (
 )
 
 
-def _views(rows: Iterable[Any]) -> list[TaskView]:
+def _view(columns: Iterable[Any], tags: list[str]) -> TaskRead:
+    """A task as answered, from its columns (in `_VIEW_COLUMNS` order) and sorted tags."""
+    return TaskRead.model_validate({**dict(zip(_VIEW_NAMES, columns, strict=True)), "tags": tags})
+
+
+def _views(rows: Iterable[Any]) -> list[TaskRead]:
     """Tasks from rows of their columns and their tags joined into one value (NULL: none)."""
-    views = []
-    for *columns, tags in rows:
-        view = TaskView(*columns)
-        if tags:
-            view.tags = sorted(tags.split(_TAG_SEPARATOR))
-        views.append(view)
-    return views
+    return [
+        _view(columns, sorted(tags.split(_TAG_SEPARATOR)) if tags else [])
+        for *columns, tags in rows
+    ]
 
 
-def read_owned_task(session: Session, *, owner_id: int, task_id: int) -> TaskView:
+def read_owned_task(session: Session, *, owner_id: int, task_id: int) -> TaskRead:
     """The caller's task as read (one round trip, tags included); 404 like `get_owned_task`."""
     rows = session.execute(
         select(*_VIEW_COLUMNS, _TAGS).where(_TASK.id == task_id, _TASK.user_id == owner_id)
@@ -146,7 +121,7 @@ def read_owned_task(session: Session, *, owner_id: int, task_id: int) -> TaskVie
 
 @dataclass(frozen=True)
 class TaskPage:
-    tasks: list[TaskView]
+    tasks: list[TaskRead]
     total: int
     # The owner's change counter, read before the page (services/changes.py).
     change_counter: int
@@ -284,7 +259,7 @@ def _record_change(session: Session, *, owner_id: int, cache: Cache) -> None:
     stats_service.invalidate_after_commit(session, cache=cache, owner_id=owner_id)
 
 
-def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cache) -> TaskView:
+def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cache) -> TaskRead:
     """Create a task owned by the caller: its row (answered as inserted), then its tags.
 
     Core statements rather than an ORM flush: the unit of work cost a third of a create.
@@ -301,8 +276,7 @@ def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cac
         )
         .returning(*_VIEW_COLUMNS)
     ).one()
-    task = TaskView(*row)
-    task.tags = sorted(set(data.tags))
+    task = _view(row, sorted(set(data.tags)))
     if task.tags:
         session.execute(
             insert(_TAG_TABLE),
