@@ -10,6 +10,12 @@ scenario can be read as a fraction of the fastest route of its kind on the same 
   connections (`CEILING_POOL_SIZE`), no overflow and no pre-ping. Fixed, so that no change to
   the API's own engine can move the ceiling its scenarios are divided by.
 - `POST /ceiling/bcrypt`: one bcrypt_sha256 verify at the configured cost, as a login spends.
+
+Two prototypes measure what the API's own statements cost alone, on the same session setup
+(`services/tasks.py`, read without a transaction as the API reads), for the first main bench
+user: `GET /ceiling/list` (a page of 20 tasks, its total and the change counter) and
+`GET /ceiling/task` (one task with its tags). Against `list` and `get`, they show how much of
+a request is the query and how much the API's middleware, authentication and dependencies.
 """
 
 import os
@@ -18,16 +24,21 @@ from datetime import UTC, date, datetime, timedelta
 
 from fastapi import FastAPI
 from pydantic import BaseModel
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import auth
+import db_config
 from config import get_settings
+from db_models import Task, User
 from enums import Priority
 from logging_config import configure_logging
-from models import TaskRead
+from models import TaskListParams, TaskRead
+from services import tasks as task_service
 
 OBJECT_COUNT = 20
+# The user whose tasks the prototypes read (bench/seed.py seeds it first).
+PROTOTYPE_USER = "bench01"
 # The bench sets it to its number of connections (16 unless changed).
 POOL_SIZE_VARIABLE = "CEILING_POOL_SIZE"
 _PASSWORD = "ceiling-bench-password"  # noqa: S105 (a fixed bench credential)
@@ -106,6 +117,33 @@ def create_app() -> FastAPI:
         with sessions() as session:
             value = session.execute(text("SELECT 1")).scalar_one()
         return Select1(value=value)
+
+    chosen: dict[str, int] = {}
+
+    def prototype_session() -> tuple[Session, int, int]:
+        """A session that reads as the API reads, and the prototypes' user and task."""
+        session = sessions()
+        db_config.for_reading(session)
+        if not chosen:
+            user_id = session.scalar(select(User.id).where(User.username == PROTOTYPE_USER))
+            first = select(Task.id).where(Task.user_id == user_id).order_by(Task.id).limit(1)
+            chosen.update(user=user_id or 0, task=session.scalar(first) or 0)
+        return session, chosen["user"], chosen["task"]
+
+    @app.get("/ceiling/list", response_model=list[TaskRead])
+    def prototype_list() -> list[TaskRead]:
+        """The API's list statements for one user, 20 tasks, nothing around them."""
+        session, user_id, _ = prototype_session()
+        with session:
+            params = TaskListParams(limit=20)
+            return task_service.list_tasks(session, owner_id=user_id, params=params).tasks
+
+    @app.get("/ceiling/task", response_model=TaskRead)
+    def prototype_task() -> TaskRead:
+        """The API's statement for one task with its tags, nothing around it."""
+        session, user_id, task_id = prototype_session()
+        with session:
+            return task_service.read_owned_task(session, owner_id=user_id, task_id=task_id)
 
     @app.post("/ceiling/bcrypt", response_model=Verified)
     def ceiling_bcrypt() -> Verified:

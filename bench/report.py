@@ -39,6 +39,8 @@ class Row:
     ratio: float | None = None  # to its own ceiling
     ratio_objects: float | None = None
     cache: dict[str, int] = field(default_factory=dict)
+    # Server CPU microseconds per request (median over the repeats; 0: not measured).
+    cpu_us: float = 0.0
 
     statuses: dict[str, int] = field(default_factory=dict)
 
@@ -99,6 +101,7 @@ def aggregate(scenarios: Sequence[Scenario], runs: Runs, repeats: int) -> dict[s
             p50_ms=median(r.p50_ms for r in results),
             p99_ms=median(r.p99_ms for r in results),
             errors=sum(r.errors for r in results),
+            cpu_us=median(r.cpu_us_per_request for r in results),
             error_detail=detail,
             ratio=(
                 _per_repeat_ratio(runs, scenario.name, scenario.ceiling, repeats)
@@ -305,9 +308,17 @@ def markdown(
     ]
     out += ["## Ceilings (bench/ceiling.py, 1 worker)", ""]
     out += _table(
-        ["ceiling", "request", "req/s", "p50 ms", "p99 ms", "errors"],
+        ["ceiling", "request", "req/s", "p50 ms", "p99 ms", "errors", "CPU µs/req"],
         [
-            [c.name, f"`{c.request}`", _num(r.rps), _ms(r.p50_ms), _ms(r.p99_ms), _errors(r)]
+            [
+                c.name,
+                f"`{c.request}`",
+                _num(r.rps),
+                _ms(r.p50_ms),
+                _ms(r.p99_ms),
+                _errors(r),
+                _num(r.cpu_us),
+            ]
             for c in CEILINGS
             if (r := rows.get(c.name))
         ],
@@ -329,6 +340,7 @@ def markdown(
                 _errors(row),
                 ratio,
                 "-" if row.ratio_objects is None else _pct(row.ratio_objects),
+                _num(row.cpu_us),
                 row.cache_note,
             ]
         )
@@ -342,6 +354,7 @@ def markdown(
             "errors",
             "vs ceiling",
             "vs objects",
+            "CPU µs/req",
             "notes",
         ],
         main_lines,

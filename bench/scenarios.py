@@ -72,6 +72,8 @@ CEILINGS = (
 )
 
 MAIN = (
+    # The floor of an authenticated route: middleware, authentication (remembered), one hop.
+    Scenario("me", "GET /auth/me", API, "read.lua", "main", ("/auth/me",)),
     Scenario("list", "GET /tasks?limit=20", API, "read.lua", "main", ("/tasks?limit=20",)),
     Scenario(
         "list_304",
@@ -84,6 +86,24 @@ MAIN = (
     ),
     Scenario("list_filtered", "GET " + FILTERED_LIST, API, "read.lua", "main", (FILTERED_LIST,)),
     Scenario("get", "GET /tasks/{id}", API, "read.lua", "main", ("/tasks/{task}",)),
+    # Prototypes on the ceiling app: the API's own statements for list and get, for one user,
+    # without the API's middleware, authentication, dependencies and access line.
+    Scenario(
+        "proto_list",
+        "GET /ceiling/list (the list's statements alone)",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("GET", "/ceiling/list", ""),
+    ),
+    Scenario(
+        "proto_get",
+        "GET /ceiling/task (the get's statement alone)",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("GET", "/ceiling/task", ""),
+    ),
     Scenario("create", "POST /tasks", API, "create.lua", "writers"),
     Scenario("patch", "PATCH /tasks/{id}", API, "patch.lua", "main"),
     Scenario(
