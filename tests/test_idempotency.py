@@ -1,6 +1,7 @@
 """Idempotency-Key on POST /tasks, PATCH /tasks/bulk, POST /tasks/{id}/tags and uploads."""
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -21,6 +22,8 @@ from alembic import command
 from config import Settings, get_settings
 from db_models import IdempotencyKey, Task, User, utcnow
 from dependencies import get_app_settings
+from exceptions import InvalidIdempotencyKeyError
+from idempotent_requests import IDEMPOTENCY_KEY_PATTERN, parse_key
 from tests.conftest import (
     BACKEND,
     RESOURCES,
@@ -627,3 +630,28 @@ def test_two_simultaneous_requests_on_sqlite_do_the_work_once(
             assert response.json() == fresh[0].json()
         else:
             problem(response, 409, "idempotency_in_progress")
+
+
+@pytest.mark.parametrize(
+    ("key", "accepted"),
+    [
+        ("a" * 255, True),
+        ('a"b', True),
+        ('"quoted"', True),
+        ('"with \\"escapes\\" \\\\ and spaces"', True),
+        ('"unterminated', False),
+        ('""', False),
+        ('"bad\\escape"', False),
+        ("a" * 256, False),
+        ("has space", False),
+    ],
+)
+def test_the_documented_key_pattern_says_what_the_server_accepts(key: str, accepted: bool) -> None:
+    """Found by schema fuzzing: a key the pattern allowed (`"abc`) was refused with a 400."""
+    assert bool(re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key)) is accepted
+    try:
+        parse_key(key)
+    except InvalidIdempotencyKeyError:
+        assert not accepted
+    else:
+        assert accepted
