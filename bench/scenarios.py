@@ -29,7 +29,7 @@ class Scenario:
     ceiling: str | None = "select1"  # the ceiling its ratio is computed against
     bcrypt_bound: bool = False  # runs with the bcrypt connection count
     warm_stats_first: bool = False
-    group: str = "main"  # ceiling, main, workers, scale
+    group: str = "main"  # ceiling, main, prototype, workers, scale
     size: int = 0  # scale curve: tasks of the user
     # The one status every answer should have, when it is not "any 2xx" (a revalidation: 304).
     expected_status: str | None = None
@@ -95,6 +95,7 @@ MAIN = (
         "plain.lua",
         "none",
         ("GET", "/ceiling/list", ""),
+        group="prototype",
     ),
     Scenario(
         "proto_get",
@@ -103,6 +104,7 @@ MAIN = (
         "plain.lua",
         "none",
         ("GET", "/ceiling/task", ""),
+        group="prototype",
     ),
     Scenario("create", "POST /tasks", API, "create.lua", "writers"),
     Scenario("patch", "PATCH /tasks/{id}", API, "patch.lua", "main"),
