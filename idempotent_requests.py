@@ -37,7 +37,7 @@ _ESCAPE = re.compile(r'\\(["\\])')
 
 # Unquoted keys cannot start with a quote: one that does is read as a quoted string.
 IDEMPOTENCY_KEY_PATTERN = (
-    r'^(?:[\x21\x23-\x7e][\x21-\x7e]{0,254}'
+    r"^(?:[\x21\x23-\x7e][\x21-\x7e]{0,254}"
     r'|"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\]){1,255}")$'
 )
 IdempotencyKeyHeader = Annotated[
