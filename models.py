@@ -1,5 +1,6 @@
 """Pydantic request and response schemas: the shapes of the HTTP API."""
 
+import json
 import re
 from collections.abc import Iterable
 from datetime import date, datetime
@@ -151,8 +152,17 @@ class StrictBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _problem_schema(schema: dict[str, Any]) -> None:
+    # The members below are absent unless they apply: a `default` would tell generated clients
+    # (openapi-typescript) that every problem has them.
+    for name in ("errors", "missing_ids", "conflicts"):
+        schema["properties"][name].pop("default", None)
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document: the body of every 4xx and 5xx response."""
+
+    model_config = ConfigDict(json_schema_extra=_problem_schema)
 
     type: str = Field(default="about:blank", examples=["about:blank"])
     title: str = Field(examples=["Not Found"])
@@ -466,21 +476,27 @@ class PersonalTokenCreated(PersonalTokenRead):
 # --- tasks --------------------------------------------------------------------------------
 
 
-class TaskCreate(StrictBody):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "title": "Write the quarterly report",
-                    "description": "Numbers from finance first",
-                    "priority": "high",
-                    "due_date": "2026-12-31",
-                    "tags": ["work", "reports"],
-                    "completed": False,
-                }
-            ]
+def _create_schema(schema: dict[str, Any]) -> None:
+    # A field left out takes its default. The default is told in words: generated clients
+    # (openapi-typescript) read a schema `default` as "always present", i.e. required to send.
+    for field_schema in schema["properties"].values():
+        if "default" in field_schema:
+            default = json.dumps(field_schema.pop("default"))
+            field_schema["description"] = f"Optional; the default is `{default}`."
+    schema["examples"] = [
+        {
+            "title": "Write the quarterly report",
+            "description": "Numbers from finance first",
+            "priority": "high",
+            "due_date": "2026-12-31",
+            "tags": ["work", "reports"],
+            "completed": False,
         }
-    )
+    ]
+
+
+class TaskCreate(StrictBody):
+    model_config = ConfigDict(json_schema_extra=_create_schema)
 
     title: Title = Field(examples=["Write the quarterly report"])
     description: Description = Field(default=None, examples=["Numbers from finance first"])
