@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.generated_clients import served_openapi_document
+
 PACKAGE = "task_manager_api_client"
 
 
@@ -23,13 +25,7 @@ PACKAGE = "task_manager_api_client"
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
     folder = tmp_path_factory.mktemp("generated-client")
     document = folder / "openapi.json"
-    from fastapi.testclient import TestClient
-
-    from main import create_app
-    from tests.conftest import RESOURCES
-
-    with TestClient(create_app(resources=RESOURCES)) as client:
-        document.write_bytes(client.get("/openapi.json").content)
+    document.write_bytes(served_openapi_document())
     config = folder / "config.yaml"
     config.write_text("post_hooks: []\n")
     result = subprocess.run(
