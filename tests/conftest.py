@@ -13,9 +13,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.process_helpers import RedisServer
 
 _TMP = Path(tempfile.mkdtemp(prefix="taskmanager-tests-"))
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
@@ -54,6 +57,7 @@ from sqlalchemy import Connection, text, update  # noqa: E402
 
 import jobs  # noqa: E402
 from alembic import command  # noqa: E402
+from dependencies import get_app_settings  # noqa: E402
 from main import create_app  # noqa: E402
 from rate_limit_config import RateLimiter  # noqa: E402
 from resources import Resources  # noqa: E402
@@ -190,6 +194,18 @@ def client(_client: TestClient, app: FastAPI) -> Iterator[TestClient]:
     app.dependency_overrides.clear()
 
 
+@pytest.fixture
+def settings_override(app: FastAPI) -> Callable[..., config.Settings]:
+    """Run the app with some settings changed, e.g. `settings_override(require_if_match=True)`."""
+
+    def apply(**changes: Any) -> config.Settings:
+        settings = config.get_settings().model_copy(update=changes)
+        app.dependency_overrides[get_app_settings] = lambda: settings
+        return settings
+
+    return apply
+
+
 @dataclass
 class AuthUser:
     id: int
@@ -251,15 +267,10 @@ def live_server(db_connection: Connection) -> Iterator[str]:
     nothing it writes survives the test. They share the test's one connection, so send
     requests one at a time (a browser clicking through the docs does).
     """
-    import socket
-    import threading
-    import time
-
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
+    from tests.served_app import serving
+
     config = uvicorn.Config(
         create_app(resources=RESOURCES),
         log_config=None,
@@ -267,21 +278,23 @@ def live_server(db_connection: Connection) -> Iterator[str]:
         lifespan="on",
         loop="asyncio",
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            pytest.fail("the live server did not start")
-        time.sleep(0.02)
+    with serving(config, "live server") as url:
+        yield url
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator["RedisServer"]:
+    """A redis-server of this test's own on a free port (see `needs_redis_server`)."""
+    # Imported here: importing it at the top would import tests.mail_helpers before pytest
+    # registers it as a plugin, and its asserts would not be rewritten.
+    from tests.process_helpers import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+        server.stop()
 
 
 # --- apps of a test's own, with rate limits ---------------------------------------------------

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import redis
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
 from config import PROJECT_DIR
 from tests.mail_helpers import Inbox
-from tests.served_app import run_module
+from tests.served_app import free_port, run_module, stop_process
 
 WAIT_SECONDS = 90
 
@@ -118,3 +121,67 @@ def alembic(database_url: str, *args: str) -> None:
 def migrate(database_url: str) -> None:
     """Build a database's schema with the migrations, as `make run` and `make serve` do."""
     alembic(database_url, "upgrade", "head")
+
+
+# --- a Redis server of a test's own -------------------------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server")
+needs_redis_server = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed")
+
+
+class RedisServer:
+    """A throwaway redis-server this test owns: start, stop, freeze and thaw it at will."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+        self.frozen = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        assert REDIS_SERVER is not None
+        # The binary found on PATH, with fixed arguments: nothing here comes from input.
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        with redis.Redis(port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2) as probe:
+            while True:
+                try:
+                    if probe.ping():
+                        return
+                except redis.RedisError:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.frozen:
+            self.thaw()
+        stop_process(self.process, timeout=5)
+        self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.frozen = False

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config as BotoConfig
 
-from tests.served_app import free_port
+from tests.served_app import free_port, stop_process
 
 if TYPE_CHECKING:
     from types_boto3_s3.client import S3Client
@@ -72,12 +72,7 @@ class S3Server:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            stop_process(self.process)
 
 
 def _answers(port: int) -> bool:

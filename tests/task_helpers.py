@@ -7,9 +7,9 @@ from datetime import date, datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, event, update
+from sqlalchemy import Connection, event, select, update
 
-from db_models import Task, TaskTag
+from db_models import Task, TaskFile, TaskTag
 from enums import Priority
 from tests.conftest import RESOURCES, AuthUser
 
@@ -47,6 +47,23 @@ def insert_tasks(
         session.add_all(tasks)
         session.commit()
         return [task.id for task in tasks]
+
+
+def upload_file(client: TestClient, user: AuthUser, task_id: int, name: str, content: bytes) -> int:
+    """Attach a file to a task through the API and return its id."""
+    response = client.post(
+        f"/tasks/{task_id}/files", files={"file": (name, content)}, headers=user.headers
+    )
+    assert response.status_code == 201, response.text
+    file_id: int = response.json()["id"]
+    return file_id
+
+
+def stored_key(connection: Connection, file_id: int) -> str:
+    """The storage key a file's bytes are kept under."""
+    key = connection.scalar(select(TaskFile.stored_filename).where(TaskFile.id == file_id))
+    assert key is not None
+    return key
 
 
 def set_timestamps(task_id: int, **timestamps: datetime) -> None:

@@ -5,13 +5,8 @@ server is never touched. They need only the binary, so they run in both passes.
 """
 
 import logging
-import os
-import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -22,11 +17,9 @@ from config import Settings, get_settings
 from dependencies import get_request_cache
 from redis_config import MemoryCache, RedisCache, build_cache
 from tests.conftest import AuthUser
+from tests.process_helpers import RedisServer, needs_redis_server
 from tests.served_app import free_port
 from tests.task_helpers import create_task
-
-REDIS_SERVER = shutil.which("redis-server")
-needs_redis_server = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed")
 
 # The production default, whatever the test configuration says.
 TIMEOUT_SECONDS = Settings.model_fields["redis_socket_timeout_ms"].default / 1000
@@ -86,79 +79,6 @@ def test_without_redis_url_the_cache_is_in_process() -> None:
 
 
 # --- a Redis server of our own ------------------------------------------------------------
-
-
-class RedisServer:
-    """A throwaway redis-server this test owns: start, stop, freeze and thaw it at will."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-        self.frozen = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        # The binary found on PATH, with fixed arguments: nothing here comes from input.
-        self.process = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        with redis.Redis(port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2) as probe:
-            while True:
-                try:
-                    if probe.ping():
-                        return
-                except redis.RedisError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.frozen:
-            self.thaw()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-        self.process = None
-
-    def freeze(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-        self.frozen = True
-
-    def thaw(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
-        self.frozen = False
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import Connection
 
-from config import Settings, get_settings
-from dependencies import get_app_settings, get_request_cache
+from config import Settings
+from dependencies import get_request_cache
 from main import create_app
 from redis_config import RedisCache
 from services import stats as stats_service
@@ -40,18 +40,6 @@ def assert_not_modified(response: Response, etag: str) -> None:
     assert response.content == b""
     assert response.headers["ETag"] == etag
     assert "content-length" not in response.headers or response.headers["content-length"] == "0"
-
-
-@pytest.fixture
-def settings_override(app: FastAPI) -> Callable[..., Settings]:
-    """Run the app with some settings changed, e.g. `settings_override(require_if_match=True)`."""
-
-    def apply(**changes: Any) -> Settings:
-        settings = get_settings().model_copy(update=changes)
-        app.dependency_overrides[get_app_settings] = lambda: settings
-        return settings
-
-    return apply
 
 
 # --- version --------------------------------------------------------------------------------

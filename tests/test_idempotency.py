@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from httpx import Response
 from sqlalchemy import Connection, Engine, delete, func, select, text, update
@@ -21,7 +20,6 @@ import db_config
 from alembic import command
 from config import Settings, get_settings
 from db_models import IdempotencyKey, Task, User, utcnow
-from dependencies import get_app_settings
 from exceptions import InvalidIdempotencyKeyError
 from idempotent_requests import IDEMPOTENCY_KEY_PATTERN, parse_key
 from tests.conftest import (
@@ -74,16 +72,6 @@ def age_keys(hours: float) -> None:
     with RESOURCES.sessions() as session:
         session.execute(update(IdempotencyKey).values(created_at=utcnow() - timedelta(hours=hours)))
         session.commit()
-
-
-@pytest.fixture
-def settings_override(app: FastAPI) -> Callable[..., Settings]:
-    def apply(**changes: Any) -> Settings:
-        settings = get_settings().model_copy(update=changes)
-        app.dependency_overrides[get_app_settings] = lambda: settings
-        return settings
-
-    return apply
 
 
 # The four routes that accept a key, as (name, how to send the request once).

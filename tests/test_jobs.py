@@ -29,13 +29,13 @@ import jobs
 import metrics
 import outbox
 from config import PROJECT_DIR, Settings, get_settings
-from db_models import OutboxJob, TaskFile, utcnow
+from db_models import OutboxJob, utcnow
 from redis_config import key_prefix
 from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.job_helpers import HeldJobs
 from tests.mail_helpers import Inbox, smtp_settings
 from tests.served_app import free_port
-from tests.task_helpers import create_task
+from tests.task_helpers import create_task, stored_key, upload_file
 
 PDF = b"%PDF-1.7\nhello\n"
 
@@ -46,6 +46,17 @@ PDF = b"%PDF-1.7\nhello\n"
 def complete(client: TestClient, user: AuthUser, task_id: int) -> None:
     response = client.patch(f"/tasks/{task_id}", json={"completed": True}, headers=user.headers)
     assert response.status_code == 200, response.text
+
+
+def held_notice_jobs(
+    client: TestClient, user: AuthUser, held_jobs: HeldJobs, count: int
+) -> list[int]:
+    """Complete `count` new tasks, one at a time; the ids of the notice jobs they held back."""
+    ids: list[int] = []
+    for _ in range(count):
+        complete(client, user, create_task(client, user)["id"])
+        ids += held_jobs.take()
+    return ids
 
 
 def row(connection: Connection, job_id: int) -> Any:
@@ -81,18 +92,11 @@ def event_count(name: str, **labels: str) -> int:
 
 
 def upload(client: TestClient, user: AuthUser, task_id: int, name: str) -> int:
-    response = client.post(
-        f"/tasks/{task_id}/files", files={"file": (name, PDF)}, headers=user.headers
-    )
-    assert response.status_code == 201, response.text
-    file_id: int = response.json()["id"]
-    return file_id
+    return upload_file(client, user, task_id, name, PDF)
 
 
 def stored_path(connection: Connection, file_id: int) -> Path:
-    name = connection.scalar(select(TaskFile.stored_filename).where(TaskFile.id == file_id))
-    assert name is not None
-    return get_settings().upload_dir / name
+    return get_settings().upload_dir / stored_key(connection, file_id)
 
 
 def key_of(path: Path) -> str:
@@ -366,10 +370,7 @@ class TestSweep:
         held_jobs: HeldJobs,
         inbox: Inbox,
     ) -> None:
-        ids = []
-        for _ in range(4):
-            complete(client, alice, create_task(client, alice)["id"])
-            ids += held_jobs.take()
+        ids = held_notice_jobs(client, alice, held_jobs, 4)
         done, leased, later, lost = ids
         jobs.run_job(RESOURCES, done)
         set_row(leased, claimed_until=utcnow() + timedelta(minutes=1), attempts=1)
@@ -399,10 +400,7 @@ class TestSweep:
         held_jobs: HeldJobs,
         db_connection: Connection,
     ) -> None:
-        ids = []
-        for _ in range(2):
-            complete(client, alice, create_task(client, alice)["id"])
-            ids += held_jobs.take()
+        ids = held_notice_jobs(client, alice, held_jobs, 2)
         old, recent = ids
         set_row(old, done_at=utcnow() - outbox.DONE_RETENTION - timedelta(minutes=1))
         set_row(recent, done_at=utcnow() - timedelta(days=1))

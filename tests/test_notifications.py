@@ -9,9 +9,8 @@ import logging
 import smtplib
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,9 +36,10 @@ from redis_config import MemoryCache
 from services import tasks as task_service
 from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.mail_helpers import SENDER, Inbox, smtp_settings
+from tests.process_helpers import RedisServer, needs_redis_server
 from tests.served_app import free_port
 from tests.task_helpers import insert_tasks
-from tests.test_cache import TIMEOUT_SECONDS, RedisServer, needs_redis_server
+from tests.test_cache import TIMEOUT_SECONDS
 
 
 class RefusingServer:
@@ -616,16 +616,6 @@ class TestSilentMailServer:
 
 
 # --- the count shared through Redis -------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @needs_redis_server

@@ -14,11 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -32,6 +28,7 @@ from config import PROJECT_DIR, Settings
 from main import create_app
 from rate_limit_config import RateLimiter
 from tests.conftest import RESOURCES
+from tests.served_app import serving
 
 # The module: the package's `uvicorn.main` attribute is the command itself.
 uvicorn_main = importlib.import_module("uvicorn.main")
@@ -96,29 +93,6 @@ def uvicorn_config(args: list[str], app: FastAPI) -> uvicorn.Config:
     assert captured["app"] == "main:app"
     options = {name: value for name, value in captured.items() if name not in _PROCESS_OPTIONS}
     return uvicorn.Config(app, log_config=None, loop="asyncio", **options)
-
-
-@contextmanager
-def serving(config: uvicorn.Config) -> Iterator[str]:
-    """Serve on a free loopback port in this process; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            sock.close()
-            pytest.fail("the server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def login_limited_app() -> FastAPI:

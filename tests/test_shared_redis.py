@@ -20,8 +20,8 @@ import redis
 
 from config import PROJECT_DIR, derived_redis_key_prefix
 from tests.conftest import PASSWORD
-from tests.served_app import free_port
-from tests.test_cache import RedisServer, needs_redis_server
+from tests.process_helpers import RedisServer, needs_redis_server
+from tests.served_app import free_port, stop_process
 
 pytestmark = needs_redis_server
 
@@ -95,12 +95,7 @@ class Deployment:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def register(self, username: str) -> httpx.Response:
         return httpx.post(

@@ -14,14 +14,14 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 import storage
 from config import Settings, get_settings
-from db_models import TaskFile
 from routers.files import content_disposition
 from tests.conftest import RESOURCES, TEST_BUCKET, AuthUser, s3_storage_for
 from tests.s3_server import S3Server
+from tests.task_helpers import stored_key, upload_file
 
 PDF = b"%PDF-1.7\nstored\n"
 NAMESPACED_KEY = r"^db-[0-9a-f]{16}/[0-9a-f]{32}$"
@@ -37,18 +37,7 @@ def make_task(client: TestClient, user: AuthUser) -> int:
 def upload(
     client: TestClient, user: AuthUser, task_id: int, name: str, content: bytes = PDF
 ) -> int:
-    response = client.post(
-        f"/tasks/{task_id}/files", files={"file": (name, content)}, headers=user.headers
-    )
-    assert response.status_code == 201, response.text
-    file_id: int = response.json()["id"]
-    return file_id
-
-
-def key_of(db_connection: Connection, file_id: int) -> str:
-    key = db_connection.scalar(select(TaskFile.stored_filename).where(TaskFile.id == file_id))
-    assert key is not None
-    return key
+    return upload_file(client, user, task_id, name, content)
 
 
 @pytest.fixture
@@ -84,7 +73,7 @@ class TestKeys:
         # A name that looks like a key, and one that tries to climb out of the namespace.
         lookalike = "0123456789abcdef0123456789abcdef.pdf"
         names = [lookalike, lookalike, "../../db-0000000000000000/x.pdf"]
-        keys = [key_of(db_connection, upload(client, alice, task_id, name)) for name in names]
+        keys = [stored_key(db_connection, upload(client, alice, task_id, name)) for name in names]
         assert len(set(keys)) == 3
         for key in keys:
             assert storage.KEY.fullmatch(key)
@@ -197,7 +186,7 @@ class TestSettings:
         self, client: TestClient, alice: AuthUser, db_connection: Connection
     ) -> None:
         file_id = upload(client, alice, make_task(client, alice), "private.pdf")
-        path = get_settings().upload_dir / key_of(db_connection, file_id)
+        path = get_settings().upload_dir / stored_key(db_connection, file_id)
         assert path.stat().st_mode & 0o777 == 0o600
         assert path.parent.stat().st_mode & 0o777 == 0o700
 
@@ -319,7 +308,7 @@ class TestMultipartUpload:
         use_storage.append(store)
         content = b"%PDF-" + os.urandom(9 * 1024 * 1024)
         file_id = upload(client, alice, make_task(client, alice), "big.pdf", content)
-        head = store.client.head_object(Bucket=TEST_BUCKET, Key=key_of(db_connection, file_id))
+        head = store.client.head_object(Bucket=TEST_BUCKET, Key=stored_key(db_connection, file_id))
         # An S3 ETag of a multipart object is "<md5 of the parts' md5s>-<number of parts>".
         assert head["ETag"].strip('"').endswith("-2")
         assert head["ContentLength"] == len(content)
@@ -336,7 +325,9 @@ class TestMultipartUpload:
     ) -> None:
         use_storage.append(s3_storage)
         file_id = upload(client, alice, make_task(client, alice), "small.pdf")
-        head = s3_storage.client.head_object(Bucket=TEST_BUCKET, Key=key_of(db_connection, file_id))
+        head = s3_storage.client.head_object(
+            Bucket=TEST_BUCKET, Key=stored_key(db_connection, file_id)
+        )
         assert head["ETag"].strip('"') == hashlib.md5(PDF, usedforsecurity=False).hexdigest()
 
 

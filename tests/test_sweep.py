@@ -20,7 +20,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection, create_engine, select, update
+from sqlalchemy import Connection, create_engine, update
 
 import background_tasks
 import main
@@ -32,6 +32,7 @@ from services import files as file_service
 from tests.conftest import RESOURCES, TEST_BUCKET, AuthUser, alembic_config, s3_storage_for
 from tests.s3_server import S3Server
 from tests.served_app import run_module
+from tests.task_helpers import stored_key, upload_file
 
 PDF = b"%PDF-1.7\nswept?\n"
 AN_HOUR_AGO = time.time() - 3600
@@ -87,25 +88,14 @@ def is_stored(store: storage.Storage, key: str) -> bool:
 
 def upload_through_api(client: TestClient, user: AuthUser, content: bytes = PDF) -> int:
     task = client.post("/tasks", json={"title": "Has a file"}, headers=user.headers).json()
-    response = client.post(
-        f"/tasks/{task['id']}/files", files={"file": ("kept.pdf", content)}, headers=user.headers
-    )
-    assert response.status_code == 201, response.text
-    file_id: int = response.json()["id"]
-    return file_id
-
-
-def key_of(db_connection: Connection, file_id: int) -> str:
-    key = db_connection.scalar(select(TaskFile.stored_filename).where(TaskFile.id == file_id))
-    assert key is not None
-    return key
+    return upload_file(client, user, task["id"], "kept.pdf", content)
 
 
 @pytest.fixture
 def uploaded(client: TestClient, alice: AuthUser, db_connection: Connection) -> tuple[int, Path]:
     """A file uploaded to the local disk, its bytes made old enough to be swept if orphaned."""
     file_id = upload_through_api(client, alice)
-    path = upload_dir() / key_of(db_connection, file_id)
+    path = upload_dir() / stored_key(db_connection, file_id)
     os.utime(path, (AN_HOUR_AGO, AN_HOUR_AGO))
     return file_id, path
 
@@ -181,7 +171,7 @@ class TestSweepOnEachBackend:
         storage_backend: storage.Storage,
     ) -> None:
         file_id = upload_through_api(client, alice)
-        referenced = key_of(db_connection, file_id)
+        referenced = stored_key(db_connection, file_id)
         orphan = put(storage_backend, storage_backend.new_key())
 
         # Younger than the grace period: an upload may still be committing it.
@@ -297,7 +287,7 @@ class TestFlatLayout:
         self, client: TestClient, alice: AuthUser, db_connection: Connection
     ) -> None:
         file_id = upload_through_api(client, alice)
-        key = key_of(db_connection, file_id)
+        key = stored_key(db_connection, file_id)
         flat_name = key.rpartition("/")[2]
         # As the older layout stored it: the bare name, straight in UPLOAD_DIR.
         os.replace(upload_dir() / key, upload_dir() / flat_name)
@@ -345,7 +335,7 @@ class TestSwitchingDatabases:
     ) -> None:
         """Issue: switching DATABASE_URL made the startup sweep delete the other one's files."""
         file_id = upload_through_api(client, alice)
-        ours = key_of(db_connection, file_id)
+        ours = stored_key(db_connection, file_id)
         other_url = _migrated_sqlite(tmp_path / "other.db")
         other_namespace = storage.database_namespace(other_url)
         assert other_namespace != storage_backend.namespace
