@@ -17,17 +17,10 @@ from main import create_app
 from redis_config import RedisCache
 from services import stats as stats_service
 from tests.conftest import RESOURCES, AuthUser
+from tests.problem_helpers import assert_problem
 from tests.task_helpers import count_statements, create_task
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-
-
-def problem(response: Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    return body
 
 
 def get(client: TestClient, user: AuthUser, task_id: int, **headers: str) -> Response:
@@ -197,12 +190,12 @@ class TestIfNoneMatch:
         self, client: TestClient, alice: AuthUser, bob: AuthUser
     ) -> None:
         task_id = create_task(client, alice)["id"]
-        problem(get(client, bob, task_id, **{"If-None-Match": "*"}), 404, "task_not_found")
+        assert_problem(get(client, bob, task_id, **{"If-None-Match": "*"}), 404, "task_not_found")
 
     def test_needs_a_token(self, client: TestClient, alice: AuthUser) -> None:
         task_id = create_task(client, alice)["id"]
         response = client.get(f"/tasks/{task_id}", headers={"If-None-Match": "*"})
-        problem(response, 401, "not_authenticated")
+        assert_problem(response, 401, "not_authenticated")
 
 
 # --- If-Match on writes ---------------------------------------------------------------------
@@ -257,7 +250,7 @@ class TestIfMatch:
         response = write(
             client, alice, task_id, method, suffix, body, **{"If-Match": header.format(etag=etag)}
         )
-        problem(response, 412, "precondition_failed")
+        assert_problem(response, 412, "precondition_failed")
         assert response.headers["ETag"] == etag
         after = get(client, alice, task_id)
         assert after.json() == before.json()
@@ -305,7 +298,7 @@ class TestIfMatch:
         etag = get(client, alice, task_id).headers["ETag"]
         for header in (etag, '"stale"', "*"):
             response = write(client, bob, task_id, method, suffix, body, **{"If-Match": header})
-            problem(response, 404, "task_not_found")
+            assert_problem(response, 404, "task_not_found")
             assert "ETag" not in response.headers
         assert get(client, alice, task_id).headers["ETag"] == etag
 
@@ -317,7 +310,7 @@ class TestIfMatch:
         response = client.request(
             method, f"/tasks/{task_id}{suffix}", json=body, headers={"If-Match": "*"}
         )
-        problem(response, 401, "not_authenticated")
+        assert_problem(response, 401, "not_authenticated")
 
     def test_two_clients_editing_one_task_the_second_gets_412(
         self, client: TestClient, alice: AuthUser
@@ -337,7 +330,7 @@ class TestIfMatch:
             json={"title": "From the laptop", "priority": "low"},
             headers={**alice.headers, "If-Match": laptop},
         )
-        problem(second, 412, "precondition_failed")
+        assert_problem(second, 412, "precondition_failed")
         assert second.headers["ETag"] == first.headers["ETag"]
         task = get(client, alice, task_id).json()
         assert (task["title"], task["priority"], task["version"]) == ("From the phone", "medium", 2)
@@ -358,7 +351,7 @@ class TestIfMatch:
         response = client.patch(
             f"/tasks/{task_id}", json={"title": ""}, headers={**alice.headers, "If-Match": etag}
         )
-        problem(response, 422, "validation_error")
+        assert_problem(response, 422, "validation_error")
 
 
 class TestRequireIfMatch:
@@ -375,7 +368,9 @@ class TestRequireIfMatch:
         task_id = create_task(client, alice, tags=["old"])["id"]
         before = get(client, alice, task_id).json()
         settings_override(require_if_match=True)
-        problem(write(client, alice, task_id, method, suffix, body), 428, "precondition_required")
+        assert_problem(
+            write(client, alice, task_id, method, suffix, body), 428, "precondition_required"
+        )
         assert get(client, alice, task_id).json() == before
         etag = get(client, alice, task_id).headers["ETag"]
         response = write(client, alice, task_id, method, suffix, body, **{"If-Match": etag})
@@ -394,7 +389,7 @@ class TestRequireIfMatch:
     ) -> None:
         task_id = create_task(client, alice, tags=["old"])["id"]
         settings_override(require_if_match=True)
-        problem(write(client, bob, task_id, method, suffix, body), 404, "task_not_found")
+        assert_problem(write(client, bob, task_id, method, suffix, body), 404, "task_not_found")
 
     def test_other_routes_do_not_need_it(
         self,
@@ -459,7 +454,7 @@ class TestBulkIfMatch:
                 "if_match": {str(first): tags[first], str(second): tags[second], str(third): bad},
             },
         )
-        body = problem(response, 412, "precondition_failed")
+        body = assert_problem(response, 412, "precondition_failed")
         assert body["conflicts"] == [
             {"id": second, "etag": current_second},
             {"id": third, "etag": tags[third]},
@@ -482,7 +477,7 @@ class TestBulkIfMatch:
                 "if_match": {str(mine): '"stale"', str(theirs): '"stale"'},
             },
         )
-        assert problem(response, 404, "task_not_found")["missing_ids"] == [theirs]
+        assert assert_problem(response, 404, "task_not_found")["missing_ids"] == [theirs]
 
     @pytest.mark.parametrize(
         "if_match",
@@ -502,7 +497,7 @@ class TestBulkIfMatch:
             alice,
             {"task_ids": [task_id], "updates": {"completed": True}, "if_match": if_match},
         )
-        body = problem(response, 422, "validation_error")
+        body = assert_problem(response, 422, "validation_error")
         assert body["errors"][0]["loc"][:2] == ["body", "if_match"]
         assert get(client, alice, task_id).json()["completed"] is False
 
@@ -639,11 +634,11 @@ class TestCollectionETag:
 
     @pytest.mark.parametrize("url", COLLECTIONS)
     def test_needs_a_token(self, client: TestClient, url: str) -> None:
-        problem(client.get(url, headers={"If-None-Match": "*"}), 401, "not_authenticated")
+        assert_problem(client.get(url, headers={"If-None-Match": "*"}), 401, "not_authenticated")
 
     def test_a_bad_query_is_still_422(self, client: TestClient, alice: AuthUser) -> None:
         response = client.get("/tasks?limit=0", headers={**alice.headers, "If-None-Match": "*"})
-        problem(response, 422, "validation_error")
+        assert_problem(response, 422, "validation_error")
 
     def test_a_revalidated_list_reads_one_counter_not_the_tasks(
         self, client: TestClient, alice: AuthUser, db_connection: Connection
@@ -741,7 +736,7 @@ class TestFileETag:
             headers=alice.headers,
         ).json()["id"]
         response = client.get(f"/files/{file_id}", headers={**bob.headers, "If-None-Match": "*"})
-        problem(response, 404, "file_not_found")
+        assert_problem(response, 404, "file_not_found")
 
 
 # --- CORS ----------------------------------------------------------------------------------

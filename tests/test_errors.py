@@ -10,26 +10,9 @@ from sqlalchemy.orm import Session
 
 from main import create_app
 from tests.conftest import RESOURCES
+from tests.problem_helpers import assert_problem
 
 from .conftest import AuthUser
-
-PROBLEM_FIELDS = {"type", "title", "status", "detail", "code", "request_id"}
-
-
-def assert_problem(response: object, status: int, code: str) -> dict[str, object]:
-    from httpx import Response
-
-    assert isinstance(response, Response)
-    assert response.status_code == status
-    assert response.headers["content-type"] == "application/problem+json"
-    body = dict(response.json())
-    assert set(body) >= PROBLEM_FIELDS
-    assert body["status"] == status
-    assert body["code"] == code
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
-    assert body["request_id"] == response.headers["X-Request-ID"]
-    return body
 
 
 def test_unknown_path_is_404_problem(client: TestClient) -> None:

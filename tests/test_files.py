@@ -26,6 +26,8 @@ from dependencies import get_app_settings
 from exceptions import AppError, FileTooLargeError
 from services import files as file_service
 from tests.conftest import RESOURCES, AuthUser
+from tests.problem_helpers import assert_problem
+from tests.task_helpers import create_task
 from uploads import DOCX_CONTENT_TYPE, ReceivedUpload, receive_upload, safe_filename
 
 pytestmark = pytest.mark.usefixtures("storage_backend")
@@ -97,10 +99,7 @@ def stored_name(db_connection: Connection, file_id: int) -> str:
 
 
 def make_task(client: TestClient, user: AuthUser, title: str = "With files") -> int:
-    response = client.post("/tasks", json={"title": title}, headers=user.headers)
-    assert response.status_code == 201, response.text
-    task_id: int = response.json()["id"]
-    return task_id
+    return int(create_task(client, user, title=title)["id"])
 
 
 def upload(
@@ -130,15 +129,6 @@ def multipart_body(
         b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n"
         b"--" + BOUNDARY + b"--\r\n"
     )
-
-
-def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    assert body["request_id"] == response.headers["x-request-id"]
-    return body
 
 
 @pytest.fixture

@@ -30,18 +30,11 @@ from tests.conftest import (
     register_and_login,
     verified,
 )
+from tests.problem_helpers import assert_problem
 from tests.task_helpers import create_task
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 OTHER_PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
-
-
-def problem(response: Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code
-    return body
 
 
 def keyed(user: AuthUser, key: str | bytes, **extra: str) -> dict[str, Any]:
@@ -147,7 +140,9 @@ class TestKeyFormat:
     ) -> None:
         task_id = create_task(client, alice)["id"]
         before = state(client, alice, task_id)
-        problem(send(client, alice, keyed(alice, key), task_id), 400, "invalid_idempotency_key")
+        assert_problem(
+            send(client, alice, keyed(alice, key), task_id), 400, "invalid_idempotency_key"
+        )
         assert state(client, alice, task_id) == before
         assert stored_keys() == []
 
@@ -177,7 +172,7 @@ class TestKeyFormat:
         assert again.headers["Idempotent-Replayed"] == "true"
         assert again.json() == first.json()
         different = client.post("/tasks", json={"title": "u"}, headers=keyed(alice, '"k-1"'))
-        problem(different, 422, "idempotency_key_reused")
+        assert_problem(different, 422, "idempotency_key_reused")
 
 
 # --- replays ------------------------------------------------------------------------------
@@ -266,7 +261,7 @@ class TestReplay:
         assert again.headers["Idempotent-Replayed"] == "true"
         new_key = keyed(alice, "tag-twice", **{"If-Match": etag})
         stale = client.post(f"/tasks/{task_id}/tags", json=["b"], headers=new_key)
-        problem(stale, 412, "precondition_failed")
+        assert_problem(stale, 412, "precondition_failed")
 
     def test_an_upload_replay_stores_no_second_file(
         self, client: TestClient, alice: AuthUser
@@ -312,7 +307,7 @@ class TestReplay:
     ) -> None:
         task_id = create_task(client, alice)["id"]
         response = send(client, alice, {"Idempotency-Key": "k"}, task_id)
-        problem(response, 401, "not_authenticated")
+        assert_problem(response, 401, "not_authenticated")
 
     @pytest.mark.parametrize(("send", "status"), [p for p in ROUTES if p.id != "create"])
     def test_another_users_task_is_404_and_the_key_stays_unused(
@@ -320,7 +315,7 @@ class TestReplay:
     ) -> None:
         task_id = create_task(client, alice)["id"]
         response = send(client, bob, keyed(bob, "k"), task_id)
-        problem(response, 404, "task_not_found")
+        assert_problem(response, 404, "task_not_found")
         assert stored_keys() == []
 
 
@@ -353,7 +348,9 @@ class TestReuse:
         task_id = create_task(client, alice)["id"]
         assert _create(client, alice, keyed(alice, "once"), task_id).status_code == 201
         before = state(client, alice, task_id)
-        body = problem(second(client, keyed(alice, "once"), task_id), 422, "idempotency_key_reused")
+        body = assert_problem(
+            second(client, keyed(alice, "once"), task_id), 422, "idempotency_key_reused"
+        )
         assert body["errors"] == [
             {
                 "loc": ["header", "Idempotency-Key"],
@@ -373,13 +370,13 @@ class TestReuse:
             files={"file": ("a.png", OTHER_PNG, "image/png")},
             headers=keyed(alice, "up"),
         )
-        problem(other, 422, "idempotency_key_reused")
+        assert_problem(other, 422, "idempotency_key_reused")
         renamed = client.post(
             f"/tasks/{task_id}/files",
             files={"file": ("b.png", PNG, "image/png")},
             headers=keyed(alice, "up"),
         )
-        problem(renamed, 422, "idempotency_key_reused")
+        assert_problem(renamed, 422, "idempotency_key_reused")
         assert len(client.get(f"/tasks/{task_id}/files", headers=alice.headers).json()) == 1
 
     @pytest.mark.parametrize(
@@ -407,7 +404,7 @@ class TestReuse:
             "updates": {"completed": True},
             "if_match": {str(task_id): '"x"'},
         }
-        problem(
+        assert_problem(
             client.patch("/tasks/bulk", json=stale, headers=keyed(alice, "b")),
             412,
             "precondition_failed",
@@ -553,7 +550,7 @@ def test_two_simultaneous_requests_on_postgresql_one_2xx_and_one_409(
         hold.rollback()
         first_response = first.result()
 
-    body = problem(second, 409, "idempotency_in_progress")
+    body = assert_problem(second, 409, "idempotency_in_progress")
     assert int(second.headers["Retry-After"]) >= 1
     assert "conflicts" not in body
     assert answered_in < 5  # at once, not after the first request's transaction
@@ -617,7 +614,7 @@ def test_two_simultaneous_requests_on_sqlite_do_the_work_once(
             assert response.headers["Idempotent-Replayed"] == "true"
             assert response.json() == fresh[0].json()
         else:
-            problem(response, 409, "idempotency_in_progress")
+            assert_problem(response, 409, "idempotency_in_progress")
 
 
 @pytest.mark.parametrize(

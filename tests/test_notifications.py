@@ -38,7 +38,7 @@ from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.mail_helpers import SENDER, Inbox, smtp_settings
 from tests.process_helpers import RedisServer, needs_redis_server
 from tests.served_app import free_port
-from tests.task_helpers import insert_tasks
+from tests.task_helpers import create_task, insert_tasks
 from tests.test_cache import TIMEOUT_SECONDS
 
 
@@ -64,10 +64,7 @@ def bob(client: TestClient, db_connection: Connection) -> AuthUser:
 
 
 def make_task(client: TestClient, user: AuthUser, **fields: Any) -> dict[str, Any]:
-    response = client.post("/tasks", json={"title": "Write report", **fields}, headers=user.headers)
-    assert response.status_code == 201, response.text
-    task: dict[str, Any] = response.json()
-    return task
+    return create_task(client, user, **{"title": "Write report", **fields})
 
 
 def complete(client: TestClient, user: AuthUser, task_id: int, **extra: Any) -> Any:

@@ -21,17 +21,14 @@ from config import Settings, get_settings
 from routers.files import content_disposition
 from tests.conftest import RESOURCES, TEST_BUCKET, AuthUser, s3_storage_for
 from tests.s3_server import S3Server
-from tests.task_helpers import stored_key, upload_file
+from tests.task_helpers import create_task, stored_key, upload_file
 
 PDF = b"%PDF-1.7\nstored\n"
 NAMESPACED_KEY = r"^db-[0-9a-f]{16}/[0-9a-f]{32}$"
 
 
 def make_task(client: TestClient, user: AuthUser) -> int:
-    response = client.post("/tasks", json={"title": "Files"}, headers=user.headers)
-    assert response.status_code == 201, response.text
-    task_id: int = response.json()["id"]
-    return task_id
+    return int(create_task(client, user, title="Files")["id"])
 
 
 def upload(
