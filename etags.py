@@ -18,7 +18,7 @@ def _digest(*parts: object) -> str:
 
 
 class Versioned(Protocol):
-    """What a task's tag is made of: an ORM `Task` and a read-only view both have it."""
+    """What a task's tag is made of: an ORM `Task` and its answer (`TaskRead`) both have it."""
 
     @property
     def id(self) -> int: ...

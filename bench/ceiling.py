@@ -120,29 +120,29 @@ def create_app() -> FastAPI:
 
     chosen: dict[str, int] = {}
 
-    def prototype_session() -> tuple[Session, int, int]:
-        """A session that reads as the API reads, and the prototypes' user and task."""
-        session = sessions()
-        db_config.for_reading(session)
+    def prototype_ids(session: Session) -> tuple[int, int]:
+        """The prototypes' user and its first task, looked up once."""
         if not chosen:
             user_id = session.scalar(select(User.id).where(User.username == PROTOTYPE_USER))
             first = select(Task.id).where(Task.user_id == user_id).order_by(Task.id).limit(1)
             chosen.update(user=user_id or 0, task=session.scalar(first) or 0)
-        return session, chosen["user"], chosen["task"]
+        return chosen["user"], chosen["task"]
 
     @app.get("/ceiling/list", response_model=list[TaskRead])
     def prototype_list() -> list[TaskRead]:
         """The API's list statements for one user, 20 tasks, nothing around them."""
-        session, user_id, _ = prototype_session()
-        with session:
+        with sessions() as session:
+            db_config.for_reading(session)  # read as the API reads
+            user_id, _ = prototype_ids(session)
             params = TaskListParams(limit=20)
             return task_service.list_tasks(session, owner_id=user_id, params=params).tasks
 
     @app.get("/ceiling/task", response_model=TaskRead)
     def prototype_task() -> TaskRead:
         """The API's statement for one task with its tags, nothing around it."""
-        session, user_id, task_id = prototype_session()
-        with session:
+        with sessions() as session:
+            db_config.for_reading(session)
+            user_id, task_id = prototype_ids(session)
             return task_service.read_owned_task(session, owner_id=user_id, task_id=task_id)
 
     @app.post("/ceiling/bcrypt", response_model=Verified)

@@ -209,7 +209,7 @@ def list_tasks(session: Session, *, owner_id: int, params: TaskListParams) -> Ta
     # with it, in the same round trip.
     total, changes = session.execute(
         select(func.count(), change_service.counter_column(owner_id))
-        .select_from(Task)
+        .select_from(_TASK_TABLE)
         .where(*conditions)
     ).one()
     if total <= params.skip:
