@@ -11,6 +11,7 @@ RESULTS_DIR = BENCH_DIR / "results"
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/taskmanager_bench"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
+DEFAULT_BASELINE_REDIS_URL = "redis://127.0.0.1:6379/13"
 
 FULL_SCALE_SIZES = (1_000, 10_000, 100_000)
 QUICK_SCALE_SIZES = (1_000, 10_000)
@@ -60,6 +61,9 @@ class Options:
     warmup_s: int
     scale_sizes: tuple[int, ...]
     only: frozenset[str]
+    # A git revision served beside today's API (BENCH_BASELINE), and the Redis db it uses.
+    baseline: str | None = None
+    baseline_redis_url: str = DEFAULT_BASELINE_REDIS_URL
     threads: int = 2
     connections: int = 16
     # bcrypt-bound routes: ~10 req/s on two cores; 16 connections would only queue.
@@ -88,4 +92,7 @@ def from_environment() -> Options:
         warmup_s=_int("BENCH_WARMUP", 1 if quick else 2, 0, 60),
         scale_sizes=_sizes(QUICK_SCALE_SIZES if quick else FULL_SCALE_SIZES),
         only=only,
+        baseline=os.environ.get("BENCH_BASELINE", "").strip() or None,
+        baseline_redis_url=os.environ.get("BENCH_BASELINE_REDIS_URL", "").strip()
+        or DEFAULT_BASELINE_REDIS_URL,
     )

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
+from .baseline import BASELINE, SUFFIX
 from .options import Options
 from .scenarios import CEILINGS, MAIN, SCALE_KINDS, WORKER_PAIRS, WORKERS, Scenario
 from .wrk import RunResult
@@ -25,6 +26,8 @@ WORKERS_TARGET = 1.6
 SCALE_READ_TARGET = 2.0
 SCALE_STATS_TARGET = 5.0
 P99_TARGET = 10.0
+# Against a baseline revision: no scenario's ratio more than this share below the baseline's.
+BASELINE_TOLERANCE = 0.05
 
 Runs = dict[str, list[RunResult]]  # scenario name -> one result per repeat
 
@@ -225,18 +228,46 @@ def _scale_verdicts(
     return verdicts
 
 
+def baseline_change(runs: Runs, name: str, repeats: int) -> float | None:
+    """Median over the repeats of today's req/s ÷ the baseline's, for one compared scenario.
+
+    Both ran against the same ceiling in the same repeat, so this is also the ratio of ratios.
+    """
+    return _per_repeat_ratio(runs, name, name + SUFFIX, repeats)
+
+
+def _baseline_verdict(rows: dict[str, Row], runs: Runs, repeats: int) -> Verdict:
+    target = f"no scenario more than {_pct(BASELINE_TOLERANCE)} below its ratio at the baseline"
+    below, unclear = [], []
+    for name, twin in rows.items():
+        if twin.scenario.group != BASELINE:
+            continue
+        today = name.removesuffix(SUFFIX)
+        change = baseline_change(runs, today, repeats)
+        if change is None or twin.errors or rows[today].errors:
+            unclear.append(today)
+        elif change < 1 - BASELINE_TOLERANCE:
+            below.append(f"{today} ({100 * (change - 1):+.0f} %)")
+    measured = ", ".join(below) if below else "none below"
+    if unclear:
+        measured += f"; not comparable (errors): {', '.join(unclear)}"
+    return Verdict(target, measured, _met(not below and not unclear))
+
+
 def verdicts(
     rows: dict[str, Row], runs: Runs, options: Options, sizes: Sequence[int]
 ) -> list[Verdict]:
     """Every target of the issue that these runs can evaluate."""
     result = _ratio_verdicts(rows)
+    if any(row.scenario.group == BASELINE for row in rows.values()):
+        result.append(_baseline_verdict(rows, runs, options.repeats))
     result += _worker_verdicts(rows, runs, options.repeats) if "list_2w" in rows else []
     result += _scale_verdicts(rows, runs, sizes, options.repeats, options.quick)
     # The ceilings and prototypes show their own errors and spikes; the targets are the API's.
     api_rows = {
         name: row
         for name, row in rows.items()
-        if row.scenario.group not in ("ceiling", "prototype")
+        if row.scenario.group not in ("ceiling", "prototype", BASELINE)
     }
     with_errors = [name for name, row in api_rows.items() if row.errors]
     result.append(
@@ -283,6 +314,52 @@ def _table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |"]
     out.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
     out += ["| " + " | ".join(line) + " |" for line in lines]
+    return out
+
+
+def _baseline_table(rows: dict[str, Row], runs: Runs, repeats: int, label: str) -> list[str]:
+    """Today's API and the baseline revision, scenario by scenario, from the same repeats."""
+    lines = []
+    for scenario in MAIN:
+        today, then = rows.get(scenario.name), rows.get(scenario.name + SUFFIX)
+        if today is None or then is None:
+            continue
+        change = baseline_change(runs, scenario.name, repeats)
+        lines.append(
+            [
+                scenario.name,
+                _num(then.rps),
+                _num(today.rps),
+                "-" if then.ratio is None else _pct(then.ratio),
+                "-" if today.ratio is None else _pct(today.ratio),
+                "-" if change is None else f"{100 * (change - 1):+.0f} %",
+                _num(then.cpu_us),
+                _num(today.cpu_us),
+                _errors(then),
+            ]
+        )
+    if not lines:
+        return []
+    out = ["", f"## Before and after: the baseline {label}", ""]
+    out += _table(
+        [
+            "scenario",
+            "baseline req/s",
+            "today req/s",
+            "baseline ratio",
+            "today ratio",
+            "today vs baseline",
+            "baseline CPU µs/req",
+            "today CPU µs/req",
+            "baseline errors",
+        ],
+        lines,
+    )
+    out += [
+        "",
+        "Ratios are to the ceiling of the same repeat; 'today vs baseline' is the median over "
+        "the repeats of today's req/s ÷ the baseline's, measured back to back.",
+    ]
     return out
 
 
@@ -407,6 +484,7 @@ def markdown(
             ],
             worker_lines,
         )
+    out += _baseline_table(rows, runs, options.repeats, facts.get("baseline", ""))
     if sizes:
         out += ["", "## Scale curve (one user with N tasks; cost = 1/throughput)", ""]
         scale_lines = []

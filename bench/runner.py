@@ -11,24 +11,35 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
 import httpx
 from alembic.config import Config
 from pydantic import SecretStr
-from sqlalchemy import Engine, create_engine, delete, pool, text
+from sqlalchemy import Engine, MetaData, Table, create_engine, delete, pool, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 
 import auth
 from alembic import command
 from config import Settings
-from db_models import TaskFile
+from db_models import Base, TaskFile
 
-from . import machine, report, seed, services, wrk
+from . import baseline, machine, report, seed, services, wrk
 from .options import PROJECT_DIR, RESULTS_DIR, Options, OptionsError, from_environment
-from .scenarios import API, API_2W, CEILING, CEILINGS, MAIN, WORKERS, Scenario, scale_scenarios
+from .scenarios import (
+    API,
+    API_2W,
+    CEILING,
+    CEILINGS,
+    MAIN,
+    WORKERS,
+    Scenario,
+    baseline_twin,
+    scale_scenarios,
+)
 from .servers import Server, ServerError, server_environment
 
 UPLOAD_SIZE = 100 * 1024
@@ -63,14 +74,20 @@ def rebuild_schema(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
-def remove_uploads(engine: Engine, user_ids: Sequence[int], upload_dir: Path) -> int:
-    """Delete the rows and bytes of files uploaded to these users, so repeats start alike."""
+def remove_uploads(
+    engine: Engine, user_ids: Sequence[int], upload_dir: Path, files: Table | None = None
+) -> int:
+    """Delete the rows and bytes of files uploaded to these users, so repeats start alike.
+
+    `files`: the file table when it is not today's (a baseline's, reflected).
+    """
+    table = Base.metadata.tables[TaskFile.__tablename__] if files is None else files
     with engine.begin() as connection:
         stored = set(
             connection.execute(
-                delete(TaskFile)
-                .where(TaskFile.user_id.in_(user_ids))
-                .returning(TaskFile.stored_filename)
+                delete(table)
+                .where(table.c.user_id.in_(user_ids))
+                .returning(table.c.stored_filename)
             ).scalars()
         )
     if stored and upload_dir.is_dir():
@@ -88,18 +105,22 @@ def _lua_list(values: Sequence[int | str]) -> str:
     return "{" + ", ".join(f'"{v}"' if isinstance(v, str) else str(v) for v in values) + "}"
 
 
+def api_tokens(users: Sequence[seed.SeededUser], settings: Settings) -> list[str]:
+    """Today's API's access tokens for these users, each for the user's seeded session."""
+    return [
+        auth.create_access_token(user.id, seed.session_id(user.id), settings)[0] for user in users
+    ]
+
+
 def write_dataset(
     path: Path,
     *,
     users: Sequence[seed.SeededUser],
-    settings: Settings,
+    tokens: Sequence[str],
     file_ids: dict[int, list[int]] | None = None,
     task_sample: int | None = None,
 ) -> None:
     """A Lua chunk returning tokens, usernames, the password and ids, one entry per user."""
-    tokens = [
-        auth.create_access_token(user.id, seed.session_id(user.id), settings)[0] for user in users
-    ]
     task_lists = []
     for user in users:
         ids = user.task_ids
@@ -125,14 +146,13 @@ def _upload_body() -> bytes:
 
 
 def seed_files(
-    api_url: str, users: Sequence[seed.SeededUser], settings: Settings
+    api_url: str, users: Sequence[seed.SeededUser], tokens: Sequence[str]
 ) -> tuple[dict[int, list[int]], str | None]:
     """Upload one 100 KB file per user through the API, for the download scenario."""
     files: dict[int, list[int]] = {}
     content = _upload_body()
     with httpx.Client(base_url=api_url, timeout=30) as client:
-        for user in users:
-            token = auth.create_access_token(user.id, seed.session_id(user.id), settings)[0]
+        for user, token in zip(users, tokens, strict=True):
             response = client.post(
                 f"/tasks/{user.task_ids[0]}/files",
                 headers={"Authorization": f"Bearer {token}"},
@@ -147,14 +167,11 @@ def seed_files(
     return files, None
 
 
-def prime_etags(
-    api_url: str, path: str, users: Sequence[seed.SeededUser], settings: Settings, out: Path
-) -> str | None:
+def prime_etags(api_url: str, path: str, tokens: Sequence[str], out: Path) -> str | None:
     """Each user's current ETag of `path`, as a Lua chunk for revalidate.lua; None when fine."""
     tags = []
     with httpx.Client(base_url=api_url, timeout=30) as client:
-        for user in users:
-            token = auth.create_access_token(user.id, seed.session_id(user.id), settings)[0]
+        for token in tokens:
             response = client.get(path, headers={"Authorization": f"Bearer {token}"})
             etag = response.headers.get("ETag")
             if response.status_code != 200 or not etag or "'" in etag:
@@ -164,11 +181,10 @@ def prime_etags(
     return None
 
 
-def prime_stats(api_url: str, users: Sequence[seed.SeededUser], settings: Settings) -> None:
+def prime_stats(api_url: str, tokens: Sequence[str]) -> None:
     """One stats request per user, so the warm-stats run finds every cache filled."""
     with httpx.Client(base_url=api_url, timeout=30) as client:
-        for user in users:
-            token = auth.create_access_token(user.id, seed.session_id(user.id), settings)[0]
+        for token in tokens:
             client.get("/tasks/stats", headers={"Authorization": f"Bearer {token}"})
 
 
@@ -176,8 +192,17 @@ def prime_stats(api_url: str, users: Sequence[seed.SeededUser], settings: Settin
 
 
 def plan(options: Options, sizes: Sequence[int]) -> list[Scenario]:
-    """Ceilings first, then the scenarios BENCH_ONLY selects, in a fixed order."""
-    chosen = [s for s in (*MAIN, *WORKERS) if options.wants(s.name)]
+    """Ceilings first, then the scenarios BENCH_ONLY selects, in a fixed order.
+
+    With a baseline, each compared scenario is followed by its twin on the baseline server.
+    """
+    chosen = []
+    for scenario in (*MAIN, *WORKERS):
+        if not options.wants(scenario.name):
+            continue
+        chosen.append(scenario)
+        if options.baseline and scenario.group == "main" and scenario.compared:
+            chosen.append(baseline_twin(scenario, baseline.BASELINE, baseline.SUFFIX))
     for size in sizes:
         chosen += [s for s in scale_scenarios(size) if options.wants(s.name)]
     return [*CEILINGS, *chosen]
@@ -230,6 +255,10 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     servers: dict[str, Server] = field(default_factory=dict)
     seeded: seed.Seeded | None = None
+    # Each data file's tokens ("main", "writers", "baseline_main", ...), for priming caches.
+    tokens: dict[str, list[str]] = field(default_factory=dict)
+    base: baseline.Baseline | None = None
+    base_engine: Engine | None = None
 
     @property
     def upload_dir(self) -> Path:
@@ -264,6 +293,32 @@ class _Run:
         self.seeded = seeded
         return seeded
 
+    def prepare_baseline(self, seeded: seed.Seeded) -> None:
+        """The baseline's schema from its own migrations, and the same rows as today's."""
+        assert self.base is not None
+        assert self.base_engine is not None
+        step(f"Building the baseline's schema in {self.base_engine.url.database}")
+        try:
+            baseline.migrate(self.base, self.base_engine, self.secret_key)
+            again = seed.seed(
+                self.base_engine,
+                self.settings,
+                main_users=self.options.main_users,
+                tasks_per_user=self.options.tasks_per_user,
+                scale=(),
+                tables=seed.Tables.reflected(self.base_engine),
+            )
+        except SQLAlchemyError as exc:
+            raise SetupError(
+                f"preparing the baseline database failed: {services.first_line(exc)}"
+            ) from None
+        if [u.task_ids for u in again.main + again.writers] != [
+            u.task_ids for u in seeded.main + seeded.writers
+        ]:
+            raise SetupError("the baseline was seeded with other ids than today's API")
+        services.flush_redis(self.base.redis_url)
+        step(f"Seeded the baseline with the same {len(again.main) + len(again.writers)} users")
+
     def start_servers(self, stack: ExitStack) -> None:
         env = server_environment(
             {
@@ -284,34 +339,68 @@ class _Run:
             (CEILING, "bench.ceiling:app", 1, "/ceiling/objects"),
             (API, "main:app", 1, "/"),
             (API_2W, "main:app", 2, "/"),
+            (baseline.BASELINE, "main:app", 1, "/"),
         ):
             if name not in wanted:
                 continue
             log = self.run_dir / f"{name}.log"
-            server = stack.enter_context(Server(name, app, workers, env, log))
+            if name == baseline.BASELINE:
+                assert self.base is not None
+                own = baseline.server_settings(self.base, self.secret_key)
+                server = Server(
+                    name, app, workers, baseline.environment(own), log, self.base.directory
+                )
+            else:
+                server = Server(name, app, workers, env, log)
+            stack.enter_context(server)
             step(f"Starting {name} ({app}, {workers} worker{'s' * (workers > 1)}) on {server.url}")
             server.start(ready)
             self.servers[name] = server
 
     def write_datasets(self, seeded: seed.Seeded) -> None:
         self.data_dir.mkdir()
-        file_ids: dict[int, list[int]] = {}
-        if self.options.wants("download"):
-            file_ids, problem = seed_files(self.servers[API].url, seeded.main, self.settings)
-            if problem:
-                self.notes.append(problem)
-        write_dataset(
-            self.data_dir / "main.lua", users=seeded.main, settings=self.settings, file_ids=file_ids
-        )
-        write_dataset(self.data_dir / "writers.lua", users=seeded.writers, settings=self.settings)
+        self.tokens["main"] = api_tokens(seeded.main, self.settings)
+        self.tokens["writers"] = api_tokens(seeded.writers, self.settings)
+        self._write_main_and_writers(API, "", seeded)
+        if self.base is not None and baseline.BASELINE in self.servers:
+            lifetime = timedelta(minutes=TOKEN_LIFETIME_MINUTES)
+            for name, users in (("main", seeded.main), ("writers", seeded.writers)):
+                self.tokens[f"{baseline.BASELINE}_{name}"] = [
+                    baseline.access_token(user.id, self.secret_key, lifetime) for user in users
+                ]
+            baseline.check_tokens(
+                self.servers[baseline.BASELINE].url, self.tokens[f"{baseline.BASELINE}_main"]
+            )
+            self._write_main_and_writers(baseline.BASELINE, f"{baseline.BASELINE}_", seeded)
         for size, user in seeded.scale.items():
             write_dataset(
                 self.data_dir / f"scale{size}.lua",
                 users=[user],
-                settings=self.settings,
+                tokens=api_tokens([user], self.settings),
                 task_sample=500,
             )
         (self.data_dir / "none.lua").write_text("return { tokens = {} }\n")
+
+    def _write_main_and_writers(self, server: str, prefix: str, seeded: seed.Seeded) -> None:
+        """The main and writers data files of one server (its tokens, its uploaded file ids)."""
+        file_ids: dict[int, list[int]] = {}
+        if self.options.wants("download"):
+            file_ids, problem = seed_files(
+                self.servers[server].url, seeded.main, self.tokens[f"{prefix}main"]
+            )
+            if problem:
+                self.notes.append(f"{server}: {problem}")
+        write_dataset(
+            self.data_dir / f"{prefix}main.lua",
+            users=seeded.main,
+            tokens=self.tokens[f"{prefix}main"],
+            file_ids=file_ids,
+        )
+        write_dataset(
+            self.data_dir / f"{prefix}writers.lua",
+            users=seeded.writers,
+            tokens=self.tokens[f"{prefix}writers"],
+        )
 
     def drive(self, scenario: Scenario, duration_s: int) -> wrk.RunResult:
         options = self.options
@@ -344,7 +433,12 @@ class _Run:
             return
         step(f"Warming up each server for {self.options.warmup_s} s")
         # Opens the connection pools and fills SQLAlchemy's statement caches.
-        warmups = {CEILING: CEILINGS[1], API: MAIN[0], API_2W: WORKERS[0]}
+        warmups = {
+            CEILING: CEILINGS[1],
+            API: MAIN[0],
+            API_2W: WORKERS[0],
+            baseline.BASELINE: baseline_twin(MAIN[1], baseline.BASELINE, baseline.SUFFIX),
+        }
         for name in self.servers:
             self.drive(warmups[name], self.options.warmup_s)
 
@@ -360,14 +454,13 @@ class _Run:
         for repeat in range(1, options.repeats + 1):
             for scenario in self.scenarios:
                 if scenario.warm_stats_first:
-                    prime_stats(self.servers[API].url, seeded.main, self.settings)
+                    prime_stats(self.servers[scenario.server].url, self.tokens[scenario.dataset])
                 if scenario.script == "revalidate.lua":
                     # Other scenarios edit these users' tasks: take the tags as they are now.
                     problem = prime_etags(
                         self.servers[scenario.server].url,
                         scenario.args[0],
-                        seeded.main,
-                        self.settings,
+                        self.tokens[scenario.dataset],
                         self.data_dir / "etags.lua",
                     )
                     if problem and problem not in self.notes:
@@ -383,7 +476,11 @@ class _Run:
                     flush=True,
                 )
             if repeat < options.repeats:
-                remove_uploads(self.engine, [user.id for user in seeded.writers], self.upload_dir)
+                writers = [user.id for user in seeded.writers]
+                remove_uploads(self.engine, writers, self.upload_dir)
+                if self.base is not None and self.base_engine is not None:
+                    files = Table("task_files", MetaData(), autoload_with=self.base_engine)
+                    remove_uploads(self.base_engine, writers, self.base.upload_dir, files)
         return runs
 
 
@@ -407,6 +504,23 @@ def _write_report(bench: _Run, runs: report.Runs, facts: dict[str, str], started
     print(text_report)
     where = bench.run_dir.relative_to(PROJECT_DIR)
     step(f"Results in {where}/ (report.md, results.json, server logs)")
+
+
+def _baseline(options: Options, url: URL, work_dir: Path) -> baseline.Baseline:
+    """Export BENCH_BASELINE and make sure its database exists."""
+    assert options.baseline is not None
+    directory = work_dir / "baseline"
+    commit = baseline.export(options.baseline, directory)
+    database_url = baseline.database_url_for(url.render_as_string(hide_password=False))
+    services.ensure_database(services.sqlalchemy_url(database_url))
+    return baseline.Baseline(
+        revision=options.baseline,
+        commit=commit,
+        directory=directory,
+        database_url=database_url,
+        redis_url=options.baseline_redis_url,
+        upload_dir=directory / "uploads",
+    )
 
 
 def run(options: Options) -> int:
@@ -440,6 +554,16 @@ def run(options: Options) -> int:
         stack.callback(shutil.rmtree, work_dir, ignore_errors=True)
         engine = create_engine(url, poolclass=pool.NullPool)
         stack.callback(engine.dispose)
+        if options.baseline:
+            the_baseline = _baseline(options, url, work_dir)
+            step(f"Exported the baseline {the_baseline.label}")
+            facts["baseline"] = f"`{the_baseline.label}`, served beside today's API"
+            baseline_engine = create_engine(
+                services.sqlalchemy_url(the_baseline.database_url), poolclass=pool.NullPool
+            )
+            stack.callback(baseline_engine.dispose)
+        else:
+            the_baseline, baseline_engine = None, None
         bench = _Run(
             options=options,
             settings=settings,
@@ -450,8 +574,12 @@ def run(options: Options) -> int:
             run_dir=run_dir,
             scenarios=scenarios,
             sizes=tuple(s for s in options.scale_sizes if any(x.size == s for x in scenarios)),
+            base=the_baseline,
+            base_engine=baseline_engine,
         )
         seeded = bench.prepare_database()
+        if the_baseline is not None:
+            bench.prepare_baseline(seeded)
         bench.start_servers(stack)
         bench.write_datasets(seeded)
         bench.warm_up()
@@ -472,6 +600,7 @@ def main() -> int:
         ServerError,
         wrk.WrkError,
         SetupError,
+        baseline.BaselineError,
     ) as exc:
         print(f"bench: ERROR: {exc}", file=sys.stderr)
         return 1

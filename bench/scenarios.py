@@ -1,6 +1,6 @@
 """The scenarios: what each wrk run requests, on which server, against which ceiling."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .seed import SEARCH_TERM, TAG_FILTER
 
@@ -33,6 +33,8 @@ class Scenario:
     size: int = 0  # scale curve: tasks of the user
     # The one status every answer should have, when it is not "any 2xx" (a revalidation: 304).
     expected_status: str | None = None
+    # Run against a baseline revision too (BENCH_BASELINE), where the scenario is "main".
+    compared: bool = True
 
 
 LOGIN_BODY_FOR_CEILING = '{"username": "bench01", "password": "same-size-as-a-login"}'
@@ -83,6 +85,8 @@ MAIN = (
         "main",
         (REVALIDATED_LIST,),
         expected_status="304",
+        # A revision without list ETags would answer 200s: nothing to compare.
+        compared=False,
     ),
     Scenario("list_filtered", "GET " + FILTERED_LIST, API, "read.lua", "main", (FILTERED_LIST,)),
     Scenario("get", "GET /tasks/{id}", API, "read.lua", "main", ("/tasks/{task}",)),
@@ -176,4 +180,15 @@ def scale_scenarios(size: int) -> tuple[Scenario, ...]:
         ),
         one("patch", "PATCH /tasks/{id}", "patch.lua"),
         one("stats_cold", "PATCH /tasks/{id} + GET /tasks/stats", "cold_stats.lua"),
+    )
+
+
+def baseline_twin(scenario: Scenario, server: str, suffix: str) -> Scenario:
+    """The same requests against the baseline server, with the baseline's data files."""
+    return replace(
+        scenario,
+        name=scenario.name + suffix,
+        server=server,
+        dataset=f"{server}_{scenario.dataset}",
+        group=server,
     )

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, text
+from sqlalchemy import Connection, Engine, MetaData, Table, TypeDecorator, insert, text
 
 import auth
 from config import Settings
-from db_models import AuthSession, Task, TaskTag, User
+from db_models import AuthSession, Base, Task, TaskTag, User
 from enums import Priority
 
 PASSWORD = "bench-password-0123456789"  # noqa: S105 (the seeded bench users')
@@ -121,11 +121,87 @@ def _task_rows(
         yield task, [{"task_id": task_id, "tag": tag, "user_id": user_id} for tag in sorted(tags)]
 
 
+@dataclass(frozen=True)
+class Tables:
+    """Where the rows go: today's tables, or those an earlier revision's migrations built."""
+
+    users: Table
+    tasks: Table
+    tags: Table
+    sessions: Table | None  # login sessions; None where the schema has none
+
+    @classmethod
+    def of_models(cls) -> "Tables":
+        tables = Base.metadata.tables
+        return cls(
+            tables[User.__tablename__],
+            tables[Task.__tablename__],
+            tables[TaskTag.__tablename__],
+            tables[AuthSession.__tablename__],
+        )
+
+    @classmethod
+    def reflected(cls, engine: Engine) -> "Tables":
+        """The tables as they are in this database (an earlier revision's schema)."""
+        metadata = MetaData()
+        metadata.reflect(engine)
+        tables = metadata.tables
+        return cls(
+            tables["users"],
+            tables["tasks"],
+            tables["task_tags"],
+            tables.get(AuthSession.__tablename__),
+        )
+
+
+# The models' tables: their column types turn a row's values into what the database stores.
+_MODEL_TABLES = {
+    name: Base.metadata.tables[name]
+    for name in (
+        User.__tablename__,
+        Task.__tablename__,
+        TaskTag.__tablename__,
+        AuthSession.__tablename__,
+    )
+}
+
+
+def _fit(
+    connection: Connection, table: Table, rows: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The rows with only the columns `table` has, each value stored as today's models store it.
+
+    For today's tables this changes nothing; a reflected (older) table lacks some columns and
+    has plain column types, so values such as a priority are given in their stored form.
+    """
+    model = _MODEL_TABLES[table.name]
+    if table is model:
+        return list(rows)
+    keep = [name for name in rows[0] if name in table.c] if rows else []
+    binders: dict[str, TypeDecorator[Any]] = {}
+    for name in keep:
+        kind = model.c[name].type
+        if isinstance(kind, TypeDecorator) and not isinstance(table.c[name].type, TypeDecorator):
+            binders[name] = kind
+    return [
+        {
+            name: (
+                binders[name].process_bind_param(row[name], connection.dialect)
+                if name in binders
+                else row[name]
+            )
+            for name in keep
+        }
+        for row in rows
+    ]
+
+
 class _Inserter:
     """Buffers rows and INSERTs them in batches (executemany: multi-row VALUES)."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, tables: Tables) -> None:
         self.connection = connection
+        self.tables = tables
         self.tasks: list[dict[str, Any]] = []
         self.tags: list[dict[str, Any]] = []
         self.task_count = 0
@@ -140,11 +216,15 @@ class _Inserter:
     def flush(self) -> None:
         # Tasks first: the tag rows reference them.
         if self.tasks:
-            self.connection.execute(insert(Task), self.tasks)
+            self.connection.execute(
+                insert(self.tables.tasks), _fit(self.connection, self.tables.tasks, self.tasks)
+            )
             self.task_count += len(self.tasks)
             self.tasks = []
         if self.tags:
-            self.connection.execute(insert(TaskTag), self.tags)
+            self.connection.execute(
+                insert(self.tables.tags), _fit(self.connection, self.tables.tags, self.tags)
+            )
             self.tag_count += len(self.tags)
             self.tags = []
 
@@ -156,8 +236,14 @@ def seed(
     main_users: int,
     tasks_per_user: int,
     scale: Sequence[int],
+    tables: Tables | None = None,
 ) -> Seeded:
-    """Insert every user, task and tag the scenarios use into an empty schema."""
+    """Insert every user, task and tag the scenarios use into an empty schema.
+
+    The same rows, ids included, on every call: a baseline database gets exactly the data
+    today's API gets (`tables` reflected from its schema).
+    """
+    tables = tables or Tables.of_models()
     rng = random.Random(20261124)  # the same data on every run
     now = datetime.now(UTC)
     today = now.date()
@@ -177,13 +263,12 @@ def seed(
     everyone = [*main, *writers, *scaled.values()]
 
     with engine.begin() as connection:
-        connection.execute(
-            insert(User),
-            [_user_row(user.id, user.username, password_hash, now) for user in everyone],
-        )
-        connection.execute(
-            insert(AuthSession),
-            [
+        users = [_user_row(user.id, user.username, password_hash, now) for user in everyone]
+        connection.execute(insert(tables.users), _fit(connection, tables.users, users))
+        sequences = ["users", "tasks"]
+        if tables.sessions is not None:
+            sequences.append(tables.sessions.name)
+            sessions = [
                 {
                     "id": session_id(user.id),
                     "user_id": user.id,
@@ -193,15 +278,15 @@ def seed(
                     "user_agent": "bench",
                 }
                 for user in everyone
-            ],
-        )
-        inserter = _Inserter(connection)
+            ]
+            connection.execute(insert(tables.sessions), _fit(connection, tables.sessions, sessions))
+        inserter = _Inserter(connection, tables)
         for user in everyone:
             for task, tags in _task_rows(rng, user.id, user.task_ids, today, now):
                 inserter.add(task, tags)
         inserter.flush()
         # Ids were given explicitly: move the sequences past them for the API's inserts.
-        for table in ("users", "tasks", "auth_sessions"):
+        for table in sequences:
             connection.execute(
                 text(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608

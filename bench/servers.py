@@ -72,9 +72,16 @@ class Server:
     """One uvicorn process group serving `app` on a free port of 127.0.0.1."""
 
     def __init__(
-        self, name: str, app: str, workers: int, env: dict[str, str], log_path: Path
+        self,
+        name: str,
+        app: str,
+        workers: int,
+        env: dict[str, str],
+        log_path: Path,
+        directory: Path = PROJECT_DIR,
     ) -> None:
         self.name = name
+        self.directory = directory  # the checkout it serves (a baseline's export)
         self.app = app
         self.workers = workers
         self.env = env
@@ -111,7 +118,7 @@ class Server:
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
             self.command(),
-            cwd=PROJECT_DIR,
+            cwd=self.directory,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
