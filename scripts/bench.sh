@@ -13,6 +13,9 @@
 #   BENCH_SCALE           task counts of the scale curve (default 1000,10000,100000;
 #                         QUICK 1000,10000)
 #   BENCH_ONLY            comma-separated scenario names to run (ceilings always run)
+#   BENCH_BASELINE        a git revision served beside today's API: each main scenario runs
+#                         against both in every repeat and the report compares their ratios
+#   BENCH_BASELINE_REDIS_URL  default redis://127.0.0.1:6379/13 (the baseline's; flushed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
