@@ -182,22 +182,19 @@ def _completion_notices(session: Session, task_ids: Sequence[int]) -> list[Compl
     # Still completed when the notice goes out: a task reopened meanwhile gets none. Only
     # verified addresses get notices: an address nobody confirmed may be anyone's.
     rows = session.execute(
-        select(Task.id, Task.title, Task.user_id, User.username, User.email, Task.updated_at)
+        select(
+            Task.id.label("task_id"),
+            Task.title,
+            Task.user_id,
+            User.username,
+            User.email,
+            Task.updated_at.label("completed_at"),
+        )
         .join(User, User.id == Task.user_id)
         .where(Task.id.in_(task_ids), Task.completed.is_(True), User.email_verified.is_(True))
         .order_by(Task.id)
     ).all()
-    return [
-        CompletionNotice(
-            task_id=row.id,
-            title=row.title,
-            user_id=row.user_id,
-            username=row.username,
-            email=row.email,
-            completed_at=row.updated_at,
-        )
-        for row in rows
-    ]
+    return [CompletionNotice(**row._mapping) for row in rows]
 
 
 def send_completion_notices(resources: Resources, task_ids: Sequence[int]) -> int:

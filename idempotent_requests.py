@@ -172,22 +172,6 @@ def _request_of(
 
 
 @raises(InvalidIdempotencyKeyError, IdempotencyInProgressError, IdempotencyKeyReusedError)
-async def idempotent_json_request(
-    request: Request,
-    user: CurrentUser,
-    session: DbSession,
-    settings: SettingsDep,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> IdempotentRequest:
-    """A JSON request's key, claimed before the route runs (async: no hop without a key)."""
-    keyed = _request_of(request, user.id, session, settings.idempotency_ttl_hours, idempotency_key)
-    if keyed.key is not None:
-        body = await request.body()
-        await run_in_threadpool(keyed.claim, body)
-    return keyed
-
-
-@raises(InvalidIdempotencyKeyError, IdempotencyInProgressError, IdempotencyKeyReusedError)
 async def idempotent_upload_request(
     request: Request,
     user: CurrentUser,
@@ -199,5 +183,17 @@ async def idempotent_upload_request(
     return _request_of(request, user.id, session, settings.idempotency_ttl_hours, idempotency_key)
 
 
-Idempotency = Annotated[IdempotentRequest, Depends(idempotent_json_request)]
 UploadIdempotency = Annotated[IdempotentRequest, Depends(idempotent_upload_request)]
+
+
+@raises(InvalidIdempotencyKeyError, IdempotencyInProgressError, IdempotencyKeyReusedError)
+async def idempotent_json_request(request: Request, keyed: UploadIdempotency) -> IdempotentRequest:
+    """A JSON request's key, read as an upload's is and claimed before the route runs (async:
+    no hop without a key)."""
+    if keyed.key is not None:
+        body = await request.body()
+        await run_in_threadpool(keyed.claim, body)
+    return keyed
+
+
+Idempotency = Annotated[IdempotentRequest, Depends(idempotent_json_request)]

@@ -26,9 +26,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from config import Settings
+from middleware import HttpMiddleware
 from redis_config import key_prefix, redis_timeout_seconds
 
 logger = logging.getLogger(__name__)
@@ -63,16 +64,10 @@ EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
 # --- requests -----------------------------------------------------------------------------
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(HttpMiddleware):
     """Count each HTTP request and time it, labelled by its route template (never the path)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
 

@@ -35,14 +35,11 @@ def _request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-class RequestContextMiddleware:
-    """Give every request an id (the client's, if well-formed), echo it, log one access line.
+class HttpMiddleware:
+    """A pure ASGI middleware for HTTP requests: `handle_http` sees each one; anything else
+    (the lifespan, websockets) passes through untouched."""
 
-    Also the one place that stamps headers every response carries (`X-Content-Type-Options`,
-    the rate-limit headers the limiter recorded), and the last resort for unexpected errors:
-    handled here, the 500 still passes through the header stamping and the access line, and
-    its traceback is logged once, with the request id.
-    """
+    app: ASGIApp
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -51,6 +48,22 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self.handle_http(scope, receive, send)
+
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestContextMiddleware(HttpMiddleware):
+    """Give every request an id (the client's, if well-formed), echo it, log one access line.
+
+    Also the one place that stamps headers every response carries (`X-Content-Type-Options`,
+    the rate-limit headers the limiter recorded), and the last resort for unexpected errors:
+    handled here, the 500 still passes through the header stamping and the access line, and
+    its traceback is logged once, with the request id.
+    """
+
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = _request_id_from(scope)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -103,7 +116,7 @@ class RequestContextMiddleware:
 # --- the request body limit -------------------------------------------------------------------
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(HttpMiddleware):
     """Starlette's `RequestBodyLimitMiddleware`, its refusal sent as a `body_too_large` problem.
 
     Starlette counts the bytes a route reads, whether declared (`Content-Length`) or streamed
@@ -114,12 +127,9 @@ class BodyLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, max_body_size: int) -> None:
-        self.app = RequestBodyLimitMiddleware(app, max_body_size=max_body_size)
+        super().__init__(RequestBodyLimitMiddleware(app, max_body_size=max_body_size))
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         replaced = False
 
         async def send_as_problem(message: Message) -> None:

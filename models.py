@@ -7,6 +7,7 @@ from datetime import date, datetime
 from http import HTTPStatus
 from typing import Annotated, Any, Literal, Self
 
+from fastapi import Response, status
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -14,6 +15,7 @@ from pydantic import (
     ConfigDict,
     EmailStr,
     Field,
+    JsonValue,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -427,20 +429,21 @@ class PersonalTokenCreate(StrictBody):
         return [scope for scope in Scope if scope in scopes]
 
 
+# The example token of the schemas below: as listed, and as shown once when created.
+_PERSONAL_TOKEN_EXAMPLE: dict[str, JsonValue] = {
+    "id": 3,
+    "name": "backup script",
+    "scopes": ["tasks:read"],
+    "created_at": "2026-01-15T09:30:00Z",
+    "expires_at": "2026-04-15T09:30:00Z",
+}
+
+
 class PersonalTokenRead(BaseModel):
     model_config = ConfigDict(
         from_attributes=True,
         json_schema_extra={
-            "examples": [
-                {
-                    "id": 3,
-                    "name": "backup script",
-                    "scopes": ["tasks:read"],
-                    "created_at": "2026-01-15T09:30:00Z",
-                    "expires_at": "2026-04-15T09:30:00Z",
-                    "last_used_at": "2026-01-16T08:05:00Z",
-                }
-            ]
+            "examples": [{**_PERSONAL_TOKEN_EXAMPLE, "last_used_at": "2026-01-16T08:05:00Z"}]
         },
     )
 
@@ -457,11 +460,7 @@ class PersonalTokenCreated(PersonalTokenRead):
         json_schema_extra={
             "examples": [
                 {
-                    "id": 3,
-                    "name": "backup script",
-                    "scopes": ["tasks:read"],
-                    "created_at": "2026-01-15T09:30:00Z",
-                    "expires_at": "2026-04-15T09:30:00Z",
+                    **_PERSONAL_TOKEN_EXAMPLE,
                     "token": "tmpat_Kx8vQ2nR5tW1yB4cD7fG0hJ3kL6mN9pS2uV5xZ8aE1i",
                 }
             ]
@@ -828,3 +827,13 @@ def error_responses(*errors: type[AppError]) -> dict[int | str, dict[str, Any]]:
     by `openapi_schema.complete_openapi`; list only what the route's services raise.
     """
     return {status: ErrorResponse(group) for status, group in by_status(errors).items()}
+
+
+def no_content(*errors: type[AppError]) -> dict[str, Any]:
+    """The keywords of a route that answers 204 without a body, with the errors its own code
+    can raise (as `error_responses`): `@router.delete("/x/{x_id}", **no_content(XNotFound))`."""
+    return {
+        "status_code": status.HTTP_204_NO_CONTENT,
+        "response_class": Response,
+        "responses": error_responses(*errors),
+    }

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Response, status
+from fastapi import APIRouter, BackgroundTasks, status
 
 import account_mail
 import rate_limit_config as rate_limits
@@ -25,6 +25,7 @@ from models import (
     PasswordResetRequest,
     UserRead,
     error_responses,
+    no_content,
 )
 from services import account as account_service
 
@@ -33,9 +34,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 @router.post(
     "/password",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
-    responses=error_responses(WrongPasswordError, WeakPasswordError),
+    **no_content(WrongPasswordError, WeakPasswordError),
     dependencies=[MANAGE_ACCOUNT],
 )
 def change_password(
@@ -96,9 +95,7 @@ async def request_password_reset(
 
 @router.post(
     "/password-reset",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
-    responses=error_responses(InvalidOrExpiredTokenError, WeakPasswordError),
+    **no_content(InvalidOrExpiredTokenError, WeakPasswordError),
 )
 def reset_password(
     data: PasswordReset, session: DbSession, settings: SettingsDep, recent: RecentUsersDep
@@ -112,9 +109,7 @@ def reset_password(
 
 @router.delete(
     "/me",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
-    responses=error_responses(WrongPasswordError),
+    **no_content(WrongPasswordError),
     dependencies=[MANAGE_ACCOUNT],
 )
 def delete_account(

@@ -30,7 +30,7 @@ from exceptions import (
     UploadInvalidError,
 )
 from idempotent_requests import SUCCESS_HEADERS, UploadIdempotency
-from models import MAX_ID, FileRead, error_responses
+from models import MAX_ID, FileRead, error_responses, no_content
 from services import files as file_service
 from storage import LocalObject
 
@@ -223,9 +223,7 @@ def download_file(
 
 @router.delete(
     "/files/{file_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
-    responses=error_responses(StoredFileNotFoundError),
+    **no_content(StoredFileNotFoundError),
     summary="Delete a file",
     dependencies=[WRITE_FILES],
 )

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path
 
 from dependencies import (
     MANAGE_ACCOUNT,
@@ -12,7 +12,7 @@ from dependencies import (
     SettingsDep,
 )
 from exceptions import InvalidRefreshTokenError, RefreshTokenReusedError, SessionNotFoundError
-from models import MAX_ID, RefreshRequest, SessionRead, Token, error_responses
+from models import MAX_ID, RefreshRequest, SessionRead, Token, error_responses, no_content
 from services import sessions as session_service
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -50,9 +50,7 @@ def list_sessions(principal: CurrentPrincipal, session: DbSession) -> Any:
 
 @router.delete(
     "/sessions/{session_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
-    responses=error_responses(SessionNotFoundError),
+    **no_content(SessionNotFoundError),
     dependencies=[MANAGE_ACCOUNT],
 )
 def revoke_session(
@@ -66,10 +64,8 @@ def revoke_session(
 
 @router.post(
     "/logout",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
     # Ended meanwhile by another request (this worker may remember it a few seconds more).
-    responses=error_responses(SessionNotFoundError),
+    **no_content(SessionNotFoundError),
     dependencies=[MANAGE_ACCOUNT],
 )
 def logout(principal: CurrentPrincipal, session: DbSession, recent: RecentUsersDep) -> None:

@@ -47,6 +47,7 @@ from models import (
     TaskStats,
     TaskUpdate,
     error_responses,
+    no_content,
     normalize_tag,
 )
 from services import stats as stats_service
@@ -270,8 +271,7 @@ def update_task(
 
 @router.delete(
     "/{task_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
+    **no_content(),
     tags=["tasks"],
     summary="Delete a task",
     dependencies=[WRITE_TASKS],

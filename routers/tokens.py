@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Path, status
 
 from dependencies import MANAGE_ACCOUNT, CurrentPrincipal, DbSession, RecentUsersDep
 from exceptions import PersonalTokenNotFoundError
@@ -11,7 +11,7 @@ from models import (
     PersonalTokenCreate,
     PersonalTokenCreated,
     PersonalTokenRead,
-    error_responses,
+    no_content,
 )
 from services import tokens as token_service
 
@@ -49,9 +49,7 @@ def list_tokens(principal: CurrentPrincipal, session: DbSession) -> Any:
 
 @router.delete(
     "/{token_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    response_class=Response,
-    responses=error_responses(PersonalTokenNotFoundError),
+    **no_content(PersonalTokenNotFoundError),
     dependencies=[MANAGE_ACCOUNT],
 )
 def delete_token(

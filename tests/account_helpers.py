@@ -55,3 +55,14 @@ def make_personal_token(
     assert response.status_code == 201, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def assert_refused_to_personal_tokens(
+    client: TestClient, user: AuthUser, scopes: list[str], method: str, path: str, **request: Any
+) -> None:
+    """An account request that a personal token of the user's (with these scopes, whatever
+    they are) may not make: 403 `insufficient_scope`."""
+    token = make_personal_token(client, user, scopes)["token"]
+    response = client.request(method, path, headers=bearer(token), **request)
+    assert response.status_code == 403
+    assert response.json()["code"] == "insufficient_scope"

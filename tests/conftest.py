@@ -260,6 +260,36 @@ def verified(user: AuthUser, connection: Connection) -> AuthUser:
 
 
 @pytest.fixture
+def failing_commit(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Call to make every later commit fail after its statements ran: with `error`, or by
+    default as a lost connection does. `monkeypatch.undo()` lets commits through again."""
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import Session
+
+    def arm(error: Exception | None = None) -> None:
+        def commit(self: Session) -> None:
+            self.flush()
+            raise error or OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+        monkeypatch.setattr(Session, "commit", commit)
+
+    return arm
+
+
+@pytest.fixture
+def empty_outbox(db_connection: Connection) -> None:
+    """Start from an empty outbox (in this test's transaction, so it is rolled back too).
+
+    Tests that serve the app in another process commit their jobs to the shared database.
+    """
+    from sqlalchemy import delete
+
+    from db_models import OutboxJob
+
+    db_connection.execute(delete(OutboxJob))
+
+
+@pytest.fixture
 def live_server(db_connection: Connection) -> Iterator[str]:
     """The app served by uvicorn on a free loopback port; yields its base URL.
 

@@ -4,6 +4,7 @@ that send through it."""
 import email
 import email.policy
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email.message import EmailMessage
 from typing import Any
 
@@ -56,15 +57,23 @@ def use_settings(monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], None]:
     return apply
 
 
+@contextmanager
+def smtp_server(handler: object, port: int | None = None) -> Iterator[int]:
+    """Serve `handler` (an aiosmtpd handler) as a real SMTP server on a local port until the
+    block ends: on `port`, or on a free one. The port."""
+    port = free_port() if port is None else port
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield port
+    finally:
+        controller.stop()
+
+
 @pytest.fixture
 def inbox(use_settings: Callable[[Settings], None]) -> Iterator[Inbox]:
     """A real SMTP server on a local port, with the app configured to send through it."""
     handler = Inbox()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    use_settings(smtp_settings(port))
-    try:
+    with smtp_server(handler) as port:
+        use_settings(smtp_settings(port))
         yield handler
-    finally:
-        controller.stop()

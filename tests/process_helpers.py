@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 
 from config import PROJECT_DIR
-from tests.mail_helpers import Inbox
+from tests.mail_helpers import Inbox, smtp_server
 from tests.served_app import free_port, run_module, stop_process
 
 WAIT_SECONDS = 90
@@ -59,6 +60,18 @@ class GatedInbox(Inbox):
 
     def to(self, address: str) -> list[Any]:
         return [m for m in self.messages if m["To"] == address]
+
+
+@contextmanager
+def gated_inbox() -> Iterator[GatedInbox]:
+    """A `GatedInbox` served on a free local port until the block ends, letting go of any
+    sender it still holds then."""
+    handler = GatedInbox(free_port())
+    with smtp_server(handler, handler.port):
+        try:
+            yield handler
+        finally:
+            handler.hold.clear()
 
 
 @dataclass

@@ -1,18 +1,14 @@
 """The account: password policy, change and reset, e-mail verification, deletion."""
 
-import email
-import email.policy
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope
-from aiosmtpd.smtp import Session as SmtpSession
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, event, inspect, select, text, update
 
@@ -20,8 +16,16 @@ import account_mail
 from config import Settings, get_settings
 from db_models import AccountToken, utcnow
 from services import passwords
-from tests.account_helpers import bearer, login, make_personal_token, sent_tokens, verify_email
+from tests.account_helpers import (
+    assert_refused_to_personal_tokens,
+    bearer,
+    login,
+    make_personal_token,
+    sent_tokens,
+    verify_email,
+)
 from tests.conftest import PASSWORD, AuthUser, register_and_login
+from tests.mail_helpers import Inbox, smtp_server, smtp_settings
 
 NEW_PASSWORD = "a much better passphrase"
 
@@ -46,6 +50,23 @@ def _assert_weak(response: Any, field: str) -> None:
 def _assert_invalid_or_expired(response: Any) -> None:
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "invalid_or_expired_token"
+
+
+def _verification_token(
+    client: TestClient, user: AuthUser, mailbox: pytest.LogCaptureFixture
+) -> str:
+    """Ask to verify the user's address: the token mailed for it."""
+    client.post("/auth/verify-email/request", headers=user.headers)
+    (token,) = sent_tokens(mailbox, "verify_email")
+    return token
+
+
+def _reset_token(client: TestClient, user: AuthUser, mailbox: pytest.LogCaptureFixture) -> str:
+    """Verify the user's address, then ask to reset the password: the token mailed for it."""
+    verify_email(client, user, mailbox)
+    client.post("/auth/password-reset/request", json={"email": user.email})
+    (token,) = sent_tokens(mailbox, "reset_password")
+    return token
 
 
 def _expire_account_tokens(connection: Connection) -> None:
@@ -181,10 +202,92 @@ class TestChangePassword:
     def test_a_personal_token_may_not_change_the_password(
         self, client: TestClient, alice: AuthUser
     ) -> None:
-        pat = make_personal_token(client, alice, ["tasks:write", "files:write"])["token"]
-        response = self._change(client, pat, alice.password, NEW_PASSWORD)
-        assert response.status_code == 403
-        assert response.json()["code"] == "insufficient_scope"
+        assert_refused_to_personal_tokens(
+            client,
+            alice,
+            ["tasks:write", "files:write"],
+            "POST",
+            "/auth/password",
+            json={"current_password": alice.password, "new_password": NEW_PASSWORD},
+        )
+
+
+# --- the two tokens sent by e-mail -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmailedToken:
+    """One of the tokens the service sends by e-mail, and how a test gets and uses one."""
+
+    purpose: str
+    lifetime: timedelta
+    ask: Callable[[TestClient, AuthUser, pytest.LogCaptureFixture], str]  # the token mailed
+    redeem: Callable[[TestClient, str], Any]  # the response to sending it back
+    unchanged: Callable[[TestClient, AuthUser], bool]  # the account is as before redeeming
+
+
+EMAILED_TOKENS = [
+    pytest.param(
+        EmailedToken(
+            "verify_email",
+            timedelta(hours=24),
+            _verification_token,
+            lambda client, token: client.post("/auth/verify-email", json={"token": token}),
+            lambda client, user: _me(client, user.token).json()["email_verified"] is False,
+        ),
+        id="verify-email",
+    ),
+    pytest.param(
+        EmailedToken(
+            "reset_password",
+            timedelta(hours=1),
+            _reset_token,
+            lambda client, token: client.post(
+                "/auth/password-reset", json={"token": token, "new_password": NEW_PASSWORD}
+            ),
+            lambda client, user: _login_status(client, user, user.password) == 200,
+        ),
+        id="reset-password",
+    ),
+]
+
+
+@pytest.fixture(params=EMAILED_TOKENS)
+def kind(request: pytest.FixtureRequest) -> EmailedToken:
+    """Each of the tokens sent by e-mail."""
+    token_kind: EmailedToken = request.param
+    return token_kind
+
+
+@pytest.fixture
+def mailed_token(
+    kind: EmailedToken, client: TestClient, alice: AuthUser, mailbox: pytest.LogCaptureFixture
+) -> str:
+    """A token of this kind, mailed to Alice."""
+    return kind.ask(client, alice, mailbox)
+
+
+class TestEmailedTokens:
+    def test_the_token_is_valid_its_lifetime_and_stored_only_as_a_hash(
+        self, kind: EmailedToken, mailed_token: str, db_connection: Connection
+    ) -> None:
+        row = db_connection.execute(
+            select(AccountToken).where(AccountToken.purpose == kind.purpose)
+        ).one()
+        assert row.token_hash == hashlib.sha256(mailed_token.encode()).hexdigest()
+        assert row.expires_at - row.created_at == kind.lifetime
+
+    def test_an_expired_token_is_400(
+        self,
+        client: TestClient,
+        alice: AuthUser,
+        kind: EmailedToken,
+        mailed_token: str,
+        db_connection: Connection,
+    ) -> None:
+        _expire_account_tokens(db_connection)
+        _assert_invalid_or_expired(kind.redeem(client, mailed_token))
+        assert kind.unchanged(client, alice)
 
 
 # --- e-mail verification ------------------------------------------------------------------
@@ -206,32 +309,6 @@ class TestEmailVerification:
         assert _me(client, alice.token).json()["email_verified"] is True
         _assert_invalid_or_expired(client.post("/auth/verify-email", json={"token": token}))
 
-    def test_the_token_is_valid_24_hours_and_stored_only_as_a_hash(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        mailbox: pytest.LogCaptureFixture,
-        db_connection: Connection,
-    ) -> None:
-        client.post("/auth/verify-email/request", headers=alice.headers)
-        (token,) = sent_tokens(mailbox, "verify_email")
-        row = db_connection.execute(select(AccountToken)).one()
-        assert row.token_hash == hashlib.sha256(token.encode()).hexdigest()
-        assert row.expires_at - row.created_at == timedelta(hours=24)
-
-    def test_an_expired_token_is_400(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        mailbox: pytest.LogCaptureFixture,
-        db_connection: Connection,
-    ) -> None:
-        client.post("/auth/verify-email/request", headers=alice.headers)
-        (token,) = sent_tokens(mailbox, "verify_email")
-        _expire_account_tokens(db_connection)
-        _assert_invalid_or_expired(client.post("/auth/verify-email", json={"token": token}))
-        assert _me(client, alice.token).json()["email_verified"] is False
-
     @pytest.mark.parametrize("token", ["", "unknown", "x" * 4096])
     def test_an_unknown_token_is_400(self, client: TestClient, token: str) -> None:
         _assert_invalid_or_expired(client.post("/auth/verify-email", json={"token": token}))
@@ -242,9 +319,7 @@ class TestEmailVerification:
         alice: AuthUser,
         mailbox: pytest.LogCaptureFixture,
     ) -> None:
-        verify_email(client, alice, mailbox)
-        client.post("/auth/password-reset/request", json={"email": alice.email})
-        (reset,) = sent_tokens(mailbox, "reset_password")
+        reset = _reset_token(client, alice, mailbox)
         _assert_invalid_or_expired(client.post("/auth/verify-email", json={"token": reset}))
 
     @pytest.mark.parametrize("body", [{}, {"token": 5}, {"token": "x", "email": "a@b.c"}])
@@ -254,10 +329,9 @@ class TestEmailVerification:
     def test_a_personal_token_may_not_request_verification(
         self, client: TestClient, alice: AuthUser
     ) -> None:
-        pat = make_personal_token(client, alice, ["tasks:read"])["token"]
-        response = client.post("/auth/verify-email/request", headers=bearer(pat))
-        assert response.status_code == 403
-        assert response.json()["code"] == "insufficient_scope"
+        assert_refused_to_personal_tokens(
+            client, alice, ["tasks:read"], "POST", "/auth/verify-email/request"
+        )
 
 
 # --- password reset -------------------------------------------------------------------------
@@ -342,45 +416,10 @@ class TestPasswordReset:
         assert statements == []
         assert scheduled == [alice.email, "nobody@example.com"]
 
-    def test_the_token_is_valid_one_hour_and_stored_only_as_a_hash(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        mailbox: pytest.LogCaptureFixture,
-        db_connection: Connection,
-    ) -> None:
-        verify_email(client, alice, mailbox)
-        client.post("/auth/password-reset/request", json={"email": alice.email})
-        (token,) = sent_tokens(mailbox, "reset_password")
-        row = db_connection.execute(
-            select(AccountToken).where(AccountToken.purpose == "reset_password")
-        ).one()
-        assert row.token_hash == hashlib.sha256(token.encode()).hexdigest()
-        assert row.expires_at - row.created_at == timedelta(hours=1)
-
-    def test_an_expired_token_is_400(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        mailbox: pytest.LogCaptureFixture,
-        db_connection: Connection,
-    ) -> None:
-        verify_email(client, alice, mailbox)
-        client.post("/auth/password-reset/request", json={"email": alice.email})
-        (token,) = sent_tokens(mailbox, "reset_password")
-        _expire_account_tokens(db_connection)
-        response = client.post(
-            "/auth/password-reset", json={"token": token, "new_password": NEW_PASSWORD}
-        )
-        _assert_invalid_or_expired(response)
-        assert _login_status(client, alice, alice.password) == 200
-
     def test_a_weak_password_is_422_and_leaves_the_token_usable(
         self, client: TestClient, alice: AuthUser, mailbox: pytest.LogCaptureFixture
     ) -> None:
-        verify_email(client, alice, mailbox)
-        client.post("/auth/password-reset/request", json={"email": alice.email})
-        (token,) = sent_tokens(mailbox, "reset_password")
+        token = _reset_token(client, alice, mailbox)
         weak = client.post(
             "/auth/password-reset", json={"token": token, "new_password": "trustno1"}
         )
@@ -393,8 +432,7 @@ class TestPasswordReset:
     def test_a_verification_token_does_not_reset(
         self, client: TestClient, alice: AuthUser, mailbox: pytest.LogCaptureFixture
     ) -> None:
-        client.post("/auth/verify-email/request", headers=alice.headers)
-        (token,) = sent_tokens(mailbox, "verify_email")
+        token = _verification_token(client, alice, mailbox)
         response = client.post(
             "/auth/password-reset", json={"token": token, "new_password": NEW_PASSWORD}
         )
@@ -425,40 +463,14 @@ class TestPasswordReset:
 # --- the tokens by e-mail -------------------------------------------------------------------
 
 
-class _Inbox:
-    def __init__(self) -> None:
-        self.messages: list[EmailMessage] = []
-
-    async def handle_DATA(self, _server: SMTP, _session: SmtpSession, envelope: Envelope) -> str:
-        content = envelope.content
-        assert isinstance(content, bytes)
-        self.messages.append(email.message_from_bytes(content, policy=email.policy.default))
-        return "250 Message accepted for delivery"
-
-
 @pytest.fixture
-def inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Inbox]:
+def inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[Inbox]:
     """A real SMTP server on a local port, with the account mails configured to go through it."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    handler = _Inbox()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    settings = Settings(
-        smtp_host="127.0.0.1",
-        smtp_port=port,
-        smtp_from="Task Manager <noreply@taskmanager.invalid>",
-        smtp_starttls=False,
-        smtp_timeout_seconds=5,
-    )
-    monkeypatch.setattr(account_mail, "get_settings", lambda: settings)
-    try:
+    handler = Inbox()
+    with smtp_server(handler) as port:
+        settings = smtp_settings(port)
+        monkeypatch.setattr(account_mail, "get_settings", lambda: settings)
         yield handler
-    finally:
-        controller.stop()
 
 
 def _token_in(message: EmailMessage) -> str:
@@ -467,7 +479,7 @@ def _token_in(message: EmailMessage) -> str:
 
 
 def test_tokens_go_by_email_when_a_mail_server_is_configured(
-    client: TestClient, alice: AuthUser, inbox: _Inbox, caplog: pytest.LogCaptureFixture
+    client: TestClient, alice: AuthUser, inbox: Inbox, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert client.post("/auth/verify-email/request", headers=alice.headers).status_code == 202
     (message,) = inbox.messages
@@ -645,14 +657,14 @@ class TestDeleteAccount:
     def test_a_personal_token_may_not_delete_the_account(
         self, client: TestClient, alice: AuthUser
     ) -> None:
-        pat = make_personal_token(
-            client, alice, ["tasks:write", "files:write", "tasks:read", "files:read"]
-        )["token"]
-        response = client.request(
-            "DELETE", "/auth/me", json={"password": alice.password}, headers=bearer(pat)
+        assert_refused_to_personal_tokens(
+            client,
+            alice,
+            ["tasks:write", "files:write", "tasks:read", "files:read"],
+            "DELETE",
+            "/auth/me",
+            json={"password": alice.password},
         )
-        assert response.status_code == 403
-        assert response.json()["code"] == "insufficient_scope"
 
 
 def test_the_deletion_test_counts_every_table(db_connection: Connection) -> None:

@@ -23,6 +23,12 @@ def add_user(session: Session, name: str) -> None:
     session.flush()
 
 
+def _commit_noted(session: Session, name: str, calls: list[str]) -> None:
+    """Add a user; note `name` in `calls` once that addition commits."""
+    add_user(session, name)
+    db_config.after_commit(session, partial(calls.append, name))
+
+
 def user_exists(name: str) -> bool:
     with RESOURCES.sessions() as other:
         return other.scalar(select(User.id).where(User.username == name)) is not None
@@ -44,8 +50,7 @@ class TestAfterCommit:
     def test_never_runs_after_a_rollback(self) -> None:
         calls: list[str] = []
         with RESOURCES.sessions() as session:
-            add_user(session, "rolled")
-            db_config.after_commit(session, lambda: calls.append("ran"))
+            _commit_noted(session, "rolled", calls)
             session.rollback()
             add_user(session, "next")
             session.commit()
@@ -54,8 +59,7 @@ class TestAfterCommit:
     def test_never_runs_when_the_session_closes_without_committing(self) -> None:
         calls: list[str] = []
         with RESOURCES.sessions() as session:
-            add_user(session, "abandoned")
-            db_config.after_commit(session, lambda: calls.append("ran"))
+            _commit_noted(session, "abandoned", calls)
         assert calls == []
 
     @pytest.mark.parametrize(
@@ -87,8 +91,7 @@ class TestAfterCommit:
         calls: list[str] = []
         with RESOURCES.sessions() as session:
             with session.begin_nested():
-                add_user(session, "inner")
-                db_config.after_commit(session, lambda: calls.append("inner"))
+                _commit_noted(session, "inner", calls)
             assert calls == []
             session.commit()
         assert calls == ["inner"]
@@ -101,8 +104,7 @@ class TestAfterCommit:
             add_user(session, "outer")
             with session.begin_nested():
                 with session.begin_nested():
-                    add_user(session, "deepest")
-                    db_config.after_commit(session, lambda: calls.append("deepest"))
+                    _commit_noted(session, "deepest", calls)
                 db_config.after_commit(session, lambda: calls.append("middle"))
             session.rollback()
             session.commit()
@@ -133,11 +135,9 @@ class TestAfterCommit:
     def test_each_transaction_of_a_session_has_its_own(self) -> None:
         calls: list[str] = []
         with RESOURCES.sessions() as session:
-            add_user(session, "first")
-            db_config.after_commit(session, lambda: calls.append("first"))
+            _commit_noted(session, "first", calls)
             session.commit()
-            add_user(session, "second")
-            db_config.after_commit(session, lambda: calls.append("second"))
+            _commit_noted(session, "second", calls)
             session.rollback()
             session.commit()
         assert calls == ["first"]

@@ -2,6 +2,7 @@
 
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
@@ -202,30 +203,41 @@ class TestIfNoneMatch:
 
 # The four writes to one task that honour If-Match: (method, path suffix, JSON body).
 WRITES = [
-    pytest.param("PATCH", "", {"title": "Changed"}, id="patch"),
-    pytest.param("DELETE", "", None, id="delete"),
-    pytest.param("POST", "/tags", ["new"], id="add-tags"),
-    pytest.param("DELETE", "/tags/old", None, id="remove-tag"),
+    pytest.param(("PATCH", "", {"title": "Changed"}), id="patch"),
+    pytest.param(("DELETE", "", None), id="delete"),
+    pytest.param(("POST", "/tags", ["new"]), id="add-tags"),
+    pytest.param(("DELETE", "/tags/old", None), id="remove-tag"),
 ]
 
 
-def write(
-    client: TestClient,
-    user: AuthUser,
-    task_id: int,
-    method: str,
-    suffix: str,
-    body: Any,
-    **headers: str,
-) -> Response:
-    response: Response = client.request(
-        method, f"/tasks/{task_id}{suffix}", json=body, headers={**user.headers, **headers}
-    )
-    return response
+@dataclass(frozen=True)
+class Write:
+    """One of the `WRITES`, aimed at a task of Alice's tagged `old`."""
+
+    method: str
+    suffix: str
+    body: Any
+    task_id: int
+
+    def send(self, client: TestClient, headers: dict[str, str]) -> Response:
+        response: Response = client.request(
+            self.method, f"/tasks/{self.task_id}{self.suffix}", json=self.body, headers=headers
+        )
+        return response
+
+
+@pytest.fixture(params=WRITES)
+def a_write(request: pytest.FixtureRequest, client: TestClient, alice: AuthUser) -> Write:
+    """Each of the four writes, on a new task of Alice's tagged `old`."""
+    method, suffix, body = request.param
+    return Write(method, suffix, body, create_task(client, alice, tags=["old"])["id"])
+
+
+def write(client: TestClient, user: AuthUser, a_write: Write, **headers: str) -> Response:
+    return a_write.send(client, {**user.headers, **headers})
 
 
 class TestIfMatch:
-    @pytest.mark.parametrize(("method", "suffix", "body"), WRITES)
     @pytest.mark.parametrize(
         "header",
         [
@@ -236,27 +248,18 @@ class TestIfMatch:
         ],
     )
     def test_a_tag_that_does_not_match_is_412_and_changes_nothing(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        method: str,
-        suffix: str,
-        body: Any,
-        header: str,
+        self, client: TestClient, alice: AuthUser, a_write: Write, header: str
     ) -> None:
-        task_id = create_task(client, alice, tags=["old"])["id"]
+        task_id = a_write.task_id
         before = get(client, alice, task_id)
         etag = before.headers["ETag"]
-        response = write(
-            client, alice, task_id, method, suffix, body, **{"If-Match": header.format(etag=etag)}
-        )
+        response = write(client, alice, a_write, **{"If-Match": header.format(etag=etag)})
         assert_problem(response, 412, "precondition_failed")
         assert response.headers["ETag"] == etag
         after = get(client, alice, task_id)
         assert after.json() == before.json()
         assert after.headers["ETag"] == etag
 
-    @pytest.mark.parametrize(("method", "suffix", "body"), WRITES)
     @pytest.mark.parametrize(
         "header",
         [
@@ -266,51 +269,27 @@ class TestIfMatch:
         ],
     )
     def test_a_matching_tag_lets_the_write_through(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        method: str,
-        suffix: str,
-        body: Any,
-        header: str,
+        self, client: TestClient, alice: AuthUser, a_write: Write, header: str
     ) -> None:
-        task_id = create_task(client, alice, tags=["old"])["id"]
-        etag = get(client, alice, task_id).headers["ETag"]
-        response = write(
-            client, alice, task_id, method, suffix, body, **{"If-Match": header.format(etag=etag)}
-        )
+        etag = get(client, alice, a_write.task_id).headers["ETag"]
+        response = write(client, alice, a_write, **{"If-Match": header.format(etag=etag)})
         assert response.status_code in (200, 204), response.text
         if response.status_code == 200:
             assert response.headers["ETag"] != etag
             assert response.json()["version"] == 2
 
-    @pytest.mark.parametrize(("method", "suffix", "body"), WRITES)
     def test_another_users_task_is_404_whatever_the_header(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        bob: AuthUser,
-        method: str,
-        suffix: str,
-        body: Any,
+        self, client: TestClient, alice: AuthUser, bob: AuthUser, a_write: Write
     ) -> None:
-        task_id = create_task(client, alice, tags=["old"])["id"]
-        etag = get(client, alice, task_id).headers["ETag"]
+        etag = get(client, alice, a_write.task_id).headers["ETag"]
         for header in (etag, '"stale"', "*"):
-            response = write(client, bob, task_id, method, suffix, body, **{"If-Match": header})
+            response = write(client, bob, a_write, **{"If-Match": header})
             assert_problem(response, 404, "task_not_found")
             assert "ETag" not in response.headers
-        assert get(client, alice, task_id).headers["ETag"] == etag
+        assert get(client, alice, a_write.task_id).headers["ETag"] == etag
 
-    @pytest.mark.parametrize(("method", "suffix", "body"), WRITES)
-    def test_needs_a_token(
-        self, client: TestClient, alice: AuthUser, method: str, suffix: str, body: Any
-    ) -> None:
-        task_id = create_task(client, alice, tags=["old"])["id"]
-        response = client.request(
-            method, f"/tasks/{task_id}{suffix}", json=body, headers={"If-Match": "*"}
-        )
-        assert_problem(response, 401, "not_authenticated")
+    def test_needs_a_token(self, a_write: Write, client: TestClient) -> None:
+        assert_problem(a_write.send(client, {"If-Match": "*"}), 401, "not_authenticated")
 
     def test_two_clients_editing_one_task_the_second_gets_412(
         self, client: TestClient, alice: AuthUser
@@ -355,41 +334,31 @@ class TestIfMatch:
 
 
 class TestRequireIfMatch:
-    @pytest.mark.parametrize(("method", "suffix", "body"), WRITES)
     def test_a_write_without_if_match_is_428(
         self,
         client: TestClient,
         alice: AuthUser,
         settings_override: Callable[..., Settings],
-        method: str,
-        suffix: str,
-        body: Any,
+        a_write: Write,
     ) -> None:
-        task_id = create_task(client, alice, tags=["old"])["id"]
+        task_id = a_write.task_id
         before = get(client, alice, task_id).json()
         settings_override(require_if_match=True)
-        assert_problem(
-            write(client, alice, task_id, method, suffix, body), 428, "precondition_required"
-        )
+        assert_problem(write(client, alice, a_write), 428, "precondition_required")
         assert get(client, alice, task_id).json() == before
         etag = get(client, alice, task_id).headers["ETag"]
-        response = write(client, alice, task_id, method, suffix, body, **{"If-Match": etag})
+        response = write(client, alice, a_write, **{"If-Match": etag})
         assert response.status_code in (200, 204), response.text
 
-    @pytest.mark.parametrize(("method", "suffix", "body"), WRITES)
     def test_another_users_task_is_still_404(
         self,
         client: TestClient,
-        alice: AuthUser,
         bob: AuthUser,
         settings_override: Callable[..., Settings],
-        method: str,
-        suffix: str,
-        body: Any,
+        a_write: Write,
     ) -> None:
-        task_id = create_task(client, alice, tags=["old"])["id"]
         settings_override(require_if_match=True)
-        assert_problem(write(client, bob, task_id, method, suffix, body), 404, "task_not_found")
+        assert_problem(write(client, bob, a_write), 404, "task_not_found")
 
     def test_other_routes_do_not_need_it(
         self,

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, select
 
 from db_models import OutboxJob
 from tests.conftest import PASSWORD
 from tests.mail_helpers import SENDER
-from tests.process_helpers import GatedInbox, migrate, serve_api, wait_until
+from tests.process_helpers import GatedInbox, gated_inbox, migrate, serve_api, wait_until
 from tests.served_app import free_port
 
 JOB_TIMEOUT_SECONDS = 2
@@ -26,14 +25,8 @@ JOB_TIMEOUT_SECONDS = 2
 
 @pytest.fixture
 def inbox() -> Iterator[GatedInbox]:
-    handler = GatedInbox(free_port())
-    controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
-    controller.start()
-    try:
+    with gated_inbox() as handler:
         yield handler
-    finally:
-        handler.hold.clear()
-        controller.stop()
 
 
 def test_a_process_killed_while_sending_sends_the_notice_once_it_is_back(

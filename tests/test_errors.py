@@ -1,12 +1,10 @@
 """Every error is problem+json with a request id; a failed commit is never a 2xx."""
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import event
-from sqlalchemy.orm import Session
 
 from main import create_app
 from tests.conftest import RESOURCES
@@ -84,28 +82,16 @@ def test_unhandled_error_is_a_bare_500_problem(crashing_app: FastAPI) -> None:
     assert str(body["request_id"]) in str(body["detail"])
 
 
-@pytest.fixture
-def failing_commit() -> Iterator[list[bool]]:
-    """While armed[0] is true, every session commit fails."""
-    armed = [True]
-
-    def refuse(session: Session) -> None:
-        if armed[0]:
-            raise RuntimeError("commit refused")
-
-    event.listen(RESOURCES.sessions, "before_commit", refuse)
-    try:
-        yield armed
-    finally:
-        event.remove(RESOURCES.sessions, "before_commit", refuse)
-
-
 def test_a_failing_commit_is_never_a_success(
-    app: FastAPI, alice: AuthUser, failing_commit: list[bool]
+    app: FastAPI,
+    alice: AuthUser,
+    failing_commit: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    failing_commit(RuntimeError("commit refused"))
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/tasks", json={"title": "lost"}, headers=alice.headers)
         assert_problem(response, 500, "internal_error")
-        failing_commit[0] = False
+        monkeypatch.undo()
         listing = client.get("/tasks", headers=alice.headers)
     assert listing.json() == []

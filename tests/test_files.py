@@ -15,7 +15,6 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Connection, event, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
@@ -152,20 +151,6 @@ def limits(app: FastAPI) -> Callable[..., Settings]:
 def server_errors_client(app: FastAPI) -> TestClient:
     """A client that shows a 500 as the client sees it instead of raising in the test."""
     return TestClient(app, raise_server_exceptions=False)
-
-
-@pytest.fixture
-def failing_commit(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
-    """Call to make every later commit fail after its statements ran, like a lost connection."""
-
-    def arm() -> None:
-        def commit(self: Session) -> None:
-            self.flush()
-            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
-
-        monkeypatch.setattr(Session, "commit", commit)
-
-    return arm
 
 
 # --- POST /tasks/{task_id}/files ----------------------------------------------------------
@@ -774,7 +759,7 @@ class TestConsistency:
         server_errors_client: TestClient,
         alice: AuthUser,
         task_id: int,
-        failing_commit: Callable[[], None],
+        failing_commit: Callable[..., None],
     ) -> None:
         before = stored_files()
         failing_commit()
@@ -790,7 +775,7 @@ class TestConsistency:
         alice: AuthUser,
         task_id: int,
         db_connection: Connection,
-        failing_commit: Callable[[], None],
+        failing_commit: Callable[..., None],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         file_id = upload(client, alice, task_id, "a.pdf", PDF).json()["id"]
@@ -809,7 +794,7 @@ class TestConsistency:
         alice: AuthUser,
         task_id: int,
         db_connection: Connection,
-        failing_commit: Callable[[], None],
+        failing_commit: Callable[..., None],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         file_id = upload(client, alice, task_id, "a.pdf", PDF).json()["id"]

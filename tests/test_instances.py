@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from aiosmtpd.controller import Controller
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, make_url, select, text, update
@@ -30,7 +29,15 @@ from db_models import OutboxJob, TaskFile, User
 from routers.files import content_disposition
 from tests.conftest import PASSWORD, RESOURCES, TEST_REDIS_URL
 from tests.mail_helpers import SENDER
-from tests.process_helpers import GatedInbox, Process, migrate, serve_api, spawn, wait_until
+from tests.process_helpers import (
+    GatedInbox,
+    Process,
+    gated_inbox,
+    migrate,
+    serve_api,
+    spawn,
+    wait_until,
+)
 from tests.s3_server import S3Server
 from tests.served_app import free_port
 
@@ -207,13 +214,8 @@ class Client:
 
 @pytest.fixture(scope="module")
 def inbox() -> Iterator[GatedInbox]:
-    handler = GatedInbox(free_port())
-    controller = Controller(handler, hostname="127.0.0.1", port=handler.port)
-    controller.start()
-    try:
+    with gated_inbox() as handler:
         yield handler
-    finally:
-        controller.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from rq import SimpleWorker
-from sqlalchemy import Connection, delete, insert, select, update
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, insert, select, update
 
 import db_config
 import jobs
@@ -33,11 +30,14 @@ from db_models import OutboxJob, utcnow
 from redis_config import key_prefix
 from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.job_helpers import HeldJobs
-from tests.mail_helpers import Inbox, smtp_settings
+from tests.mail_helpers import Inbox, smtp_server, smtp_settings
 from tests.served_app import free_port
 from tests.task_helpers import create_task, stored_key, upload_file
 
 PDF = b"%PDF-1.7\nhello\n"
+
+# Tests that serve the app in another process commit their jobs to the shared database.
+pytestmark = pytest.mark.usefixtures("empty_outbox")
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -67,15 +67,6 @@ def row(connection: Connection, job_id: int) -> Any:
 def alice(client: TestClient, db_connection: Connection) -> AuthUser:
     """Alice with a verified address, so her completions send notices."""
     return verified(register_and_login(client, "alice"), db_connection)
-
-
-@pytest.fixture(autouse=True)
-def _no_jobs_of_other_tests(db_connection: Connection) -> None:
-    """Start from an empty outbox (in this test's transaction, so it is rolled back too).
-
-    Tests that serve the app in another process commit their jobs to the shared database.
-    """
-    db_connection.execute(delete(OutboxJob))
 
 
 def rows(connection: Connection) -> list[Any]:
@@ -118,6 +109,17 @@ def notice_job(client: TestClient, alice: AuthUser, task_id: int, held_jobs: Hel
     return job_id
 
 
+@pytest.fixture
+def no_job(held_jobs: HeldJobs, db_connection: Connection) -> Callable[[], None]:
+    """Call to check that no job was dispatched, and none committed."""
+
+    def check() -> None:
+        assert held_jobs.take() == []
+        assert rows(db_connection) == []
+
+    return check
+
+
 # --- recorded with the change -------------------------------------------------------------
 
 
@@ -154,50 +156,41 @@ class TestRecording:
         client: TestClient,
         alice: AuthUser,
         task_id: int,
-        held_jobs: HeldJobs,
-        db_connection: Connection,
+        no_job: Callable[[], None],
         body: dict[str, Any],
     ) -> None:
         client.patch(f"/tasks/{task_id}", json=body, headers=alice.headers)
-        assert held_jobs.take() == []
-        assert rows(db_connection) == []
+        no_job()
 
     def test_no_job_for_a_task_completed_already_or_someone_elses(
         self,
         client: TestClient,
         alice: AuthUser,
         bob: AuthUser,
-        held_jobs: HeldJobs,
-        db_connection: Connection,
+        no_job: Callable[[], None],
     ) -> None:
         done = create_task(client, alice, completed=True)["id"]
         complete(client, alice, done)
         response = client.patch(f"/tasks/{done}", json={"completed": True}, headers=bob.headers)
         assert response.status_code == 404
-        assert held_jobs.take() == []
-        assert rows(db_connection) == []
+        no_job()
 
     def test_a_failed_commit_leaves_no_job_and_dispatches_none(
         self,
         app: FastAPI,
         alice: AuthUser,
         task_id: int,
-        held_jobs: HeldJobs,
-        db_connection: Connection,
+        no_job: Callable[[], None],
+        failing_commit: Callable[..., None],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        def commit(self: Session) -> None:
-            self.flush()
-            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
-
-        monkeypatch.setattr(Session, "commit", commit)
+        failing_commit()
         response = TestClient(app, raise_server_exceptions=False).patch(
             f"/tasks/{task_id}", json={"completed": True}, headers=alice.headers
         )
         assert response.status_code == 503
         monkeypatch.undo()
-        assert held_jobs.take() == []
-        assert rows(db_connection) == []
+        no_job()
 
     def test_deleting_a_task_commits_the_removal_of_its_files_bytes(
         self,
@@ -299,14 +292,9 @@ class TestRunning:
         assert event_count("job_failures", kind=outbox.TASK_COMPLETED) == failures_before + 1
 
         handler = Inbox()
-        port = free_port()
-        controller = Controller(handler, hostname="127.0.0.1", port=port)
-        controller.start()
-        try:
+        with smtp_server(handler) as port:
             use_settings(smtp_settings(port))
             jobs.run_job(RESOURCES, notice_job)
-        finally:
-            controller.stop()
         assert len(handler.messages) == 1
         job = row(db_connection, notice_job)
         assert (job.attempts, job.last_error) == (2, None)

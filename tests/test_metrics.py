@@ -13,12 +13,11 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection
 
 import jobs
 import metrics
 from config import PROJECT_DIR, Settings
-from db_models import OutboxJob
 from main import create_app
 from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
 from tests.job_helpers import HeldJobs
@@ -30,20 +29,14 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
+# Tests that serve the app in another process commit their jobs to the shared database.
+pytestmark = pytest.mark.usefixtures("empty_outbox")
+
 
 @pytest.fixture
 def alice(client: TestClient, db_connection: Connection) -> AuthUser:
     """Alice with a verified address, so her completions send notices."""
     return verified(register_and_login(client, "alice"), db_connection)
-
-
-@pytest.fixture(autouse=True)
-def _no_jobs_of_other_tests(db_connection: Connection) -> None:
-    """Start from an empty outbox (in this test's transaction, so it is rolled back too).
-
-    Tests that serve the app in another process commit their jobs to the shared database.
-    """
-    db_connection.execute(delete(OutboxJob))
 
 
 def samples(text: str) -> Samples:

@@ -15,15 +15,12 @@ from typing import Any
 
 import pytest
 import redis
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy import Connection, select
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 import background_tasks
 import jobs
@@ -35,7 +32,7 @@ from models import BulkTaskUpdate, TaskUpdate
 from redis_config import MemoryCache
 from services import tasks as task_service
 from tests.conftest import RESOURCES, AuthUser, register_and_login, verified
-from tests.mail_helpers import SENDER, Inbox, smtp_settings
+from tests.mail_helpers import SENDER, Inbox, smtp_server, smtp_settings
 from tests.process_helpers import RedisServer, needs_redis_server
 from tests.served_app import free_port
 from tests.task_helpers import create_task, insert_tasks
@@ -234,15 +231,10 @@ class TestLogNotifier:
         client: TestClient,
         alice: AuthUser,
         caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch,
+        failing_commit: Callable[..., None],
     ) -> None:
         task = make_task(client, alice)
-
-        def commit(self: Session) -> None:
-            self.flush()
-            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
-
-        monkeypatch.setattr(Session, "commit", commit)
+        failing_commit()
         caplog.set_level(logging.INFO, logger="background_tasks")
         response = complete(TestClient(app, raise_server_exceptions=False), alice, task["id"])
         assert response.status_code == 503
@@ -355,65 +347,56 @@ class TestSmtpNotifier:
         assert inbox.messages == []
 
 
-class TestBrokenSmtpServer:
-    def assert_patch_unaffected(self, client: TestClient, alice: AuthUser, task_id: int) -> None:
+@pytest.fixture
+def complete_sending_to(
+    client: TestClient, alice: AuthUser, use_settings: Callable[[Settings], None]
+) -> Callable[..., int]:
+    """Complete a new task of Alice's with notices sent by SMTP to a port (with more settings
+    changed as given): the PATCH succeeds and the task is stored completed, whatever the
+    server there does. The task's id."""
+
+    def run(port: int, **changes: Any) -> int:
+        use_settings(smtp_settings(port, **changes))
+        task_id: int = make_task(client, alice)["id"]
         response = complete(client, alice, task_id)
         assert response.status_code == 200, response.text
         assert response.json()["completed"] is True
         stored = client.get(f"/tasks/{task_id}", headers=alice.headers).json()
         assert stored["completed"] is True
+        return task_id
 
+    return run
+
+
+class TestBrokenSmtpServer:
     def test_a_server_that_refuses_connections(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        use_settings: Callable[[Settings], None],
-        caplog: pytest.LogCaptureFixture,
+        self, complete_sending_to: Callable[..., int], caplog: pytest.LogCaptureFixture
     ) -> None:
-        use_settings(smtp_settings(free_port()))  # nothing listens there
-        task = make_task(client, alice)
-        self.assert_patch_unaffected(client, alice, task["id"])
+        complete_sending_to(free_port())  # nothing listens there
         [failure] = failures_logged(caplog)
         assert failure.levelno == logging.ERROR
         assert failure.exc_info is not None
         assert isinstance(failure.exc_info[1], ConnectionRefusedError)
 
     def test_a_server_that_answers_554(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        use_settings: Callable[[Settings], None],
-        caplog: pytest.LogCaptureFixture,
+        self, complete_sending_to: Callable[..., int], caplog: pytest.LogCaptureFixture
     ) -> None:
         handler = RefusingServer()
-        port = free_port()
-        controller = Controller(handler, hostname="127.0.0.1", port=port)
-        controller.start()
-        try:
-            use_settings(smtp_settings(port))
-            task = make_task(client, alice)
-            self.assert_patch_unaffected(client, alice, task["id"])
-        finally:
-            controller.stop()
+        with smtp_server(handler) as port:
+            task_id = complete_sending_to(port)
         assert handler.attempts == 1
         [failure] = failures_logged(caplog)
         assert failure.levelno == logging.WARNING
-        assert failure.task_id == task["id"]  # type: ignore[attr-defined]
+        assert failure.task_id == task_id  # type: ignore[attr-defined]
 
     def test_a_server_that_never_answers_is_given_up_on(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        use_settings: Callable[[Settings], None],
-        caplog: pytest.LogCaptureFixture,
+        self, complete_sending_to: Callable[..., int], caplog: pytest.LogCaptureFixture
     ) -> None:
         with socket.socket() as silent:
             # Accepts connections (the kernel completes them) but never sends a greeting.
             silent.bind(("127.0.0.1", 0))
             silent.listen(1)
-            use_settings(smtp_settings(silent.getsockname()[1], smtp_timeout_seconds=0.2))
-            task = make_task(client, alice)
-            self.assert_patch_unaffected(client, alice, task["id"])
+            complete_sending_to(silent.getsockname()[1], smtp_timeout_seconds=0.2)
         [failure] = failures_logged(caplog)
         assert failure.exc_info is not None
         # smtplib reports the socket timeout as a lost connection.
@@ -421,25 +404,12 @@ class TestBrokenSmtpServer:
         assert "timed out" in str(failure.exc_info[1])
 
     def test_a_password_never_reaches_the_log(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        use_settings: Callable[[Settings], None],
-        caplog: pytest.LogCaptureFixture,
+        self, complete_sending_to: Callable[..., int], caplog: pytest.LogCaptureFixture
     ) -> None:
         # aiosmtpd without TLS offers no AUTH, so the login fails after the password is known.
         handler = Inbox()
-        port = free_port()
-        controller = Controller(handler, hostname="127.0.0.1", port=port)
-        controller.start()
-        try:
-            use_settings(
-                smtp_settings(port, smtp_username="mailer", smtp_password="hunter2-secret")
-            )
-            task = make_task(client, alice)
-            self.assert_patch_unaffected(client, alice, task["id"])
-        finally:
-            controller.stop()
+        with smtp_server(handler) as port:
+            complete_sending_to(port, smtp_username="mailer", smtp_password="hunter2-secret")
         assert handler.messages == []
         assert failures_logged(caplog)
         assert "hunter2-secret" not in caplog.text
@@ -484,32 +454,20 @@ class TestNoticeCap:
         assert complete(client, bob, make_task(client, bob)["id"]).status_code == 200
         assert [m["To"] for m in inbox.messages[limit:]] == [bob.email]
 
+    @pytest.mark.parametrize("limit", [2, 0], ids=["two", "zero-sends-none"])
     def test_the_log_notifier_is_capped_too(
         self,
         client: TestClient,
         alice: AuthUser,
         use_settings: Callable[[Settings], None],
         caplog: pytest.LogCaptureFixture,
+        limit: int,
     ) -> None:
-        use_settings(Settings(notice_limit_per_hour=2))
-        tasks = [make_task(client, alice)["id"] for _ in range(3)]
+        use_settings(Settings(notice_limit_per_hour=limit))
+        tasks = [make_task(client, alice)["id"] for _ in range(limit + 1)]
         caplog.set_level(logging.INFO, logger="background_tasks")
         bulk(client, alice, tasks, completed=True)
-        assert sorted(r.task_id for r in notices_logged(caplog)) == tasks[:2]  # type: ignore[attr-defined]
-        [drop] = drops_logged(caplog)
-        assert getattr(drop, "dropped", None) == 1
-
-    def test_a_limit_of_zero_sends_no_notices(
-        self,
-        client: TestClient,
-        alice: AuthUser,
-        use_settings: Callable[[Settings], None],
-        caplog: pytest.LogCaptureFixture,
-    ) -> None:
-        use_settings(Settings(notice_limit_per_hour=0))
-        caplog.set_level(logging.INFO, logger="background_tasks")
-        assert complete(client, alice, make_task(client, alice)["id"]).status_code == 200
-        assert notices_logged(caplog) == []
+        assert sorted(r.task_id for r in notices_logged(caplog)) == tasks[:limit]  # type: ignore[attr-defined]
         assert [getattr(r, "dropped", None) for r in drops_logged(caplog)] == [1]
 
     def test_the_memory_budget_is_a_sliding_hour(self) -> None:
@@ -646,16 +604,12 @@ class TestSharedNoticeBudget:
         use_settings: Callable[[Settings], None],
         redis_server: RedisServer,
     ) -> None:
-        inbox, port = Inbox(), free_port()
-        controller = Controller(inbox, hostname="127.0.0.1", port=port)
-        controller.start()
-        try:
+        inbox = Inbox()
+        with smtp_server(inbox) as port:
             settings = smtp_settings(port, redis_url=redis_server.url, notice_limit_per_hour=2)
             use_settings(settings)
             tasks = [make_task(client, alice)["id"] for _ in range(3)]
             bulk(client, alice, tasks, completed=True)
-        finally:
-            controller.stop()
         assert len(inbox.messages) == 2
         with redis.Redis.from_url(redis_server.url, decode_responses=True) as raw:
             key = f"{settings.redis_key_prefix}:notices:{alice.id}"

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, func, select, update
 from db_models import AuthSession, RefreshToken, utcnow
 from main import create_app
 from services.users import RecentUsers
-from tests.account_helpers import bearer, login
+from tests.account_helpers import assert_refused_to_personal_tokens, bearer, login
 from tests.conftest import RESOURCES, AuthUser
 
 
@@ -219,12 +219,7 @@ class TestListSessions:
     def test_a_personal_token_may_not_list_sessions(
         self, client: TestClient, alice: AuthUser
     ) -> None:
-        from tests.account_helpers import make_personal_token
-
-        pat = make_personal_token(client, alice, ["tasks:read"])["token"]
-        response = client.get("/auth/sessions", headers=bearer(pat))
-        assert response.status_code == 403
-        assert response.json()["code"] == "insufficient_scope"
+        assert_refused_to_personal_tokens(client, alice, ["tasks:read"], "GET", "/auth/sessions")
 
 
 # --- DELETE /auth/sessions/{id} ------------------------------------------------------------

@@ -1,7 +1,8 @@
 // A new user's first session with the API, through types generated from the served
 // /openapi.json by openapi-typescript and the openapi-fetch client: no casts, no `any`.
-// tests/test_typescript_client.py generates schema.ts (a .ts file, so that `skipLibCheck`, which
-// spares node_modules, still checks it), then runs: node dist/scenario.js BASE_URL.
+// tests/test_typescript_client.py generates schema.ts with generate.mjs (a .ts file, so that
+// `skipLibCheck`, which spares node_modules, still checks it; `format: binary` typed `Blob`),
+// then runs: node dist/scenario.js BASE_URL.
 // Exits non-zero with a message on any mismatch.
 import createClient from "openapi-fetch";
 
@@ -10,6 +11,8 @@ import type { components, paths } from "./schema.js";
 type TaskCreate = components["schemas"]["TaskCreate"];
 type TaskUpdate = components["schemas"]["TaskUpdate"];
 type Problem = components["schemas"]["Problem"];
+type Download =
+  paths["/files/{file_id}"]["get"]["responses"][200]["content"]["application/octet-stream"];
 
 function check(condition: boolean, what: string): asserts condition {
   if (!condition) {
@@ -99,10 +102,11 @@ async function main(baseUrl: string): Promise<void> {
   const content = "hello, world\n";
   const uploaded = await client.POST("/tasks/{task_id}/files", {
     params: { path: { task_id: task.id } },
-    body: { file: content },
+    // `format: binary` is generated as `Blob` (generate.mjs): the file goes as it is.
+    body: { file: new Blob([content], { type: "text/plain" }) },
     bodySerializer(body) {
       const form = new FormData();
-      form.append("file", new Blob([body.file], { type: "text/plain" }), "notes.txt");
+      form.append("file", body.file, "notes.txt");
       return form;
     },
   });
@@ -113,11 +117,17 @@ async function main(baseUrl: string): Promise<void> {
 
   const downloaded = await client.GET("/files/{file_id}", {
     params: { path: { file_id: uploaded.data.id } },
-    parseAs: "arrayBuffer",
+    parseAs: "blob",
   });
   check(downloaded.data !== undefined, `download: ${downloaded.response.status}`);
-  const bytes: ArrayBuffer = downloaded.data;
-  equal(new TextDecoder().decode(bytes), content, "downloaded bytes");
+  // The generated type of the bytes is `Blob` itself: what `parseAs: "blob"` reads fits it.
+  const file: Download = downloaded.data;
+  equal(file.size, content.length, "downloaded size");
+  equal(
+    Array.from(new Uint8Array(await file.arrayBuffer())),
+    Array.from(new TextEncoder().encode(content)),
+    "downloaded bytes",
+  );
   const disposition = downloaded.response.headers.get("Content-Disposition") ?? "";
   check(disposition.startsWith("attachment;"), `Content-Disposition: ${disposition}`);
 
