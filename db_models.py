@@ -242,8 +242,9 @@ class OutboxJob(Base):
 class UserChangeCounter(Base):
     """How many times a user's tasks or tags have changed: the weak ETag of their lists.
 
-    Raised in the same transaction as every such write, so a client revalidating a list costs
-    one read of this row, not the list query.
+    Raised by the database within every statement that writes the user's tasks (triggers on
+    `tasks`, migration 0007), so a client revalidating a list costs one read of this row, not
+    the list query.
     """
 
     __tablename__ = "user_change_counters"

@@ -1,29 +1,16 @@
 """The per-user change counter behind the weak ETags of GET /tasks and GET /tasks/stats.
 
-Every write that changes a user's tasks or tags raises the counter in its own transaction, so
-the counter a reader sees is never older than the rows it then reads. The row is written last
-in each transaction (after the task rows are locked), which keeps one lock order everywhere.
+The database raises it: triggers on `tasks` (migration 0007) raise the owner's counter within
+every statement that inserts, updates or deletes their tasks, so it commits with the change and
+a reader never sees a counter older than the rows it then reads. Tag writes always update their
+task's row, so they raise it too. The counter is the last lock such a statement takes, after
+its task rows, which keeps one lock order everywhere.
 """
 
 from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db_models import UserChangeCounter
-
-
-def record_change(session: Session, *, owner_id: int) -> None:
-    """Raise the owner's change counter (creating it at 1) in the current transaction."""
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(UserChangeCounter).values(user_id=owner_id, counter=1)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[UserChangeCounter.user_id],
-            set_={"counter": UserChangeCounter.counter + 1},
-        )
-    )
-
 
 # Read through the table's columns: a Core statement, without the ORM's compile steps.
 _COUNTER = UserChangeCounter.__table__.c

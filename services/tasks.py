@@ -253,9 +253,8 @@ def replace_tags(task: Task, tags: Iterable[str]) -> None:
 
 
 def _record_change(session: Session, *, owner_id: int, cache: Cache) -> None:
-    # Both in this transaction's terms: the counter commits with the change, and the stats
-    # cache is invalidated once it has.
-    change_service.record_change(session, owner_id=owner_id)
+    # The change counter is raised by the database with the task rows (services/changes.py);
+    # the cached statistics go stale once the transaction has committed.
     stats_service.invalidate_after_commit(session, cache=cache, owner_id=owner_id)
 
 

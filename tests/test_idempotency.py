@@ -523,7 +523,7 @@ def test_two_simultaneous_requests_on_postgresql_one_2xx_and_one_409(
         return response
 
     # Hold the user's change counter: the first request stops on it, inside its transaction,
-    # after claiming the key and inserting its task.
+    # after claiming the key, in the insert of its task (whose trigger raises the counter).
     with engine.connect() as blocker, engine.connect() as observer:
         hold = blocker.begin()
         blocker.execute(
@@ -537,7 +537,7 @@ def test_two_simultaneous_requests_on_postgresql_one_2xx_and_one_409(
             waiting = observer.execute(
                 text(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query LIKE '%user_change_counters%'"
+                    "AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO tasks%'"
                 )
             ).scalar_one()
             observer.rollback()

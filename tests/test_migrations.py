@@ -1,5 +1,6 @@
 """Alembic is the only schema source: it builds an empty database and matches the models."""
 
+import itertools
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, create_engine, inspect, make_url, text
+from sqlalchemy import Connection, create_engine, event, inspect, make_url, text
 
 from db_models import Base, exists_on
 from tests.conftest import RESOURCES
@@ -113,3 +114,83 @@ def test_tasks_from_before_versions_start_at_1_on_sqlite(tmp_path: Path) -> None
 @pytest.mark.postgres_redis
 def test_tasks_from_before_versions_start_at_1_on_postgres(empty_postgres_database: str) -> None:
     _existing_task_gets_version_1(empty_postgres_database)
+
+
+COUNTER_TRIGGERS = {
+    f"tasks_{event}_raises_change_counter" for event in ("insert", "update", "delete")
+}
+
+
+def _task_triggers(connection: Connection) -> set[str]:
+    if connection.dialect.name == "postgresql":
+        query = (
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'tasks'::regclass AND NOT tgisinternal"
+        )
+    else:
+        query = "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'tasks'"
+    return set(connection.execute(text(query)).scalars())
+
+
+def _every_task_statement_raises_the_counter(database_url: str) -> None:
+    """Whatever writes the tasks, the database raises their owner's change counter with it."""
+    alembic(database_url, "upgrade", "head")
+    engine = create_engine(database_url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA foreign_keys=ON"))
+    seen: list[int | None] = []
+
+    def write(statement: str) -> None:
+        with engine.begin() as connection:
+            connection.execute(text(statement))
+            seen.append(
+                connection.execute(
+                    text("SELECT counter FROM user_change_counters WHERE user_id = 1")
+                ).scalar()
+            )
+
+    try:
+        with engine.connect() as connection:
+            assert _task_triggers(connection) == COUNTER_TRIGGERS
+        write(
+            "INSERT INTO users (id, username, email, hashed_password, created_at) VALUES "
+            "(1, 'ann', 'ann@example.com', 'x', CURRENT_TIMESTAMP), "
+            "(2, 'bob', 'bob@example.com', 'x', CURRENT_TIMESTAMP)"
+        )
+        insert = (
+            "INSERT INTO tasks (id, user_id, title, completed, priority, created_at, updated_at) "
+            "VALUES "
+        )
+        row = "(%s, 1, 'a task', false, 2, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+        write(insert + row % 1)
+        write(insert + ", ".join(row % task_id for task_id in (2, 3)))  # one statement, two rows
+        write("UPDATE tasks SET title = 'changed' WHERE user_id = 1")
+        write("DELETE FROM tasks WHERE id = 3")
+        assert seen[0] is None  # users alone change no tasks
+        assert all(
+            before is not None and after is not None and after > before
+            for before, after in itertools.pairwise(seen[1:])
+        ), seen
+        with engine.connect() as connection:
+            others = "SELECT count(*) FROM user_change_counters WHERE user_id <> 1"
+            assert connection.execute(text(others)).scalar_one() == 0
+        # An account deleted with its tasks (by cascade) leaves no counter behind, and no error.
+        write("DELETE FROM users WHERE id = 1")
+        assert seen[-1] is None
+
+        alembic(database_url, "downgrade", "0006_accounts")
+        with engine.connect() as connection:
+            assert _task_triggers(connection) == set()
+        alembic(database_url, "upgrade", "head")
+        with engine.connect() as connection:
+            assert _task_triggers(connection) == COUNTER_TRIGGERS
+    finally:
+        engine.dispose()
+
+
+def test_every_task_statement_raises_the_counter_on_sqlite(tmp_path: Path) -> None:
+    _every_task_statement_raises_the_counter(f"sqlite:///{tmp_path / 'counters.db'}")
+
+
+@pytest.mark.postgres_redis
+def test_every_task_statement_raises_the_counter_on_postgres(empty_postgres_database: str) -> None:
+    _every_task_statement_raises_the_counter(empty_postgres_database)
