@@ -131,22 +131,24 @@ def migrate(baseline: Baseline, engine: Engine, secret_key: str) -> None:
 
 
 def access_token(user_id: int, secret_key: str, lifetime: timedelta) -> str:
-    """A token the baseline accepts: its JWTs name the user id in `sub`, signed with HS256.
-
-    `check_tokens` proves it against the served baseline before anything is measured.
-    """
+    """A token of the revisions before login sessions: the user id in `sub`, signed HS256."""
     now = datetime.now(UTC)
     claims = {"sub": str(user_id), "iat": now, "exp": now + lifetime}
     return str(jwt.encode(claims, secret_key, algorithm="HS256"))
 
 
-def check_tokens(api_url: str, tokens: list[str]) -> None:
-    """Every baseline token authenticates (GET /auth/me answers 200)."""
+def accepted(api_url: str, tokens: list[str]) -> bool:
+    """Whether the served baseline authenticates every token (GET /auth/me answers 200)."""
     with httpx.Client(base_url=api_url, timeout=30) as client:
-        for token in tokens:
-            response = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
-            if response.status_code != 200:
-                raise BaselineError(
-                    f"the baseline refused a bench token: GET /auth/me answered "
-                    f"{response.status_code}; its tokens are not HS256 JWTs naming the user id"
-                )
+        return all(
+            client.get("/auth/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+            for token in tokens
+        )
+
+
+def choose_tokens(api_url: str, candidates: dict[str, list[str]]) -> list[str]:
+    """The first set of tokens (today's format, then older ones) the baseline accepts."""
+    for tokens in candidates.values():
+        if accepted(api_url, tokens):
+            return tokens
+    raise BaselineError("the baseline refused every bench token format: " + ", ".join(candidates))

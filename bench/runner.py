@@ -208,6 +208,21 @@ def plan(options: Options, sizes: Sequence[int]) -> list[Scenario]:
     return [*CEILINGS, *chosen]
 
 
+def in_repeat_order(scenarios: Sequence[Scenario], repeat: int) -> list[Scenario]:
+    """The plan's order, each scenario and its baseline twin swapped in even repeats.
+
+    Whichever of a pair runs first is measured right after another server's run: alternating
+    keeps that position from favouring one side of the comparison.
+    """
+    ordered = list(scenarios)
+    if repeat % 2 == 0:
+        for index in range(len(ordered) - 1):
+            first, second = ordered[index], ordered[index + 1]
+            if second.name == first.name + baseline.SUFFIX:
+                ordered[index], ordered[index + 1] = second, first
+    return ordered
+
+
 def _log_problems(paths: Sequence[Path]) -> Iterator[str]:
     """Summarize the ERROR records of the server logs (each with its traceback)."""
     for path in paths:
@@ -363,14 +378,20 @@ class _Run:
         self.tokens["writers"] = api_tokens(seeded.writers, self.settings)
         self._write_main_and_writers(API, "", seeded)
         if self.base is not None and baseline.BASELINE in self.servers:
+            # Today's tokens where the baseline has login sessions (seeded alike), else the
+            # older format; tried against the served baseline.
             lifetime = timedelta(minutes=TOKEN_LIFETIME_MINUTES)
             for name, users in (("main", seeded.main), ("writers", seeded.writers)):
-                self.tokens[f"{baseline.BASELINE}_{name}"] = [
-                    baseline.access_token(user.id, self.secret_key, lifetime) for user in users
-                ]
-            baseline.check_tokens(
-                self.servers[baseline.BASELINE].url, self.tokens[f"{baseline.BASELINE}_main"]
-            )
+                self.tokens[f"{baseline.BASELINE}_{name}"] = baseline.choose_tokens(
+                    self.servers[baseline.BASELINE].url,
+                    {
+                        "session tokens": self.tokens[name],
+                        "user-id tokens": [
+                            baseline.access_token(user.id, self.secret_key, lifetime)
+                            for user in users
+                        ],
+                    },
+                )
             self._write_main_and_writers(baseline.BASELINE, f"{baseline.BASELINE}_", seeded)
         for size, user in seeded.scale.items():
             write_dataset(
@@ -452,7 +473,7 @@ class _Run:
             f"{options.duration_s} s (about {estimate:.1f} min)"
         )
         for repeat in range(1, options.repeats + 1):
-            for scenario in self.scenarios:
+            for scenario in in_repeat_order(self.scenarios, repeat):
                 if scenario.warm_stats_first:
                     prime_stats(self.servers[scenario.server].url, self.tokens[scenario.dataset])
                 if scenario.script == "revalidate.lua":
