@@ -128,8 +128,13 @@ class BodyLimitMiddleware(HttpMiddleware):
 
     def __init__(self, app: ASGIApp, max_body_size: int) -> None:
         super().__init__(RequestBodyLimitMiddleware(app, max_body_size=max_body_size))
+        self.unlimited = app
 
     async def handle_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if cannot_carry_a_body(scope):
+            # Nothing to count or refuse (most GETs and DELETEs): no wrapper on every message.
+            await self.unlimited(scope, receive, send)
+            return
         replaced = False
 
         async def send_as_problem(message: Message) -> None:
@@ -147,6 +152,14 @@ class BodyLimitMiddleware(HttpMiddleware):
             await send(message)
 
         await self.app(scope, receive, send_as_problem)
+
+
+def cannot_carry_a_body(scope: Scope) -> bool:
+    """Whether the request can carry no body: no `Transfer-Encoding`, no non-zero length."""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return False
+    return True
 
 
 async def refuse_declared_oversize(request: Request) -> None:

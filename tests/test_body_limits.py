@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from config import Settings
+from middleware import cannot_carry_a_body
 from tests.conftest import PASSWORD, AppFactory, AuthUser, apps_with_own_limits
 
 LIMIT = 2000
@@ -261,6 +262,22 @@ def test_a_much_larger_upload_is_still_file_too_large(client: TestClient, alice:
         )
         assert response.status_code == 413, response.text
         assert response.json()["code"] == "file_too_large"
+
+
+@pytest.mark.parametrize(
+    ("headers", "bodiless"),
+    [
+        ([], True),
+        ([(b"content-length", b"0")], True),
+        ([(b"content-length", b"1")], False),
+        ([(b"transfer-encoding", b"chunked")], False),
+        ([(b"accept", b"*/*"), (b"content-length", b"2000000")], False),
+    ],
+)
+def test_only_a_request_that_cannot_carry_a_body_skips_the_counting(
+    headers: list[tuple[bytes, bytes]], bodiless: bool
+) -> None:
+    assert cannot_carry_a_body({"type": "http", "headers": headers}) is bodiless
 
 
 # --- on a real server -----------------------------------------------------------------------
