@@ -236,6 +236,11 @@ def baseline_change(runs: Runs, name: str, repeats: int) -> float | None:
     return _per_repeat_ratio(runs, name, name + SUFFIX, repeats)
 
 
+def _signed_pct(change: float) -> str:
+    """A today ÷ baseline factor as a signed change: 0.91 -> "-9 %"."""
+    return f"{100 * (change - 1):+.0f} %"
+
+
 def _baseline_verdict(rows: dict[str, Row], runs: Runs, repeats: int) -> Verdict:
     target = f"no scenario more than {_pct(BASELINE_TOLERANCE)} below its ratio at the baseline"
     below, unclear = [], []
@@ -247,7 +252,7 @@ def _baseline_verdict(rows: dict[str, Row], runs: Runs, repeats: int) -> Verdict
         if change is None or twin.errors or rows[today].errors:
             unclear.append(today)
         elif change < 1 - BASELINE_TOLERANCE:
-            below.append(f"{today} ({100 * (change - 1):+.0f} %)")
+            below.append(f"{today} ({_signed_pct(change)})")
     measured = ", ".join(below) if below else "none below"
     if unclear:
         measured += f"; not comparable (errors): {', '.join(unclear)}"
@@ -332,7 +337,7 @@ def _baseline_table(rows: dict[str, Row], runs: Runs, repeats: int, label: str) 
                 _num(today.rps),
                 "-" if then.ratio is None else _pct(then.ratio),
                 "-" if today.ratio is None else _pct(today.ratio),
-                "-" if change is None else f"{100 * (change - 1):+.0f} %",
+                "-" if change is None else _signed_pct(change),
                 _num(then.cpu_us),
                 _num(today.cpu_us),
                 _errors(then),

@@ -274,6 +274,7 @@ class _Run:
     tokens: dict[str, list[str]] = field(default_factory=dict)
     base: baseline.Baseline | None = None
     base_engine: Engine | None = None
+    base_files: Table | None = None  # the baseline's file table, reflected once
 
     @property
     def upload_dir(self) -> Path:
@@ -331,6 +332,7 @@ class _Run:
             u.task_ids for u in seeded.main + seeded.writers
         ]:
             raise SetupError("the baseline was seeded with other ids than today's API")
+        self.base_files = Table("task_files", MetaData(), autoload_with=self.base_engine)
         services.flush_redis(self.base.redis_url)
         step(f"Seeded the baseline with the same {len(again.main) + len(again.writers)} users")
 
@@ -500,8 +502,7 @@ class _Run:
                 writers = [user.id for user in seeded.writers]
                 remove_uploads(self.engine, writers, self.upload_dir)
                 if self.base is not None and self.base_engine is not None:
-                    files = Table("task_files", MetaData(), autoload_with=self.base_engine)
-                    remove_uploads(self.base_engine, writers, self.base.upload_dir, files)
+                    remove_uploads(self.base_engine, writers, self.base.upload_dir, self.base_files)
         return runs
 
 

@@ -147,23 +147,11 @@ class Tables:
         metadata.reflect(engine)
         tables = metadata.tables
         return cls(
-            tables["users"],
-            tables["tasks"],
-            tables["task_tags"],
+            tables[User.__tablename__],
+            tables[Task.__tablename__],
+            tables[TaskTag.__tablename__],
             tables.get(AuthSession.__tablename__),
         )
-
-
-# The models' tables: their column types turn a row's values into what the database stores.
-_MODEL_TABLES = {
-    name: Base.metadata.tables[name]
-    for name in (
-        User.__tablename__,
-        Task.__tablename__,
-        TaskTag.__tablename__,
-        AuthSession.__tablename__,
-    )
-}
 
 
 def _fit(
@@ -172,17 +160,16 @@ def _fit(
     """The rows with only the columns `table` has, each value stored as today's models store it.
 
     For today's tables this changes nothing; a reflected (older) table lacks some columns and
-    has plain column types, so values such as a priority are given in their stored form.
+    has plain column types, so the models' own types (a priority's rank, say) convert the values
+    as they would for today's table.
     """
-    model = _MODEL_TABLES[table.name]
+    model = Base.metadata.tables[table.name]
     if table is model:
         return list(rows)
     keep = [name for name in rows[0] if name in table.c] if rows else []
-    binders: dict[str, TypeDecorator[Any]] = {}
-    for name in keep:
-        kind = model.c[name].type
-        if isinstance(kind, TypeDecorator) and not isinstance(table.c[name].type, TypeDecorator):
-            binders[name] = kind
+    binders: dict[str, TypeDecorator[Any]] = {
+        name: kind for name in keep if isinstance(kind := model.c[name].type, TypeDecorator)
+    }
     return [
         {
             name: (

@@ -226,6 +226,9 @@ def list_tasks(session: Session, *, owner_id: int, params: TaskListParams) -> Ta
 
 
 # --- writes -------------------------------------------------------------------------------
+# Each write makes the owner's cached statistics stale once it commits. The change counter of
+# the list ETags needs nothing here: the database raises it with the task rows
+# (services/changes.py).
 
 
 def lock_for_tag_change(session: Session, task: Task) -> None:
@@ -252,12 +255,6 @@ def replace_tags(task: Task, tags: Iterable[str]) -> None:
     task.tag_rows = [current.get(tag) or TaskTag(tag=tag, user_id=task.user_id) for tag in wanted]
 
 
-def _record_change(session: Session, *, owner_id: int, cache: Cache) -> None:
-    # The change counter is raised by the database with the task rows (services/changes.py);
-    # the cached statistics go stale once the transaction has committed.
-    stats_service.invalidate_after_commit(session, cache=cache, owner_id=owner_id)
-
-
 def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cache) -> TaskRead:
     """Create a task owned by the caller: its row (answered as inserted), then its tags.
 
@@ -281,7 +278,7 @@ def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cac
             insert(_TAG_TABLE),
             [{"task_id": task.id, "tag": tag, "user_id": owner_id} for tag in task.tags],
         )
-    _record_change(session, owner_id=owner_id, cache=cache)
+    stats_service.invalidate_after_commit(session, owner_id=owner_id, cache=cache)
     return task
 
 
@@ -347,7 +344,7 @@ def update_task(
     apply_changes(task, changes)
     # The flush raises the version (version_id_col) along with updated_at.
     session.flush()
-    _record_change(session, owner_id=task.user_id, cache=cache)
+    stats_service.invalidate_after_commit(session, owner_id=task.user_id, cache=cache)
     return _owe_notices(session, UpdateResult(task, newly_completed_ids=newly_completed))
 
 
@@ -358,7 +355,7 @@ def delete_task(session: Session, *, task: Task, cache: Cache) -> None:
     # would first delete every loaded tag row itself.
     session.execute(delete(Task).where(Task.id == task.id, Task.user_id == task.user_id))
     session.expunge(task)
-    _record_change(session, owner_id=task.user_id, cache=cache)
+    stats_service.invalidate_after_commit(session, owner_id=task.user_id, cache=cache)
 
 
 def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> Task:
@@ -372,7 +369,7 @@ def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> 
         # Also what makes the flush update the task's row, and so raise its version.
         task.updated_at = utcnow()
         session.flush()
-        _record_change(session, owner_id=task.user_id, cache=cache)
+        stats_service.invalidate_after_commit(session, owner_id=task.user_id, cache=cache)
     return task
 
 
@@ -384,7 +381,7 @@ def remove_tag(session: Session, *, task: Task, tag: str, cache: Cache) -> Task:
     replace_tags(task, (t for t in task.tags if t != tag))
     task.updated_at = utcnow()
     session.flush()
-    _record_change(session, owner_id=task.user_id, cache=cache)
+    stats_service.invalidate_after_commit(session, owner_id=task.user_id, cache=cache)
     return task
 
 
@@ -453,7 +450,7 @@ def bulk_update(
     session.scalars(
         select(Task).where(*changed_scope).execution_options(populate_existing=True)
     ).all()
-    _record_change(session, owner_id=owner_id, cache=cache)
+    stats_service.invalidate_after_commit(session, owner_id=owner_id, cache=cache)
     return _owe_notices(
         session, UpdateResult([by_id[i] for i in ids], newly_completed_ids=newly_completed)
     )
