@@ -65,13 +65,7 @@ def get_task_for_write(
 ) -> Task:
     """The caller's task, locked for this write, after its If-Match precondition held."""
     task = task_service.get_owned_task(session, owner_id=user.id, task_id=task_id, for_update=True)
-    if if_match is None:
-        if settings.require_if_match:
-            raise PreconditionRequiredError()
-        return task
-    current = etags.task_etag(task)
-    if not etags.strong_match(if_match, current):
-        raise PreconditionFailedError(task.id, current)
+    task_service.check_if_match(task, if_match=if_match, required=settings.require_if_match)
     return task
 
 

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -37,6 +37,11 @@ class Cache(ABC):
     @abstractmethod
     def get(self, key: str) -> str | None:
         """The value stored under `key`, or None when absent, expired or unreachable."""
+
+    @abstractmethod
+    def get_many(self, keys: Sequence[str]) -> list[str | None] | None:
+        """The values under `keys` (None where absent or expired), in one round trip; None
+        when the cache cannot be read."""
 
     @abstractmethod
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
@@ -99,6 +104,10 @@ class MemoryCache(Cache):
     def get(self, key: str) -> str | None:
         with self._lock:
             return self._get(key)
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None] | None:
+        with self._lock:
+            return [self._get(key) for key in keys]
 
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
         with self._lock:
@@ -231,6 +240,11 @@ class RedisCache(Cache):
         key = self._prefix + key
         _, value = self._run(lambda client: _as_text(client.get(key)))
         return value
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None] | None:
+        names = [self._prefix + key for key in keys]
+        ok, values = self._run(lambda client: [_as_text(v) for v in client.mget(names)])
+        return values if ok else None
 
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
         key = self._prefix + key

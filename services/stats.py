@@ -1,12 +1,13 @@
 """Task statistics: aggregated by the database, cached per user, invalidated by every write.
 
-Each user's cache entries are keyed by a version counter that every committed write bumps, and
-by the UTC date (`overdue` changes at midnight). A computation reads the version before it reads
-the database and stores its result under that version, so a result computed before a write is
-stored under a version nobody reads once the write's bump has landed.
+Each user has one cache entry per UTC date (`overdue` changes at midnight), and a version
+counter that every committed write bumps. A computation reads the version before it reads the
+database and stores its result with that version inside; a reader serves the entry only while
+its version is the current one, so a result computed before a write is never served once the
+write's bump has landed. The version and the entry are read together, in one round trip.
 
 Each entry also holds the user's change counter (services/changes.py), read from the database
-before the statistics: the weak ETag of GET /tasks/stats, so a cached answer and a revalidation
+with the statistics: the weak ETag of GET /tasks/stats, so a cached answer and a revalidation
 need no database at all.
 """
 
@@ -26,7 +27,7 @@ from redis_config import Cache
 from services import changes as change_service
 
 # Bump when the cached JSON changes shape, so entries written by an older release are ignored.
-_ENTRY_FORMAT = 2
+_ENTRY_FORMAT = 3
 # Far longer than any entry lives: a version must never vanish while entries under it exist.
 _VERSION_TTL_SECONDS = 7 * 24 * 3600
 
@@ -40,6 +41,8 @@ class StatsResult:
 
 
 class _Entry(BaseModel):
+    # The owner's version counter when the statistics were read: current or stale.
+    version: int
     change_counter: int
     stats: TaskStats
 
@@ -48,8 +51,8 @@ def _version_key(owner_id: int) -> str:
     return f"stats:version:{owner_id}"
 
 
-def _entry_key(owner_id: int, version: int, today: date) -> str:
-    return f"stats:{_ENTRY_FORMAT}:{owner_id}:{version}:{today.isoformat()}"
+def _entry_key(owner_id: int, today: date) -> str:
+    return f"stats:{_ENTRY_FORMAT}:{owner_id}:{today.isoformat()}"
 
 
 def utc_today() -> date:
@@ -57,8 +60,9 @@ def utc_today() -> date:
     return datetime.now(UTC).date()
 
 
-def compute_stats(session: Session, *, owner_id: int, today: date) -> TaskStats:
-    """The caller's statistics in two aggregate queries, whatever the number of tasks."""
+def compute_stats(session: Session, *, owner_id: int, today: date) -> tuple[TaskStats, int]:
+    """The caller's statistics in two aggregate queries, whatever the number of tasks, and
+    the owner's change counter, read along with the first (the same snapshot)."""
     # count(*), not count(id): lets PostgreSQL answer from an index alone where one covers it.
     count = func.count()
     totals = session.execute(
@@ -67,6 +71,7 @@ def compute_stats(session: Session, *, owner_id: int, today: date) -> TaskStats:
             count.filter(Task.completed).label("completed"),
             count.filter(Task.completed == false(), Task.due_date < today).label("overdue"),
             *(count.filter(Task.priority == p).label(p.value) for p in Priority),
+            change_service.counter_column(owner_id).label("change_counter"),
         ).where(Task.user_id == owner_id)
     ).one()
     by_tag = session.execute(
@@ -76,7 +81,7 @@ def compute_stats(session: Session, *, owner_id: int, today: date) -> TaskStats:
         .order_by(TaskTag.tag)
     ).all()
     total, completed = totals.total, totals.completed
-    return TaskStats(
+    stats = TaskStats(
         total=total,
         completed=completed,
         incomplete=total - completed,
@@ -85,28 +90,29 @@ def compute_stats(session: Session, *, owner_id: int, today: date) -> TaskStats:
         by_priority={p: getattr(totals, p.value) for p in Priority},
         by_tag=dict(by_tag),
     )
+    return stats, totals.change_counter
 
 
 def get_stats(session: Session, *, owner_id: int, cache: Cache, ttl_seconds: int) -> StatsResult:
-    """The caller's statistics, from the cache when a current entry exists."""
+    """The caller's statistics, from the cache when its entry is current."""
     today = utc_today()
-    version = cache.counter(_version_key(owner_id))
-    if version is None:
+    key = _entry_key(owner_id, today)
+    cached = cache.get_many([_version_key(owner_id), key])
+    if cached is None:
         # The cache is unreachable: without a version, a stored result could not be trusted.
-        changes = change_service.current_counter(session, owner_id=owner_id)
-        return StatsResult(compute_stats(session, owner_id=owner_id, today=today), False, changes)
-    key = _entry_key(owner_id, version, today)
-    cached = cache.get(key)
-    if cached is not None:
+        stats, changes = compute_stats(session, owner_id=owner_id, today=today)
+        return StatsResult(stats, False, changes)
+    version = int(cached[0] or 0)
+    if cached[1] is not None:
         try:
-            entry = _Entry.model_validate_json(cached)
-            return StatsResult(entry.stats, True, entry.change_counter)
+            entry = _Entry.model_validate_json(cached[1])
         except ValidationError:
-            pass
-    # The counter first: the statistics are then at least as new as the counter says.
-    changes = change_service.current_counter(session, owner_id=owner_id)
-    stats = compute_stats(session, owner_id=owner_id, today=today)
-    entry = _Entry(change_counter=changes, stats=stats)
+            entry = None
+        if entry is not None and entry.version == version:
+            return StatsResult(entry.stats, True, entry.change_counter)
+    # The version was read first: the statistics are at least as new as it says.
+    stats, changes = compute_stats(session, owner_id=owner_id, today=today)
+    entry = _Entry(version=version, change_counter=changes, stats=stats)
     cache.set(key, entry.model_dump_json(), ttl_seconds)
     return StatsResult(stats, False, changes)
 

@@ -27,7 +27,7 @@ import jobs
 import notifications
 import outbox
 from config import Settings
-from db_models import OutboxJob, Task
+from db_models import OutboxJob
 from models import BulkTaskUpdate, TaskUpdate
 from redis_config import MemoryCache
 from services import tasks as task_service
@@ -254,10 +254,17 @@ def test_one_task_and_many_report_and_owe_completions_alike(alice: AuthUser) -> 
             return [job.payload["task_id"] for job in jobs]
 
         def update_one(updates: dict[str, Any]) -> list[int]:
-            task = session.get_one(Task, single)
             data = TaskUpdate.model_validate(updates)
-            result = task_service.update_task(session, task=task, data=data, cache=MemoryCache())
-            assert result.updated is task
+            result = task_service.update_task(
+                session,
+                owner_id=alice.id,
+                task_id=single,
+                data=data,
+                if_match=None,
+                require_if_match=False,
+                cache=MemoryCache(),
+            )
+            assert result.updated.id == single
             return result.newly_completed_ids
 
         def update_many(updates: dict[str, Any]) -> list[int]:

@@ -199,7 +199,7 @@ def test_a_result_computed_before_a_write_is_never_served_after_it(
 
     def compute_then_let_a_write_commit(
         session: Session, *, owner_id: int, today: date
-    ) -> TaskStats:
+    ) -> tuple[TaskStats, int]:
         result = original(session, owner_id=owner_id, today=today)
         with RESOURCES.sessions() as writer:
             task_service.create_task(
