@@ -11,34 +11,51 @@ scenario can be read as a fraction of the fastest route of its kind on the same 
   the API's own engine can move the ceiling its scenarios are divided by.
 - `POST /ceiling/bcrypt`: one bcrypt_sha256 verify at the configured cost, as a login spends.
 
-Two prototypes measure what the API's own statements cost alone, on the same session setup
-(`services/tasks.py`, read without a transaction as the API reads), for the first main bench
-user: `GET /ceiling/list` (a page of 20 tasks, its total and the change counter) and
-`GET /ceiling/task` (one task with its tags). Against `list` and `get`, they show how much of
-a request is the query and how much the API's middleware, authentication and dependencies.
+Prototypes measure what the API's own service calls cost alone, on the same session setup
+(reads without a transaction, writes committed, as the API does), for the first main bench
+user: each is one of the API's routes without its middleware, authentication, dependencies,
+rate limit and access line. Against the API's scenario, it shows how much of a request is the
+work itself; against the ratio targets, whether the stack can reach them at all.
+
+- `GET /ceiling/list`: a page of 20 tasks, its total and the change counter (`list`).
+- `GET /ceiling/task`: one task with its tags (`get`).
+- `POST /ceiling/tasks`: a task created from a validated body, for the first writer (`create`).
+- `PATCH /ceiling/task`: a random task's description changed, locked, committed (`patch`).
+- `GET /ceiling/stats`: the statistics from the cache (`stats_warm`).
+- `GET /ceiling/revalidate`: the list's 304 from one counter read (`list_304`).
+- `PATCH /ceiling/task` + `GET /ceiling/stats` pipelined: the statistics recomputed after
+  each write, as in the API's cold scenario (`stats_cold`).
 """
 
+import itertools
 import os
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import auth
 import db_config
+import etags
 from config import get_settings
 from db_models import Task, User
 from enums import Priority
 from logging_config import configure_logging
-from models import TaskListParams, TaskRead
+from models import TaskCreate, TaskListParams, TaskRead, TaskStats, TaskUpdate
+from redis_config import build_cache
+from services import changes as change_service
+from services import stats as stats_service
 from services import tasks as task_service
 
 OBJECT_COUNT = 20
 # The user whose tasks the prototypes read (bench/seed.py seeds it first).
 PROTOTYPE_USER = "bench01"
+# The user the create prototype adds tasks to (a writer, as in the API's create scenario).
+PROTOTYPE_WRITER = "writer01"
 # The bench sets it to its number of connections (16 unless changed).
 POOL_SIZE_VARIABLE = "CEILING_POOL_SIZE"
 _PASSWORD = "ceiling-bench-password"  # noqa: S105 (a fixed bench credential)
@@ -118,15 +135,20 @@ def create_app() -> FastAPI:
             value = session.execute(text("SELECT 1")).scalar_one()
         return Select1(value=value)
 
+    cache = build_cache(settings)
     chosen: dict[str, int] = {}
+    task_ids: list[int] = []
+    edits = itertools.count(1)
 
     def prototype_ids(session: Session) -> tuple[int, int]:
         """The prototypes' user and its first task, looked up once."""
         if not chosen:
             user_id = session.scalar(select(User.id).where(User.username == PROTOTYPE_USER))
-            first = select(Task.id).where(Task.user_id == user_id).order_by(Task.id).limit(1)
-            chosen.update(user=user_id or 0, task=session.scalar(first) or 0)
-        return chosen["user"], chosen["task"]
+            writer_id = session.scalar(select(User.id).where(User.username == PROTOTYPE_WRITER))
+            ids = session.scalars(select(Task.id).where(Task.user_id == user_id).order_by(Task.id))
+            task_ids.extend(ids)
+            chosen.update(user=user_id or 0, writer=writer_id or 0)
+        return chosen["user"], task_ids[0] if task_ids else 0
 
     @app.get("/ceiling/list", response_model=list[TaskRead])
     def prototype_list() -> list[TaskRead]:
@@ -144,6 +166,63 @@ def create_app() -> FastAPI:
             db_config.for_reading(session)
             user_id, task_id = prototype_ids(session)
             return task_service.read_owned_task(session, owner_id=user_id, task_id=task_id)
+
+    @app.post("/ceiling/tasks", response_model=TaskRead, status_code=201)
+    def prototype_create(data: TaskCreate) -> TaskRead:
+        """The API's create for the first writer, committed, nothing around it."""
+        with sessions() as session:
+            prototype_ids(session)
+            task = task_service.create_task(
+                session, owner_id=chosen["writer"], data=data, cache=cache
+            )
+            session.commit()
+            return task
+
+    @app.patch("/ceiling/task", response_model=TaskRead)
+    def prototype_patch(data: TaskUpdate) -> TaskRead:
+        """The API's update of a random task's description (always a change), committed."""
+        with sessions() as session:
+            user_id, _ = prototype_ids(session)
+            edit = data.model_copy(update={"description": f"{data.description} {next(edits)}"})
+            result = task_service.update_task(
+                session,
+                owner_id=user_id,
+                # A random task of the user's, as the API's patch scenario: spreads the locks.
+                task_id=random.choice(task_ids),
+                data=edit,
+                if_match=None,
+                require_if_match=False,
+                cache=cache,
+            )
+            session.commit()
+            return result.updated
+
+    @app.get("/ceiling/stats", response_model=TaskStats)
+    def prototype_stats() -> TaskStats:
+        """The API's statistics: from the cache, or recomputed after a prototype's write."""
+        with sessions() as session:
+            db_config.for_reading(session)
+            user_id, _ = prototype_ids(session)
+            ttl = settings.stats_cache_ttl_seconds
+            return stats_service.get_stats(
+                session, owner_id=user_id, cache=cache, ttl_seconds=ttl
+            ).stats
+
+    @app.get("/ceiling/revalidate")
+    def prototype_revalidate(request: Request) -> Response:
+        """The list's revalidation: one counter read and the tag, answered 304."""
+        with sessions() as session:
+            db_config.for_reading(session)
+            user_id, _ = prototype_ids(session)
+            counter = change_service.current_counter(session, owner_id=user_id)
+            etag = etags.collection_etag(
+                kind="tasks",
+                user_id=user_id,
+                counter=counter,
+                query_string=request.scope.get("query_string", b""),
+                today=stats_service.utc_today(),
+            )
+            return Response(status_code=304, headers={"ETag": etag})
 
     @app.post("/ceiling/bcrypt", response_model=Verified)
     def ceiling_bcrypt() -> Verified:

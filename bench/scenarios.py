@@ -37,6 +37,12 @@ class Scenario:
     compared: bool = True
 
 
+# Bodies of the write prototypes, shaped as the API's create and patch scenarios send them.
+PROTOTYPE_TASK = (
+    '{"title": "Prototype task", "description": "Created by the bench", '
+    '"priority": "medium", "due_date": "2030-06-15", "tags": ["bench", "work"]}'
+)
+PROTOTYPE_EDIT = '{"description": "Prototype edit"}'
 LOGIN_BODY_FOR_CEILING = '{"username": "bench01", "password": "same-size-as-a-login"}'
 
 CEILINGS = (
@@ -88,6 +94,16 @@ MAIN = (
         # A revision without list ETags would answer 200s: nothing to compare.
         compared=False,
     ),
+    Scenario(
+        "proto_list_304",
+        "GET /ceiling/revalidate (the revalidation's statement alone)",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("GET", "/ceiling/revalidate", ""),
+        expected_status="304",
+        group="prototype",
+    ),
     Scenario("list_filtered", "GET " + FILTERED_LIST, API, "read.lua", "main", (FILTERED_LIST,)),
     Scenario("get", "GET /tasks/{id}", API, "read.lua", "main", ("/tasks/{task}",)),
     # Prototypes on the ceiling app: the API's own statements for list and get, for one user,
@@ -111,7 +127,25 @@ MAIN = (
         group="prototype",
     ),
     Scenario("create", "POST /tasks", API, "create.lua", "writers"),
+    Scenario(
+        "proto_create",
+        "POST /ceiling/tasks (the create's statements alone)",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("POST", "/ceiling/tasks", PROTOTYPE_TASK),
+        group="prototype",
+    ),
     Scenario("patch", "PATCH /tasks/{id}", API, "patch.lua", "main"),
+    Scenario(
+        "proto_patch",
+        "PATCH /ceiling/task (the patch's statements alone)",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("PATCH", "/ceiling/task", PROTOTYPE_EDIT),
+        group="prototype",
+    ),
     Scenario(
         "stats_warm",
         "GET /tasks/stats (cached)",
@@ -121,7 +155,25 @@ MAIN = (
         ("/tasks/stats",),
         warm_stats_first=True,
     ),
+    Scenario(
+        "proto_stats_warm",
+        "GET /ceiling/stats (the cached statistics alone)",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("GET", "/ceiling/stats", ""),
+        group="prototype",
+    ),
     Scenario("stats_cold", "PATCH /tasks/{id} + GET /tasks/stats", API, "cold_stats.lua", "main"),
+    Scenario(
+        "proto_stats_cold",
+        "PATCH /ceiling/task + GET /ceiling/stats (the statements alone)",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("PATCH", "/ceiling/task", PROTOTYPE_EDIT, "GET", "/ceiling/stats", ""),
+        group="prototype",
+    ),
     Scenario(
         "login", "POST /auth/login", API, "login.lua", "main", ceiling="bcrypt", bcrypt_bound=True
     ),
