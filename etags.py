@@ -12,7 +12,8 @@ from typing import Protocol
 _ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"\s*(?:,|$)')
 
 
-def _digest(*parts: object) -> str:
+def digest(*parts: object) -> str:
+    """A short, stable digest of the parts (not a secret: an opaque name)."""
     text = "\x1f".join(str(part) for part in parts)
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
@@ -36,7 +37,7 @@ def task_etag(task: Versioned) -> str:
     The creation time is part of it, so a new task that ever got the id of a deleted one
     never shares a tag with it.
     """
-    return f'"{_digest("task", task.id, task.created_at.isoformat(), task.version)}"'
+    return f'"{digest("task", task.id, task.created_at.isoformat(), task.version)}"'
 
 
 def file_etag(sha256: str) -> str:
@@ -52,7 +53,7 @@ def collection_etag(
     It changes when any of the user's tasks or tags change (the counter), between query
     strings, and with the UTC date (`overdue` filters and counts move at midnight).
     """
-    return f'W/"{_digest(kind, user_id, counter, query_string.hex(), today.isoformat())}"'
+    return f'W/"{digest(kind, user_id, counter, query_string.hex(), today.isoformat())}"'
 
 
 def _listed(header: str) -> list[tuple[bool, str]]:

@@ -157,7 +157,8 @@ def create_app() -> FastAPI:
             db_config.for_reading(session)  # read as the API reads
             user_id, _ = prototype_ids(session)
             params = TaskListParams(limit=20)
-            return task_service.list_tasks(session, owner_id=user_id, params=params).tasks
+            page = task_service.list_tasks(session, owner_id=user_id, params=params, cache=cache)
+            return page.tasks
 
     @app.get("/ceiling/task", response_model=TaskRead)
     def prototype_task() -> TaskRead:

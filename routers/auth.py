@@ -142,6 +142,7 @@ def login(
 
 
 @router.get("/me", response_model=UserRead, summary="Your account")
-def read_me(user: CurrentUser) -> Any:
+async def read_me(user: CurrentUser) -> Any:
     """The account the token belongs to (any token: a session's or a personal one)."""
+    # Async: the caller is already known (no I/O), so no thread-pool hop.
     return user

@@ -135,6 +135,7 @@ def list_tasks(
     params: Annotated[TaskListParams, Query()],
     user: CurrentUser,
     session: DbSession,
+    cache: CacheDep,
     request: Request,
     response: Response,
     if_none_match: IfNoneMatchHeader = None,
@@ -146,7 +147,7 @@ def list_tasks(
     )
     if unchanged is not None:
         return unchanged
-    page = task_service.list_tasks(session, owner_id=user.id, params=params)
+    page = task_service.list_tasks(session, owner_id=user.id, params=params, cache=cache)
     _set_paging_headers(request, response, params, page.total)
     etag = collection_etag(request, kind="tasks", owner_id=user.id, counter=page.change_counter)
     response.headers["ETag"] = etag

@@ -130,7 +130,7 @@ def read_owned_task(
 class TaskPage:
     tasks: list[TaskRead]
     total: int
-    # The owner's change counter, read before the page (services/changes.py).
+    # The owner's change counter as of the page and its total, or older (services/changes.py).
     change_counter: int
 
 
@@ -208,28 +208,62 @@ def _ordering(params: TaskListParams) -> list[Any]:
     return [first, _TASK.id.desc() if descending else _TASK.id.asc()]
 
 
-def list_tasks(session: Session, *, owner_id: int, params: TaskListParams) -> TaskPage:
-    """One page of the caller's matching tasks, and how many match in all."""
-    conditions = _conditions(owner_id, params, datetime.now(UTC).date())
-    # The count stays a query of its own: it is an index-only scan, where a window count over
-    # the page query would read every matching row of a large user. The change counter comes
-    # with it, in the same round trip.
-    total, changes = session.execute(
-        select(func.count(), change_service.counter_column(owner_id))
-        .select_from(_TASK_TABLE)
-        .where(*conditions)
-    ).one()
-    if total <= params.skip:
-        return TaskPage(tasks=[], total=total, change_counter=changes)
-    # The page and its tags in one round trip.
+# The totals of lists, cached per owner, filters and UTC date, each with the change counter
+# it was counted at: served only while the counter is unchanged, so it is exact.
+_TOTAL_FORMAT = 1
+# Entries are checked against the counter; the TTL only bounds how long unused ones stay.
+_TOTAL_TTL_SECONDS = 3600
+# The parameters that choose the window and its order: they never change the total.
+_WINDOW_PARAMS = frozenset({"skip", "limit", "sort_by", "sort_order"})
+
+
+def _total_key(owner_id: int, params: TaskListParams, today: date) -> str:
+    filters = params.model_dump_json(exclude=set(_WINDOW_PARAMS))
+    return f"tasks:total:{_TOTAL_FORMAT}:{owner_id}:{etags.digest(filters)}:{today.isoformat()}"
+
+
+def _cached_total(value: str | None, counter: int) -> int | None:
+    """The total of a cache entry ("counter total"), if it was counted at `counter`."""
+    counted_at, _, total = (value or "").partition(" ")
+    return int(total) if counted_at == str(counter) and total.isdigit() else None
+
+
+def list_tasks(
+    session: Session, *, owner_id: int, params: TaskListParams, cache: Cache
+) -> TaskPage:
+    """One page of the caller's matching tasks, and how many match in all.
+
+    The page comes first, with the owner's change counter in the same statement; the total
+    comes from the cache when it was counted at that counter, else from a count (an
+    index-only scan, but one that reads every matching row: the whole cost of a list of a
+    user with 100,000 tasks).
+    """
+    today = datetime.now(UTC).date()
+    conditions = _conditions(owner_id, params, today)
+    key = _total_key(owner_id, params, today)
+    # The page and its tags in one round trip, with the counter they were read at.
     rows = session.execute(
-        select(*_VIEW_COLUMNS, _TAGS)
+        select(*_VIEW_COLUMNS, _TAGS, change_service.counter_column(owner_id))
         .where(*conditions)
         .order_by(*_ordering(params))
         .offset(params.skip)
         .limit(params.limit)
-    )
-    return TaskPage(tasks=_views(rows), total=total, change_counter=changes)
+    ).all()
+    tasks = _views(row[:-1] for row in rows)
+    counter = rows[0][-1] if rows else None
+    total = None if counter is None else _cached_total(cache.get(key), counter)
+    if counter is not None and total is not None:
+        return TaskPage(tasks=tasks, total=total, change_counter=counter)
+    total, counted_at = session.execute(
+        select(func.count(), change_service.counter_column(owner_id))
+        .select_from(_TASK_TABLE)
+        .where(*conditions)
+    ).one()
+    cache.set(key, f"{counted_at} {total}", _TOTAL_TTL_SECONDS)
+    # The tag of the answer names the older counter of the two reads: a client revalidating
+    # after a write between them gets the whole list again.
+    oldest = counted_at if counter is None else min(counter, counted_at)
+    return TaskPage(tasks=tasks, total=total, change_counter=oldest)
 
 
 # --- writes -------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """GET /tasks: filters, search, sorting, paging, and the headers that describe the page."""
 
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
+from httpx import Response
 from sqlalchemy import Connection
 
 from models import MAX_ID
@@ -395,3 +397,92 @@ def test_listing_costs_the_same_statements_for_10_and_100_tasks(
         counts.append(log.count)
     assert counts[0] == counts[1], counts
     assert counts[1] <= 8, counts
+
+
+def _total(client: TestClient, user: AuthUser, params: dict[str, Any]) -> int:
+    response = client.get("/tasks", params={"limit": 1, **params}, headers=user.headers)
+    assert response.status_code == 200
+    return int(response.headers["X-Total-Count"])
+
+
+def _counted(statements: list[str]) -> int:
+    """How many of the statements counted tasks (a tag filter's subquery counts tag rows)."""
+    return sum(s.startswith("SELECT count(*)") and "FROM tasks" in s for s in statements)
+
+
+def test_a_repeated_list_takes_its_total_from_the_cache_until_a_task_changes(
+    client: TestClient, alice: AuthUser, db_connection: Connection
+) -> None:
+    """The total of a list is counted once per change of the owner's tasks: a repeated list
+    reads only its page, and every kind of write makes the next one exact again."""
+    [first, second, *_] = [create_task(client, alice, tags=["a"])["id"] for _ in range(4)]
+
+    def total(params: dict[str, Any]) -> tuple[int, int]:
+        with count_statements(db_connection) as log:
+            value = _total(client, alice, params)
+        return value, _counted(log.statements)
+
+    assert total({}) == (4, 1)
+    assert total({"sort_by": "title", "skip": 1}) == (4, 0)  # the window is not the filter
+    assert total({"completed": False}) == (4, 1)  # another filter is counted on its own
+    assert total({"completed": False}) == (4, 0)
+    # An empty page carries no counter to check an entry against: it is always counted.
+    assert total({"completed": True}) == (0, 1)
+    assert total({"completed": True}) == (0, 1)
+
+    # Each kind of write, the filter whose total it changes, and that total after it.
+    writes: list[tuple[Callable[[], Response], dict[str, Any], int]] = [
+        (
+            lambda: client.post(
+                "/tasks", json={"title": "t", "tags": ["a"]}, headers=alice.headers
+            ),
+            {},
+            5,
+        ),
+        (
+            lambda: client.patch(
+                f"/tasks/{first}", json={"completed": True}, headers=alice.headers
+            ),
+            {"completed": False},
+            4,
+        ),
+        (
+            lambda: client.patch(
+                "/tasks/bulk",
+                json={"task_ids": [second], "updates": {"completed": True}},
+                headers=alice.headers,
+            ),
+            {"completed": False},
+            3,
+        ),
+        (lambda: client.delete(f"/tasks/{first}/tags/a", headers=alice.headers), {"tag": "a"}, 4),
+        (
+            lambda: client.post(f"/tasks/{first}/tags", json=["a"], headers=alice.headers),
+            {"tag": "a"},
+            5,
+        ),
+        (lambda: client.delete(f"/tasks/{second}", headers=alice.headers), {}, 4),
+    ]
+    for write, params, expected in writes:
+        total(params)  # counted again if the write before changed the tasks
+        assert total(params)[1] == 0
+        assert write().status_code in (200, 201, 204)
+        assert total(params) == (expected, 1)
+
+
+def test_a_cached_total_is_never_another_users(
+    client: TestClient, alice: AuthUser, bob: AuthUser
+) -> None:
+    create_task(client, alice)
+    assert _total(client, alice, {}) == 1
+    assert _total(client, bob, {}) == 0
+    create_task(client, bob)
+    assert (_total(client, alice, {}), _total(client, bob, {})) == (1, 1)
+
+
+def test_a_list_past_its_end_still_reports_the_total(client: TestClient, alice: AuthUser) -> None:
+    for _ in range(3):
+        create_task(client, alice)
+    assert _total(client, alice, {}) == 3
+    response = client.get("/tasks", params={"skip": 10}, headers=alice.headers)
+    assert (response.json(), response.headers["X-Total-Count"]) == ([], "3")
