@@ -302,7 +302,9 @@ class _MultipartReceiver:
         except FormParserError:
             raise UploadInvalidError("The multipart body is malformed") from None
 
-    def finish(self) -> ReceivedUpload:
+    def finish(self, last_chunks: list[bytes]) -> ReceivedUpload:
+        """Feed the last chunks and check what was received (one thread-pool hop for both)."""
+        self.feed(last_chunks)
         if not self.ended:
             raise UploadInvalidError("The multipart body ended early")
         if self.sink is None or not self.finished_file:
@@ -376,8 +378,7 @@ async def _receive(
             if pending_size >= _FEED_BYTES:
                 await anyio.to_thread.run_sync(receiver.feed, pending)
                 pending, pending_size = [], 0
-        await anyio.to_thread.run_sync(receiver.feed, pending)
-        return await anyio.to_thread.run_sync(receiver.finish)
+        return await anyio.to_thread.run_sync(receiver.finish, pending)
     except ClientDisconnect:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(receiver.discard)
