@@ -19,11 +19,13 @@ from dependencies import (
     FileStorage,
     OwnedTask,
     SettingsDep,
+    TaskId,
 )
 from exceptions import (
     FileTooLargeError,
     StorageUnavailableError,
     StoredFileNotFoundError,
+    TaskNotFoundError,
     TooManyFilesError,
     UnsupportedFileTypeError,
     UploadIncompleteError,
@@ -117,6 +119,7 @@ _UPLOAD_BOUNDS_ITSELF = sys.maxsize
     responses={
         **_UPLOAD_RESPONSE,
         **error_responses(
+            TaskNotFoundError,
             UploadIncompleteError,
             TooManyFilesError,
             FileTooLargeError,
@@ -134,7 +137,8 @@ _UPLOAD_BOUNDS_ITSELF = sys.maxsize
 async def upload_file(
     request: Request,
     idempotency: UploadIdempotency,
-    task: OwnedTask,
+    task_id: TaskId,
+    user: CurrentUser,
     session: DbSession,
     settings: SettingsDep,
     storage: FileStorage,
@@ -142,7 +146,9 @@ async def upload_file(
 ) -> Any:
     """Attach a file to one of your tasks: multipart/form-data with one part named `file`."""
     max_files = settings.max_files_per_task
-    target = await file_service.check_room_for_file(session, task=task, max_files=max_files)
+    target = await file_service.check_room_for_file(
+        session, owner_id=user.id, task_id=task_id, max_files=max_files
+    )
     async with uploads.receive_upload(
         headers=request.headers,
         body=request.stream(),

@@ -105,19 +105,27 @@ class UploadTarget:
     task_id: int
 
 
-async def check_room_for_file(session: Session, *, task: Task, max_files: int) -> UploadTarget:
-    """409 before the body is read when the task already holds its limit of files."""
-    target = UploadTarget(owner_id=task.user_id, task_id=task.id)
+async def check_room_for_file(
+    session: Session, *, owner_id: int, task_id: int, max_files: int
+) -> UploadTarget:
+    """404 for a task that is not the caller's, 409 when it already holds its limit of files:
+    both before the body is read, in one statement and one thread-pool hop."""
+    files = select(func.count()).where(TaskFile.task_id == Task.id).scalar_subquery()
 
     def check() -> None:
-        if _count_files(session, target.task_id) >= max_files:
+        found = session.execute(
+            select(files).where(Task.id == task_id, Task.user_id == owner_id)
+        ).one_or_none()
+        if found is None:
+            raise TaskNotFoundError(task_id)
+        if found[0] >= max_files:
             raise TooManyFilesError(max_files)
         # Hand the pooled connection back while the client sends the body, however slowly:
         # nothing has been written, and `attach_file` re-checks everything under a lock.
         session.rollback()
 
     await anyio.to_thread.run_sync(check)
-    return target
+    return UploadTarget(owner_id=owner_id, task_id=task_id)
 
 
 def store_upload(store: Storage, upload: ReceivedUpload) -> str:
