@@ -214,11 +214,11 @@ _TOTAL_FORMAT = 1
 # Entries are checked against the counter; the TTL only bounds how long unused ones stay.
 _TOTAL_TTL_SECONDS = 3600
 # The parameters that choose the window and its order: they never change the total.
-_WINDOW_PARAMS = frozenset({"skip", "limit", "sort_by", "sort_order"})
+_WINDOW_PARAMS = {"skip", "limit", "sort_by", "sort_order"}
 
 
 def _total_key(owner_id: int, params: TaskListParams, today: date) -> str:
-    filters = params.model_dump_json(exclude=set(_WINDOW_PARAMS))
+    filters = params.model_dump_json(exclude=_WINDOW_PARAMS)
     return f"tasks:total:{_TOTAL_FORMAT}:{owner_id}:{etags.digest(filters)}:{today.isoformat()}"
 
 
@@ -251,9 +251,8 @@ def list_tasks(
     ).all()
     tasks = _views(row[:-1] for row in rows)
     counter = rows[0][-1] if rows else None
-    total = None if counter is None else _cached_total(cache.get(key), counter)
-    if counter is not None and total is not None:
-        return TaskPage(tasks=tasks, total=total, change_counter=counter)
+    if counter is not None and (cached := _cached_total(cache.get(key), counter)) is not None:
+        return TaskPage(tasks=tasks, total=cached, change_counter=counter)
     total, counted_at = session.execute(
         select(func.count(), change_service.counter_column(owner_id))
         .select_from(_TASK_TABLE)
@@ -330,17 +329,7 @@ def _differs(task: Task | TaskRead, changes: dict[str, Any], tags: list[str] | N
     return any(getattr(task, field) != value for field, value in changes.items())
 
 
-def apply_changes(task: Task, changes: dict[str, Any]) -> None:
-    """Set the given fields on a task; `tags` replaces the whole tag set."""
-    for field, value in changes.items():
-        if field == "tags":
-            replace_tags(task, value)
-        else:
-            setattr(task, field, value)
-    task.updated_at = utcnow()
-
-
-_Updated = TypeVar("_Updated", Task, TaskRead, list[Task])
+_Updated = TypeVar("_Updated", TaskRead, list[Task])
 
 
 @dataclass(frozen=True)
