@@ -25,6 +25,7 @@ from exceptions import (
     InvalidIdempotencyKeyError,
     raises,
 )
+from responses import json_response
 from services import idempotency as idempotency_service
 from uploads import ReceivedUpload
 
@@ -123,29 +124,24 @@ class IdempotentRequest:
 
     def respond(
         self, result: Any, *, adapter: TypeAdapter[Any], status_code: int, response: Response
-    ) -> Any:
-        """The route's answer; with a key, serialized and stored in this transaction first."""
-        if self.key is None:
-            return result
-        body = adapter.dump_json(adapter.validate_python(result, from_attributes=True))
-        idempotency_service.record(
-            self.session,
-            owner_id=self.owner_id,
-            key=self.key,
-            fingerprint=self.fingerprint,
-            result=idempotency_service.StoredResult(
-                status_code=status_code,
-                body=body.decode(),
-                location=response.headers.get("Location"),
-                etag=response.headers.get("ETag"),
-            ),
-        )
-        return Response(
-            body,
-            status_code=status_code,
-            headers=dict(response.headers),
-            media_type="application/json",
-        )
+    ) -> Response:
+        """The route's answer, serialized in the route's own hop (`json_response`); with a
+        key, also stored in this transaction."""
+        answer = json_response(adapter, result, response, status_code=status_code)
+        if self.key is not None:
+            idempotency_service.record(
+                self.session,
+                owner_id=self.owner_id,
+                key=self.key,
+                fingerprint=self.fingerprint,
+                result=idempotency_service.StoredResult(
+                    status_code=status_code,
+                    body=bytes(answer.body).decode(),
+                    location=response.headers.get("Location"),
+                    etag=response.headers.get("ETag"),
+                ),
+            )
+        return answer
 
     async def respond_async(
         self, result: Any, *, adapter: TypeAdapter[Any], status_code: int, response: Response

@@ -66,6 +66,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await anyio.to_thread.run_sync(runner.stop)
                 resources.runner = None
     finally:
+        # Connections opened on this event loop end with it, lent resources' too.
+        await resources.cache.close_async()
         if given is None:
             await anyio.to_thread.run_sync(resources.close)
 

@@ -6,6 +6,7 @@ In Redis every key starts with REDIS_KEY_PREFIX, so deployments sharing a Redis 
 read each other's entries.
 """
 
+import asyncio
 import logging
 import threading
 import time
@@ -14,6 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -43,6 +46,11 @@ class Cache(ABC):
         """The values under `keys` (None where absent or expired), in one round trip; None
         when the cache cannot be read."""
 
+    async def get_many_async(self, keys: Sequence[str]) -> list[str | None] | None:
+        """`get_many` for async code, awaited on the event loop: no thread-pool hop. An
+        in-process cache does no I/O, so it simply reads."""
+        return self.get_many(keys)
+
     @abstractmethod
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
         """Store `value` under `key` for `ttl_seconds`; silently does nothing on failure."""
@@ -66,6 +74,11 @@ class Cache(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections, if any."""
+
+    @abstractmethod
+    async def close_async(self) -> None:
+        """Release what `get_many_async` opened on the running event loop, if anything; the
+        app's lifespan calls it before its loop ends."""
 
 
 class MemoryCache(Cache):
@@ -129,6 +142,9 @@ class MemoryCache(Cache):
     def close(self) -> None:
         self.clear()
 
+    async def close_async(self) -> None:
+        """Nothing here belongs to an event loop."""
+
     def clear(self) -> None:
         """Forget every entry."""
         with self._lock:
@@ -151,14 +167,17 @@ class RedisCache(Cache):
     ) -> None:
         # redis-py's defaults (5 s timeouts, retries with backoff) make a frozen server cost
         # about a minute per call; one attempt bounded by a few tens of ms is all a cache needs.
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            decode_responses=True,
-        )
+        self._url = url
+        self._options: dict[str, Any] = {
+            "socket_timeout": timeout_seconds,
+            "socket_connect_timeout": timeout_seconds,
+            "health_check_interval": 0,
+            "decode_responses": True,
+        }
+        self._client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **self._options)
+        # Async connections belong to the event loop that opened them: the client is built
+        # for the loop that first awaits it (one per worker; tests run several loops).
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
         self._prefix = f"{key_prefix}:"
         self._retry_interval = retry_interval_seconds
         self._warn_interval = warn_interval_seconds
@@ -246,6 +265,31 @@ class RedisCache(Cache):
         ok, values = self._run(lambda client: [_as_text(v) for v in client.mget(names)])
         return values if ok else None
 
+    async def get_many_async(self, keys: Sequence[str]) -> list[str | None] | None:
+        if self._pending:
+            # Lost increments must land before anything is read: the sync path replays them.
+            return await asyncio.to_thread(self.get_many, keys)
+        if not self._may_try():
+            return None
+        names = [self._prefix + key for key in keys]
+        try:
+            values = await self._loop_client().mget(names)
+        except (RedisError, OSError, ValueError) as error:
+            self._failed(error)
+            return None
+        self._succeeded()
+        return [_as_text(v) for v in values]
+
+    def _loop_client(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        bound = self._async
+        if bound is None or bound[0] is not loop:
+            client = redis.asyncio.Redis.from_url(
+                self._url, retry=AsyncRetry(NoBackoff(), 0), **self._options
+            )
+            bound = self._async = (loop, client)
+        return bound[1]
+
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
         key = self._prefix + key
         self._run(lambda client: client.set(key, value, ex=ttl_seconds))
@@ -279,6 +323,12 @@ class RedisCache(Cache):
 
     def close(self) -> None:
         self._client.close()
+
+    async def close_async(self) -> None:
+        bound = self._async
+        if bound is not None and bound[0] is asyncio.get_running_loop():
+            self._async = None
+            await bound[1].aclose()
 
 
 def redis_timeout_seconds(settings: Settings) -> float:

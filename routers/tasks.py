@@ -5,6 +5,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from pydantic import AfterValidator, TypeAdapter
+from starlette.concurrency import run_in_threadpool
 
 import rate_limit_config as rate_limits
 from conditional import (
@@ -55,6 +56,7 @@ from models import (
     no_content,
     normalize_tag,
 )
+from responses import json_response
 from services import stats as stats_service
 from services import tasks as task_service
 
@@ -151,7 +153,7 @@ def list_tasks(
     _set_paging_headers(request, response, params, page.total)
     etag = collection_etag(request, kind="tasks", owner_id=user.id, counter=page.change_counter)
     response.headers["ETag"] = etag
-    return page.tasks
+    return json_response(_TASKS, page.tasks, response)
 
 
 @router.post(
@@ -176,7 +178,9 @@ def create_task(
     task = task_service.create_task(session, owner_id=user.id, data=data, cache=cache)
     response.headers["Location"] = f"/tasks/{task.id}"
     with_task_etag(response, task)
-    return idempotency.respond(task, adapter=_TASK, status_code=201, response=response)
+    answer = idempotency.respond(task, adapter=_TASK, status_code=201, response=response)
+    session.commit()  # in this hop: get_db then has nothing left to commit
+    return answer
 
 
 # /stats and /bulk are declared before /{task_id}, which would otherwise capture them.
@@ -188,7 +192,7 @@ def create_task(
     summary="Statistics of your tasks",
     dependencies=[READ_TASKS],
 )
-def get_stats(
+async def get_stats(
     user: CurrentUser,
     session: DbSession,
     cache: CacheDep,
@@ -198,9 +202,20 @@ def get_stats(
     if_none_match: IfNoneMatchHeader = None,
 ) -> Any:
     """Counts of the caller's tasks: completion, overdue, by priority and by tag (weak `ETag`)."""
-    result = stats_service.get_stats(
-        session, owner_id=user.id, cache=cache, ttl_seconds=settings.stats_cache_ttl_seconds
-    )
+    # A cached answer is read on the event loop: no thread-pool hop, no database.
+    today = stats_service.utc_today()
+    cached = await cache.get_many_async(stats_service.cache_keys(user.id, today))
+    result = stats_service.cached_result(cached)
+    if result is None:
+        result = await run_in_threadpool(
+            stats_service.compute_and_store,
+            session,
+            owner_id=user.id,
+            today=today,
+            cached=cached,
+            cache=cache,
+            ttl_seconds=settings.stats_cache_ttl_seconds,
+        )
     # The tag comes with the cached answer: a revalidation from the cache needs no database.
     etag = collection_etag(request, kind="stats", owner_id=user.id, counter=result.change_counter)
     if (unchanged := tag_or_not_modified(response, etag, if_none_match)) is not None:
@@ -230,7 +245,9 @@ def bulk_update_tasks(
 ) -> Any:
     """Apply one update to many of your tasks: all or nothing, answered in request order."""
     result = task_service.bulk_update(session, owner_id=user.id, data=data, cache=cache)
-    return idempotency.respond(result.updated, adapter=_TASKS, status_code=200, response=response)
+    answer = idempotency.respond(result.updated, adapter=_TASKS, status_code=200, response=response)
+    session.commit()
+    return answer
 
 
 # `/{task_id}` would capture the other methods of these literal paths (a 422 for the id
@@ -297,7 +314,9 @@ def update_task(
         require_if_match=settings.require_if_match,
         cache=cache,
     )
-    return with_task_etag(response, result.updated)
+    answer = json_response(_TASK, with_task_etag(response, result.updated), response)
+    session.commit()
+    return answer
 
 
 @router.delete(
@@ -310,6 +329,7 @@ def update_task(
 def delete_task(task: WritableTask, session: DbSession, cache: CacheDep) -> None:
     """Delete a task with its tags and files; the files' bytes are removed after the response."""
     task_service.delete_task(session, task=task, cache=cache)
+    session.commit()
 
 
 @router.post(
@@ -332,7 +352,9 @@ def add_tags(
     """Add tags to a task (a bare JSON array); tags it already has are ignored."""
     task = task_service.add_tags(session, task=task, tags=tags, cache=cache)
     with_task_etag(response, task)
-    return idempotency.respond(task, adapter=_TASK, status_code=200, response=response)
+    answer = idempotency.respond(task, adapter=_TASK, status_code=200, response=response)
+    session.commit()
+    return answer
 
 
 @router.delete(
@@ -348,4 +370,6 @@ def remove_tag(
 ) -> Any:
     """Remove one tag from a task."""
     task = task_service.remove_tag(session, task=task, tag=tag, cache=cache)
-    return with_task_etag(response, task)
+    answer = json_response(_TASK, with_task_etag(response, task), response)
+    session.commit()
+    return answer

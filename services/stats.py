@@ -93,28 +93,51 @@ def compute_stats(session: Session, *, owner_id: int, today: date) -> tuple[Task
     return stats, totals.change_counter
 
 
-def get_stats(session: Session, *, owner_id: int, cache: Cache, ttl_seconds: int) -> StatsResult:
-    """The caller's statistics, from the cache when its entry is current."""
-    today = utc_today()
-    key = _entry_key(owner_id, today)
-    cached = cache.get_many([_version_key(owner_id), key])
-    if cached is None:
-        # The cache is unreachable: without a version, a stored result could not be trusted.
-        stats, changes = compute_stats(session, owner_id=owner_id, today=today)
-        return StatsResult(stats, False, changes)
-    version = int(cached[0] or 0)
-    if cached[1] is not None:
-        try:
-            entry = _Entry.model_validate_json(cached[1])
-        except ValidationError:
-            entry = None
-        if entry is not None and entry.version == version:
-            return StatsResult(entry.stats, True, entry.change_counter)
-    # The version was read first: the statistics are at least as new as it says.
+def cache_keys(owner_id: int, today: date) -> list[str]:
+    """The keys `cached_result` and `compute_and_store` need, read together in one round trip."""
+    return [_version_key(owner_id), _entry_key(owner_id, today)]
+
+
+def cached_result(cached: list[str | None] | None) -> StatsResult | None:
+    """The statistics in the values read under `cache_keys`, if their entry is current."""
+    if cached is None or cached[1] is None:
+        return None
+    try:
+        entry = _Entry.model_validate_json(cached[1])
+    except ValidationError:
+        return None
+    if entry.version != int(cached[0] or 0):
+        return None
+    return StatsResult(entry.stats, True, entry.change_counter)
+
+
+def compute_and_store(
+    session: Session,
+    *,
+    owner_id: int,
+    today: date,
+    cached: list[str | None] | None,
+    cache: Cache,
+    ttl_seconds: int,
+) -> StatsResult:
+    """The statistics from the database, stored under the version read in `cached` (before
+    the database, so they are at least as new as it says); not stored when the cache could
+    not be read, as a result without a version could never be trusted."""
     stats, changes = compute_stats(session, owner_id=owner_id, today=today)
-    entry = _Entry(version=version, change_counter=changes, stats=stats)
-    cache.set(key, entry.model_dump_json(), ttl_seconds)
+    if cached is not None:
+        entry = _Entry(version=int(cached[0] or 0), change_counter=changes, stats=stats)
+        cache.set(_entry_key(owner_id, today), entry.model_dump_json(), ttl_seconds)
     return StatsResult(stats, False, changes)
+
+
+def get_stats(session: Session, *, owner_id: int, cache: Cache, ttl_seconds: int) -> StatsResult:
+    """The caller's statistics, from the cache when its entry is current (sync callers; the
+    route reads the cache on the event loop and computes in a thread-pool hop)."""
+    today = utc_today()
+    cached = cache.get_many(cache_keys(owner_id, today))
+    return cached_result(cached) or compute_and_store(
+        session, owner_id=owner_id, today=today, cached=cached, cache=cache, ttl_seconds=ttl_seconds
+    )
 
 
 def invalidate_after_commit(session: Session, *, cache: Cache, owner_id: int) -> None:

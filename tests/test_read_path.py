@@ -7,9 +7,10 @@ outer transaction per test), so what they create is committed for real and remov
 """
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio.to_thread
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
@@ -107,3 +108,47 @@ def test_an_orm_write_through_a_read_session_is_refused(engine: Engine) -> None:
         session.add(Task(user_id=1, title="never written"))
         with pytest.raises(RuntimeError, match="read-only"):
             session.flush()
+
+
+@pytest.fixture
+def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of every function the app runs in a thread-pool hop, in order."""
+    seen: list[str] = []
+    original = anyio.to_thread.run_sync
+
+    async def counted(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        inner = getattr(func, "func", func)  # run_in_threadpool wraps in a partial
+        seen.append(getattr(inner, "__name__", type(inner).__name__))
+        return await original(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    return seen
+
+
+def test_each_busy_route_takes_one_thread_pool_hop_at_most(
+    client: TestClient, headers: dict[str, str], hops: list[str]
+) -> None:
+    """A hop costs about as much CPU as a statement (docs/PERFORMANCE.md): a route that does
+    I/O takes one, in which it also serializes its answer and commits; one that needs none
+    (a remembered caller, cached statistics) takes none."""
+
+    def hops_of(method: str, path: str, status: int, **kwargs: Any) -> list[str]:
+        hops.clear()
+        response = client.request(
+            method, path, headers={**headers, **kwargs.pop("extra", {})}, **kwargs
+        )
+        assert response.status_code == status, response.text
+        return list(hops)
+
+    assert client.get("/auth/me", headers=headers).status_code == 200  # the caller remembered
+    assert hops_of("GET", "/auth/me", 200) == []
+    created = client.post("/tasks", json={"title": "t", "tags": ["a"]}, headers=headers).json()
+    path = f"/tasks/{created['id']}"
+    assert len(hops_of("POST", "/tasks", 201, json={"title": "u", "tags": ["b"]})) == 1
+    assert len(hops_of("PATCH", path, 200, json={"description": "d"})) == 1
+    assert len(hops_of("GET", path, 200)) == 1
+    assert len(hops_of("GET", "/tasks?limit=20", 200)) == 1
+    etag = client.get("/tasks?limit=20", headers=headers).headers["ETag"]
+    assert len(hops_of("GET", "/tasks?limit=20", 304, extra={"If-None-Match": etag})) == 1
+    assert len(hops_of("GET", "/tasks/stats", 200)) == 1  # computed
+    assert hops_of("GET", "/tasks/stats", 200) == []  # from the cache
