@@ -227,6 +227,14 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
             raise
 
 
+@contextmanager
+def reading(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for sync code that only reads (`for_reading`), closed at the end."""
+    with sessions() as session:
+        for_reading(session)
+        yield session
+
+
 async def get_db(request: Request) -> AsyncIterator[Session]:
     """One session and one transaction per request, committed before the response is sent.
 

@@ -15,6 +15,7 @@ from db_config import get_db
 from db_models import Task
 from enums import Scope
 from exceptions import (
+    DatabaseUnavailableError,
     InsufficientScopeError,
     InvalidTokenError,
     NotAuthenticatedError,
@@ -151,9 +152,18 @@ async def identify_personal_token(request: Request) -> None:
         request.state.user_id = principal.user_id
 
 
-async def authenticate(
-    request: Request, session: Session, settings: Settings, token: str | None
-) -> Principal:
+def _look_up_session(
+    sessions: sessionmaker[Session], claims: auth.AccessClaims
+) -> Principal | None:
+    # A session of its own: a request that needs no database (a remembered caller, cached
+    # statistics) then opens none.
+    with db_config.reading(sessions) as session:
+        return session_service.principal_for(
+            session, user_id=claims.user_id, session_id=claims.session_id
+        )
+
+
+async def authenticate(request: Request, settings: Settings, token: str | None) -> Principal:
     """Who the bearer token stands for (once per request); 401 for a missing or bad one."""
     principal: Principal | None = getattr(request.state, "principal", None)
     if principal is not None:
@@ -172,10 +182,7 @@ async def authenticate(
         principal = recent.get(key)
         if principal is None or principal.user_id != claims.user_id:
             principal = await run_in_threadpool(
-                session_service.principal_for,
-                session,
-                user_id=claims.user_id,
-                session_id=claims.session_id,
+                _look_up_session, resources_of(request).sessions, claims
             )
             if principal is not None:
                 recent.remember(key, principal)
@@ -189,10 +196,9 @@ async def authenticate(
     return principal
 
 
-@raises(NotAuthenticatedError, InvalidTokenError)
+@raises(NotAuthenticatedError, InvalidTokenError, DatabaseUnavailableError)
 async def get_current_user(
     request: Request,
-    session: DbSession,
     settings: SettingsDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
 ) -> Principal:
@@ -202,7 +208,7 @@ async def get_current_user(
     The worker's immutable snapshot of the user (`Principal`), never an ORM `User`: a route
     that changes the account loads the row in its own session.
     """
-    return await authenticate(request, session, settings, token)
+    return await authenticate(request, settings, token)
 
 
 CurrentUser = Annotated[Principal, Depends(get_current_user)]

@@ -5,8 +5,10 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from pydantic import AfterValidator, TypeAdapter
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
+import db_config
 import rate_limit_config as rate_limits
 from conditional import (
     ETAG_HEADER,
@@ -27,6 +29,7 @@ from dependencies import (
     CurrentUser,
     DbSession,
     ReadTask,
+    ResourcesDep,
     SettingsDep,
     TaskId,
 )
@@ -59,6 +62,7 @@ from models import (
 from responses import json_response
 from services import stats as stats_service
 from services import tasks as task_service
+from services.stats import StatsResult
 
 router = APIRouter(prefix="/tasks")
 
@@ -183,6 +187,12 @@ def create_task(
     return answer
 
 
+def _computed_stats(sessions: sessionmaker[Session], **kwargs: Any) -> StatsResult:
+    # A session only when the cache could not answer: a cached answer opens none.
+    with db_config.reading(sessions) as session:
+        return stats_service.compute_and_store(session, **kwargs)
+
+
 # /stats and /bulk are declared before /{task_id}, which would otherwise capture them.
 @router.get(
     "/stats",
@@ -194,7 +204,7 @@ def create_task(
 )
 async def get_stats(
     user: CurrentUser,
-    session: DbSession,
+    resources: ResourcesDep,
     cache: CacheDep,
     settings: SettingsDep,
     request: Request,
@@ -208,8 +218,8 @@ async def get_stats(
     result = stats_service.cached_result(cached)
     if result is None:
         result = await run_in_threadpool(
-            stats_service.compute_and_store,
-            session,
+            _computed_stats,
+            resources.sessions,
             owner_id=user.id,
             today=today,
             cached=cached,

@@ -81,6 +81,13 @@ class StatementLog:
     def count(self) -> int:
         return len(self.statements)
 
+    @property
+    def queries(self) -> list[str]:
+        """The statements but the savepoints each session of a test runs in (the test's
+        outer transaction), which production never sends."""
+        harness = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO SAVEPOINT")
+        return [s for s in self.statements if not s.startswith(harness)]
+
 
 @contextmanager
 def count_statements(connection: Connection) -> Iterator[StatementLog]:

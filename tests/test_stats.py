@@ -246,9 +246,10 @@ def test_stats_cost_the_same_statements_for_10_and_100_tasks(
         with count_statements(db_connection) as log:
             body, cache = stats(client, user)
         assert (body["total"], body["by_tag"], cache) == (n, {"a": n, "b": n}, "MISS")
-        counts.append(log.count)
+        counts.append(len(log.queries))
         with count_statements(db_connection) as log:
             assert stats(client, user)[1] == "HIT"
         assert not any("tasks" in statement for statement in log.statements)
     assert counts[0] == counts[1], counts
-    assert counts[1] <= 6, counts
+    # The caller's session (first request of the token), the totals, the tags.
+    assert counts[1] <= 3, counts
