@@ -17,10 +17,11 @@ from typing import Any
 
 import anyio
 from fastapi import Request
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.pool import Pool
 from starlette.concurrency import run_in_threadpool
 
 from config import Settings
@@ -184,18 +185,32 @@ def for_writing(session: Session) -> Session:
     return session
 
 
-@lru_cache(maxsize=8)
-def _autocommit(bind: Engine) -> Engine:
-    return bind.execution_options(isolation_level="AUTOCOMMIT")
-
-
 _READ_ONLY = "read_only"
+# Set on a connection's record while a read runs on it in autocommit; undone at check-in.
+_AUTOCOMMIT = "autocommit_read"
 
 
 @event.listens_for(Session, "before_flush")
 def _refuse_writes(session: Session, *_args: Any) -> None:
     if session.info.get(_READ_ONLY):
         raise RuntimeError("a read-only request tried to write through its session")
+
+
+@event.listens_for(Session, "after_begin")
+def _read_in_autocommit(session: Session, _transaction: Any, connection: Connection) -> None:
+    # Before the first statement: psycopg2 then sends no BEGIN, and the end of the session's
+    # "transaction" (a DBAPI rollback) sends nothing either.
+    if session.info.get(_READ_ONLY):
+        connection.connection.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+        connection.info[_AUTOCOMMIT] = True
+
+
+@event.listens_for(Pool, "checkin")
+def _end_autocommit(dbapi_connection: Any, record: Any) -> None:
+    # A flag, not SQLAlchemy's AUTOCOMMIT isolation level: resetting that level at check-in
+    # costs psycopg2 a round trip (SET) on every read; clearing the flag costs none.
+    if record.info.pop(_AUTOCOMMIT, False) and dbapi_connection is not None:
+        dbapi_connection.autocommit = False
 
 
 def for_reading(session: Session) -> bool:
@@ -210,7 +225,6 @@ def for_reading(session: Session) -> bool:
     bind = session.bind
     if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
         return False
-    session.bind = _autocommit(bind)
     session.info[_READ_ONLY] = True
     return True
 
