@@ -254,8 +254,8 @@ async def get_db(request: Request) -> AsyncIterator[Session]:
 
     Async on purpose: opening a session does no I/O, so only a request that wrote pays a
     thread-pool hop, once, for its COMMIT (or ROLLBACK) at the end; a sync route that commits
-    as its last step, in its own hop, leaves nothing to commit here and saves that one too. A request whose method
-    writes gets a writer session. Reads on PostgreSQL run without a transaction and end with
+    as its last step, in its own hop, leaves nothing to commit here and saves that one too. A
+    request whose method writes gets a writer session. Reads on PostgreSQL run without a transaction and end with
     no I/O at all (closing gives the connection back; nothing to commit or roll back); on
     SQLite they stay deferred, so they never queue for the write lock.
     """

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import anyio.to_thread
 import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -268,7 +269,7 @@ class RedisCache(Cache):
     async def get_many_async(self, keys: Sequence[str]) -> list[str | None] | None:
         if self._pending:
             # Lost increments must land before anything is read: the sync path replays them.
-            return await asyncio.to_thread(self.get_many, keys)
+            return await anyio.to_thread.run_sync(self.get_many, keys)
         if not self._may_try():
             return None
         names = [self._prefix + key for key in keys]

@@ -7,16 +7,14 @@ busy sync routes answer through `json_response`; the OpenAPI schema still comes 
 route's `response_model`.
 """
 
-from typing import TypeVar
+from typing import Any
 
 from fastapi import Response
 from pydantic import TypeAdapter
 
-T = TypeVar("T")
-
 
 def json_response(
-    adapter: TypeAdapter[T], content: object, response: Response, *, status_code: int = 200
+    adapter: TypeAdapter[Any], content: object, response: Response, *, status_code: int = 200
 ) -> Response:
     """`content` as JSON, validated as FastAPI would (attributes of an ORM row read), with the
     headers set on `response`. Validating the response models a service returns costs
