@@ -5,10 +5,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from pydantic import AfterValidator, TypeAdapter
-from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
 
-import db_config
 import rate_limit_config as rate_limits
 from conditional import (
     ETAG_HEADER,
@@ -62,7 +59,6 @@ from models import (
 from responses import json_response
 from services import stats as stats_service
 from services import tasks as task_service
-from services.stats import StatsResult
 
 router = APIRouter(prefix="/tasks")
 
@@ -187,12 +183,6 @@ def create_task(
     return answer
 
 
-def _computed_stats(sessions: sessionmaker[Session], **kwargs: Any) -> StatsResult:
-    # A session only when the cache could not answer: a cached answer opens none.
-    with db_config.reading(sessions) as session:
-        return stats_service.compute_and_store(session, **kwargs)
-
-
 # /stats and /bulk are declared before /{task_id}, which would otherwise capture them.
 @router.get(
     "/stats",
@@ -212,20 +202,12 @@ async def get_stats(
     if_none_match: IfNoneMatchHeader = None,
 ) -> Any:
     """Counts of the caller's tasks: completion, overdue, by priority and by tag (weak `ETag`)."""
-    # A cached answer is read on the event loop: no thread-pool hop, no database.
-    today = stats_service.utc_today()
-    cached = await cache.get_many_async(stats_service.cache_keys(user.id, today))
-    result = stats_service.cached_result(cached)
-    if result is None:
-        result = await run_in_threadpool(
-            _computed_stats,
-            resources.sessions,
-            owner_id=user.id,
-            today=today,
-            cached=cached,
-            cache=cache,
-            ttl_seconds=settings.stats_cache_ttl_seconds,
-        )
+    result = await stats_service.read_stats(
+        resources.sessions,
+        owner_id=user.id,
+        cache=cache,
+        ttl_seconds=settings.stats_cache_ttl_seconds,
+    )
     # The tag comes with the cached answer: a revalidation from the cache needs no database.
     etag = collection_etag(request, kind="stats", owner_id=user.id, counter=result.change_counter)
     if (unchanged := tag_or_not_modified(response, etag, if_none_match)) is not None:

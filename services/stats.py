@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import partial
 
+import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import false, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from db_config import after_commit
+from db_config import after_commit, reading
 from db_models import Task, TaskTag
 from enums import Priority
 from models import TaskStats
@@ -93,13 +94,13 @@ def compute_stats(session: Session, *, owner_id: int, today: date) -> tuple[Task
     return stats, totals.change_counter
 
 
-def cache_keys(owner_id: int, today: date) -> list[str]:
-    """The keys `cached_result` and `compute_and_store` need, read together in one round trip."""
+def _cache_keys(owner_id: int, today: date) -> list[str]:
+    # The version first, then the entry: read together, in one round trip.
     return [_version_key(owner_id), _entry_key(owner_id, today)]
 
 
-def cached_result(cached: list[str | None] | None) -> StatsResult | None:
-    """The statistics in the values read under `cache_keys`, if their entry is current."""
+def _cached_result(cached: list[str | None] | None) -> StatsResult | None:
+    """The statistics in the values read under `_cache_keys`, if their entry is current."""
     if cached is None or cached[1] is None:
         return None
     try:
@@ -111,7 +112,7 @@ def cached_result(cached: list[str | None] | None) -> StatsResult | None:
     return StatsResult(entry.stats, True, entry.change_counter)
 
 
-def compute_and_store(
+def _compute_and_store(
     session: Session,
     *,
     owner_id: int,
@@ -131,13 +132,36 @@ def compute_and_store(
 
 
 def get_stats(session: Session, *, owner_id: int, cache: Cache, ttl_seconds: int) -> StatsResult:
-    """The caller's statistics, from the cache when its entry is current (sync callers; the
-    route reads the cache on the event loop and computes in a thread-pool hop)."""
+    """The caller's statistics, from the cache when its entry is current (for sync callers)."""
     today = utc_today()
-    cached = cache.get_many(cache_keys(owner_id, today))
-    return cached_result(cached) or compute_and_store(
+    cached = cache.get_many(_cache_keys(owner_id, today))
+    return _cached_result(cached) or _compute_and_store(
         session, owner_id=owner_id, today=today, cached=cached, cache=cache, ttl_seconds=ttl_seconds
     )
+
+
+async def read_stats(
+    sessions: sessionmaker[Session], *, owner_id: int, cache: Cache, ttl_seconds: int
+) -> StatsResult:
+    """`get_stats` for the async route: the cache is read on the event loop (no thread-pool
+    hop, no session); only a miss opens a read session, in one hop."""
+    today = utc_today()
+    cached = await cache.get_many_async(_cache_keys(owner_id, today))
+    if (hit := _cached_result(cached)) is not None:
+        return hit
+
+    def compute() -> StatsResult:
+        with reading(sessions) as session:
+            return _compute_and_store(
+                session,
+                owner_id=owner_id,
+                today=today,
+                cached=cached,
+                cache=cache,
+                ttl_seconds=ttl_seconds,
+            )
+
+    return await anyio.to_thread.run_sync(compute)
 
 
 def invalidate_after_commit(session: Session, *, cache: Cache, owner_id: int) -> None:
