@@ -8,7 +8,6 @@ precondition (428 / 412).
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Header, Request, Response
-from sqlalchemy.orm import Session
 
 import etags
 from db_models import Task
@@ -19,7 +18,6 @@ from exceptions import (
     TaskNotFoundError,
     raises,
 )
-from services import changes as change_service
 from services import stats as stats_service
 from services import tasks as task_service
 
@@ -115,16 +113,15 @@ def collection_etag(request: Request, *, kind: str, owner_id: int, counter: int)
     )
 
 
-def revalidate_collection(
-    session: Session, *, kind: str, owner_id: int, request: Request, if_none_match: str | None
+def collection_not_modified(
+    request: Request, *, kind: str, owner_id: int, counter: int, if_none_match: str | None
 ) -> Response | None:
-    """A 304 when the client's tag of the list is current, decided by one counter read.
+    """A 304 when the client's tag of the owner's list or summary is the one at `counter`.
 
     None when there is no If-None-Match or it names another tag: the caller then answers in
     full and tags the answer with the counter it reads along with it.
     """
     if if_none_match is None:
         return None
-    counter = change_service.current_counter(session, owner_id=owner_id)
     etag = collection_etag(request, kind=kind, owner_id=owner_id, counter=counter)
     return not_modified(etag) if etags.weak_match(if_none_match, etag) else None

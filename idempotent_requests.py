@@ -127,7 +127,7 @@ class IdempotentRequest:
     ) -> Response:
         """The route's answer, serialized in the route's own hop (`json_response`); with a
         key, also stored in this transaction."""
-        answer = json_response(adapter, result, response, status_code=status_code)
+        answer = json_response(adapter, result, response.headers, status_code=status_code)
         if self.key is not None:
             idempotency_service.record(
                 self.session,

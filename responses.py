@@ -7,6 +7,7 @@ busy sync routes answer through `json_response`; the OpenAPI schema still comes 
 route's `response_model`.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Response
@@ -14,14 +15,18 @@ from pydantic import TypeAdapter
 
 
 def json_response(
-    adapter: TypeAdapter[Any], content: object, response: Response, *, status_code: int = 200
+    adapter: TypeAdapter[Any],
+    content: object,
+    headers: Mapping[str, str],
+    *,
+    status_code: int = 200,
 ) -> Response:
-    """`content` as JSON, validated as FastAPI would (attributes of an ORM row read), with the
-    headers set on `response`. Validating the response models a service returns costs
-    next to nothing: an instance is taken as it is."""
+    """`content` as JSON, validated as FastAPI would (attributes of an ORM row read), with
+    `headers` (those a route set on its `Response` parameter, say). Validating the response
+    models a service returns costs next to nothing: an instance is taken as it is."""
     return Response(
         adapter.dump_json(adapter.validate_python(content, from_attributes=True)),
         status_code=status_code,
-        headers=dict(response.headers),
+        headers=dict(headers),
         media_type="application/json",
     )

@@ -1,8 +1,10 @@
 """Tasks: CRUD, listing with filters, tags, bulk update and statistics."""
 
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import anyio.to_thread
 from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from pydantic import AfterValidator, TypeAdapter
 
@@ -14,11 +16,12 @@ from conditional import (
     IfNoneMatchHeader,
     WritableTask,
     collection_etag,
-    revalidate_collection,
+    collection_not_modified,
     tag_or_not_modified,
     task_or_not_modified,
     with_task_etag,
 )
+from db_config import reading
 from dependencies import (
     READ_TASKS,
     WRITE_TASKS,
@@ -57,6 +60,7 @@ from models import (
     normalize_tag,
 )
 from responses import json_response
+from services import changes as change_service
 from services import stats as stats_service
 from services import tasks as task_service
 
@@ -104,10 +108,8 @@ PathTag = Annotated[
 ]
 
 
-def _set_paging_headers(
-    request: Request, response: Response, params: TaskListParams, total: int
-) -> None:
-    response.headers["X-Total-Count"] = str(total)
+def _paging_headers(request: Request, params: TaskListParams, total: int) -> dict[str, str]:
+    headers = {"X-Total-Count": str(total)}
     # Keep every other query parameter as the client sent it; only the window moves.
     kept = [(k, v) for k, v in request.query_params.multi_items() if k not in ("skip", "limit")]
     links = []
@@ -116,10 +118,11 @@ def _set_paging_headers(
     if params.skip > 0:
         links.append((max(0, min(params.skip, total) - params.limit), "prev"))
     if links:
-        response.headers["Link"] = ", ".join(
+        headers["Link"] = ", ".join(
             f'<{request.url.path}?{urlencode([*kept, ("skip", skip), ("limit", params.limit)])}>; rel="{rel}"'
             for skip, rel in links
         )
+    return headers
 
 
 @router.get(
@@ -133,27 +136,44 @@ def _set_paging_headers(
     summary="List your tasks",
     dependencies=[READ_TASKS],
 )
-def list_tasks(
+async def list_tasks(
     params: Annotated[TaskListParams, Query()],
     user: CurrentUser,
-    session: DbSession,
+    resources: ResourcesDep,
     cache: CacheDep,
     request: Request,
-    response: Response,
     if_none_match: IfNoneMatchHeader = None,
-) -> Any:
+) -> Response:
     """The caller's tasks matching every filter given, a page at a time (weak `ETag`)."""
-    # A poll of an unchanged list costs one read of the change counter, not the list query.
-    unchanged = revalidate_collection(
-        session, kind="tasks", owner_id=user.id, request=request, if_none_match=if_none_match
+    not_modified_at = partial(
+        collection_not_modified,
+        request,
+        kind="tasks",
+        owner_id=user.id,
+        if_none_match=if_none_match,
     )
-    if unchanged is not None:
-        return unchanged
-    page = task_service.list_tasks(session, owner_id=user.id, params=params, cache=cache)
-    _set_paging_headers(request, response, params, page.total)
-    etag = collection_etag(request, kind="tasks", owner_id=user.id, counter=page.change_counter)
-    response.headers["ETag"] = etag
-    return json_response(_TASKS, page.tasks, response)
+    known = None
+    if if_none_match is not None:
+        # A poll of an unchanged list: answered from the cached change counter, on the event
+        # loop with no database at all, or else after one read of the counter.
+        known = await change_service.read_cached_counter(cache, owner_id=user.id)
+        if known.counter is not None and (unchanged := not_modified_at(counter=known.counter)):
+            return unchanged
+
+    def read() -> Response:
+        with reading(resources.sessions) as session:
+            if known is not None and known.counter is None:
+                counter = known.read_and_store(session, cache)
+                if unchanged := not_modified_at(counter=counter):
+                    return unchanged
+            page = task_service.list_tasks(session, owner_id=user.id, params=params, cache=cache)
+        headers = _paging_headers(request, params, page.total)
+        headers["ETag"] = collection_etag(
+            request, kind="tasks", owner_id=user.id, counter=page.change_counter
+        )
+        return json_response(_TASKS, page.tasks, headers)
+
+    return await anyio.to_thread.run_sync(read)
 
 
 @router.post(
@@ -306,7 +326,7 @@ def update_task(
         require_if_match=settings.require_if_match,
         cache=cache,
     )
-    answer = json_response(_TASK, with_task_etag(response, result.updated), response)
+    answer = json_response(_TASK, with_task_etag(response, result.updated), response.headers)
     session.commit()
     return answer
 
@@ -362,6 +382,6 @@ def remove_tag(
 ) -> Any:
     """Remove one tag from a task."""
     task = task_service.remove_tag(session, task=task, tag=tag, cache=cache)
-    answer = json_response(_TASK, with_task_etag(response, task), response)
+    answer = json_response(_TASK, with_task_etag(response, task), response.headers)
     session.commit()
     return answer

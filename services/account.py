@@ -21,10 +21,10 @@ from exceptions import (
 )
 from models import PasswordChange, PasswordReset
 from redis_config import Cache
+from services import changes as change_service
 from services import files as file_service
 from services import passwords
 from services import sessions as session_service
-from services import stats as stats_service
 from services import users as user_service
 from services.users import Principal, RecentUsers
 
@@ -215,5 +215,5 @@ def delete_account(
     session.execute(delete(User).where(User.id == user.id))
     session.expunge(user)
     # The id may come back (SQLite reuses the highest): nothing cached under it may survive.
-    stats_service.invalidate_after_commit(session, cache=cache, owner_id=user.id)
+    change_service.invalidate_after_commit(session, cache=cache, owner_id=user.id)
     user_service.forget_after_commit(session, recent, user_id=user.id)

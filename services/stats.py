@@ -1,10 +1,10 @@
 """Task statistics: aggregated by the database, cached per user, invalidated by every write.
 
-Each user has one cache entry per UTC date (`overdue` changes at midnight), and a version
-counter that every committed write bumps. A computation reads the version before it reads the
-database and stores its result with that version inside; a reader serves the entry only while
-its version is the current one, so a result computed before a write is never served once the
-write's bump has landed. The version and the entry are read together, in one round trip.
+Each user has one cache entry per UTC date (`overdue` changes at midnight), stored with the
+owner's cache version (services/changes.py): a computation reads the version before it reads
+the database and stores its result with that version inside; a reader serves the entry only
+while its version is the current one. The version and the entry are read together, in one
+round trip.
 
 Each entry also holds the user's change counter (services/changes.py), read from the database
 with the statistics: the weak ETag of GET /tasks/stats, so a cached answer and a revalidation
@@ -13,14 +13,13 @@ need no database at all.
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from functools import partial
 
 import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import false, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from db_config import after_commit, reading
+from db_config import reading
 from db_models import Task, TaskTag
 from enums import Priority
 from models import TaskStats
@@ -29,8 +28,6 @@ from services import changes as change_service
 
 # Bump when the cached JSON changes shape, so entries written by an older release are ignored.
 _ENTRY_FORMAT = 3
-# Far longer than any entry lives: a version must never vanish while entries under it exist.
-_VERSION_TTL_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -46,10 +43,6 @@ class _Entry(BaseModel):
     version: int
     change_counter: int
     stats: TaskStats
-
-
-def _version_key(owner_id: int) -> str:
-    return f"stats:version:{owner_id}"
 
 
 def _entry_key(owner_id: int, today: date) -> str:
@@ -96,7 +89,7 @@ def compute_stats(session: Session, *, owner_id: int, today: date) -> tuple[Task
 
 def _cache_keys(owner_id: int, today: date) -> list[str]:
     # The version first, then the entry: read together, in one round trip.
-    return [_version_key(owner_id), _entry_key(owner_id, today)]
+    return [change_service.cache_version_key(owner_id), _entry_key(owner_id, today)]
 
 
 def _cached_result(cached: list[str | None] | None) -> StatsResult | None:
@@ -162,12 +155,3 @@ async def read_stats(
             )
 
     return await anyio.to_thread.run_sync(compute)
-
-
-def invalidate_after_commit(session: Session, *, cache: Cache, owner_id: int) -> None:
-    """Make the owner's cached statistics stale once this session's transaction commits.
-
-    After the commit, not before: a reader that reads the new version must also see the
-    committed rows, or it would store an old result under the new version.
-    """
-    after_commit(session, partial(cache.incr, _version_key(owner_id), _VERSION_TTL_SECONDS))

@@ -42,7 +42,6 @@ from models import (
 from redis_config import Cache
 from services import changes as change_service
 from services import files as file_service
-from services import stats as stats_service
 
 
 def get_owned_task(
@@ -266,9 +265,9 @@ def list_tasks(
 
 
 # --- writes -------------------------------------------------------------------------------
-# Each write makes the owner's cached statistics stale once it commits. The change counter of
-# the list ETags needs nothing here: the database raises it with the task rows
-# (services/changes.py).
+# Each write makes the owner's cached answers (statistics, change counter) stale once it
+# commits. The change counter itself needs nothing here: the database raises it with the task
+# rows (services/changes.py).
 
 
 def lock_for_tag_change(session: Session, task: Task) -> None:
@@ -318,7 +317,7 @@ def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cac
             insert(_TAG_TABLE),
             [{"task_id": task.id, "tag": tag, "user_id": owner_id} for tag in task.tags],
         )
-    stats_service.invalidate_after_commit(session, owner_id=owner_id, cache=cache)
+    change_service.invalidate_after_commit(session, owner_id=owner_id, cache=cache)
     return task
 
 
@@ -403,7 +402,7 @@ def update_task(
     new_tags = task.tags if tags is None else sorted(set(tags))
     if new_tags != task.tags:
         _retag(session, owner_id=owner_id, task_ids=[task.id], tags=new_tags)
-    stats_service.invalidate_after_commit(session, owner_id=owner_id, cache=cache)
+    change_service.invalidate_after_commit(session, owner_id=owner_id, cache=cache)
     updated = _view(row, new_tags)
     return _owe_notices(session, UpdateResult(updated, newly_completed_ids=newly_completed))
 
@@ -424,7 +423,7 @@ def delete_task(session: Session, *, task: Task, cache: Cache) -> None:
     # would first delete every loaded tag row itself.
     session.execute(delete(Task).where(Task.id == task.id, Task.user_id == task.user_id))
     session.expunge(task)
-    stats_service.invalidate_after_commit(session, owner_id=task.user_id, cache=cache)
+    change_service.invalidate_after_commit(session, owner_id=task.user_id, cache=cache)
 
 
 def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> Task:
@@ -438,7 +437,7 @@ def add_tags(session: Session, *, task: Task, tags: list[str], cache: Cache) -> 
         # Also what makes the flush update the task's row, and so raise its version.
         task.updated_at = utcnow()
         session.flush()
-        stats_service.invalidate_after_commit(session, owner_id=task.user_id, cache=cache)
+        change_service.invalidate_after_commit(session, owner_id=task.user_id, cache=cache)
     return task
 
 
@@ -450,7 +449,7 @@ def remove_tag(session: Session, *, task: Task, tag: str, cache: Cache) -> Task:
     replace_tags(task, (t for t in task.tags if t != tag))
     task.updated_at = utcnow()
     session.flush()
-    stats_service.invalidate_after_commit(session, owner_id=task.user_id, cache=cache)
+    change_service.invalidate_after_commit(session, owner_id=task.user_id, cache=cache)
     return task
 
 
@@ -513,7 +512,7 @@ def bulk_update(
     session.scalars(
         select(Task).where(*changed_scope).execution_options(populate_existing=True)
     ).all()
-    stats_service.invalidate_after_commit(session, owner_id=owner_id, cache=cache)
+    change_service.invalidate_after_commit(session, owner_id=owner_id, cache=cache)
     return _owe_notices(
         session, UpdateResult([by_id[i] for i in ids], newly_completed_ids=newly_completed)
     )
