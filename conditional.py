@@ -94,14 +94,6 @@ def with_task_etag(response: Response, task: _Tagged) -> _Tagged:
     return task
 
 
-def task_or_not_modified(
-    task: etags.Versioned, response: Response, if_none_match: str | None
-) -> Any:
-    """The task with its tag, or a 304 when the client's tag is current."""
-    unchanged = tag_or_not_modified(response, etags.task_etag(task), if_none_match)
-    return task if unchanged is None else unchanged
-
-
 def collection_etag(request: Request, *, kind: str, owner_id: int, counter: int) -> str:
     """The weak tag of a list or summary of the owner's tasks, for this query string and day."""
     return etags.collection_etag(

@@ -22,7 +22,7 @@ from exceptions import (
     TaskNotFoundError,
     raises,
 )
-from models import MAX_ID, TaskRead
+from models import MAX_ID
 from redis_config import Cache
 from resources import Resources
 from services import sessions as session_service
@@ -242,15 +242,6 @@ def get_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> Ta
 
 
 OwnedTask = Annotated[Task, Depends(get_owned_task)]
-
-
-@raises(TaskNotFoundError)
-def read_owned_task(task_id: TaskId, user: CurrentUser, session: DbSession) -> TaskRead:
-    """The caller's task named in the path, as read (no ORM row); 404 like `OwnedTask`."""
-    return task_service.read_owned_task(session, owner_id=user.id, task_id=task_id)
-
-
-ReadTask = Annotated[TaskRead, Depends(read_owned_task)]
 
 
 async def get_request_cache(request: Request) -> Cache:

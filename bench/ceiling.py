@@ -14,15 +14,17 @@ scenario can be read as a fraction of the fastest route of its kind on the same 
 Prototypes measure what the API's own service calls cost alone, on the same session setup
 (reads without a transaction, writes committed, as the API does), for the first main bench
 user: each is one of the API's routes without its middleware, authentication, dependencies,
-rate limit and access line. Against the API's scenario, it shows how much of a request is the
-work itself; against the ratio targets, whether the stack can reach them at all.
+rate limit and access line, taking the API's thread-pool hops (one for a route that does I/O,
+its answer serialized in it; none for a cached read). Against the API's scenario, it shows how
+much of a request is the work itself; against the ratio targets, whether the stack can reach
+them at all.
 
 - `GET /ceiling/list`: a page of 20 tasks, its total and the change counter (`list`).
 - `GET /ceiling/task`: one task with its tags (`get`).
 - `POST /ceiling/tasks`: a task created from a validated body, for the first writer (`create`).
 - `PATCH /ceiling/task`: a random task's description changed, locked, committed (`patch`).
 - `GET /ceiling/stats`: the statistics from the cache (`stats_warm`).
-- `GET /ceiling/revalidate`: the list's 304 from one counter read (`list_304`).
+- `GET /ceiling/revalidate`: the list's 304 from the cached change counter (`list_304`).
 - `PATCH /ceiling/task` + `GET /ceiling/stats` pipelined: the statistics recomputed after
   each write, as in the API's cold scenario (`stats_cold`).
 """
@@ -33,8 +35,9 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+import anyio.to_thread
 from fastapi import FastAPI, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,11 +50,14 @@ from enums import Priority
 from logging_config import configure_logging
 from models import TaskCreate, TaskListParams, TaskRead, TaskStats, TaskUpdate
 from redis_config import build_cache
+from responses import json_response
 from services import changes as change_service
 from services import stats as stats_service
 from services import tasks as task_service
 
 OBJECT_COUNT = 20
+_TASK = TypeAdapter(TaskRead)
+_TASKS = TypeAdapter(list[TaskRead])
 # The user whose tasks the prototypes read (bench/seed.py seeds it first).
 PROTOTYPE_USER = "bench01"
 # The user the create prototype adds tasks to (a writer, as in the API's create scenario).
@@ -151,25 +157,26 @@ def create_app() -> FastAPI:
         return chosen["user"], task_ids[0] if task_ids else 0
 
     @app.get("/ceiling/list", response_model=list[TaskRead])
-    def prototype_list() -> list[TaskRead]:
+    def prototype_list() -> Response:
         """The API's list statements for one user, 20 tasks, nothing around them."""
         with sessions() as session:
             db_config.for_reading(session)  # read as the API reads
             user_id, _ = prototype_ids(session)
             params = TaskListParams(limit=20)
             page = task_service.list_tasks(session, owner_id=user_id, params=params, cache=cache)
-            return page.tasks
+        return json_response(_TASKS, page.tasks, {})
 
     @app.get("/ceiling/task", response_model=TaskRead)
-    def prototype_task() -> TaskRead:
+    def prototype_task() -> Response:
         """The API's statement for one task with its tags, nothing around it."""
         with sessions() as session:
             db_config.for_reading(session)
             user_id, task_id = prototype_ids(session)
-            return task_service.read_owned_task(session, owner_id=user_id, task_id=task_id)
+            task = task_service.read_owned_task(session, owner_id=user_id, task_id=task_id)
+        return json_response(_TASK, task, {})
 
     @app.post("/ceiling/tasks", response_model=TaskRead, status_code=201)
-    def prototype_create(data: TaskCreate) -> TaskRead:
+    def prototype_create(data: TaskCreate) -> Response:
         """The API's create for the first writer, committed, nothing around it."""
         with sessions() as session:
             prototype_ids(session)
@@ -177,10 +184,10 @@ def create_app() -> FastAPI:
                 session, owner_id=chosen["writer"], data=data, cache=cache
             )
             session.commit()
-            return task
+        return json_response(_TASK, task, {}, status_code=201)
 
     @app.patch("/ceiling/task", response_model=TaskRead)
-    def prototype_patch(data: TaskUpdate) -> TaskRead:
+    def prototype_patch(data: TaskUpdate) -> Response:
         """The API's update of a random task's description (always a change), committed."""
         with sessions() as session:
             user_id, _ = prototype_ids(session)
@@ -196,34 +203,48 @@ def create_app() -> FastAPI:
                 cache=cache,
             )
             session.commit()
-            return result.updated
+        return json_response(_TASK, result.updated, {})
+
+    def look_up_ids() -> None:
+        with sessions() as session:
+            prototype_ids(session)
+
+    async def prototype_user() -> int:
+        if not chosen:
+            await anyio.to_thread.run_sync(look_up_ids)
+        return chosen["user"]
 
     @app.get("/ceiling/stats", response_model=TaskStats)
-    def prototype_stats() -> TaskStats:
+    async def prototype_stats() -> TaskStats:
         """The API's statistics: from the cache, or recomputed after a prototype's write."""
-        with sessions() as session:
-            db_config.for_reading(session)
-            user_id, _ = prototype_ids(session)
-            ttl = settings.stats_cache_ttl_seconds
-            return stats_service.get_stats(
-                session, owner_id=user_id, cache=cache, ttl_seconds=ttl
-            ).stats
+        user_id = await prototype_user()
+        ttl = settings.stats_cache_ttl_seconds
+        result = await stats_service.read_stats(
+            sessions, owner_id=user_id, cache=cache, ttl_seconds=ttl
+        )
+        return result.stats
 
     @app.get("/ceiling/revalidate")
-    def prototype_revalidate(request: Request) -> Response:
-        """The list's revalidation: one counter read and the tag, answered 304."""
-        with sessions() as session:
-            db_config.for_reading(session)
-            user_id, _ = prototype_ids(session)
-            counter = change_service.current_counter(session, owner_id=user_id)
-            etag = etags.collection_etag(
-                kind="tasks",
-                user_id=user_id,
-                counter=counter,
-                query_string=request.scope.get("query_string", b""),
-                today=stats_service.utc_today(),
-            )
-            return Response(status_code=304, headers={"ETag": etag})
+    async def prototype_revalidate(request: Request) -> Response:
+        """The list's revalidation: the cached change counter (or one read of it), answered 304."""
+        user_id = await prototype_user()
+        known = await change_service.read_cached_counter(cache, owner_id=user_id)
+        counter = known.counter
+        if counter is None:
+
+            def read() -> int:
+                with db_config.reading(sessions) as session:
+                    return known.read_and_store(session, cache)
+
+            counter = await anyio.to_thread.run_sync(read)
+        etag = etags.collection_etag(
+            kind="tasks",
+            user_id=user_id,
+            counter=counter,
+            query_string=request.scope.get("query_string", b""),
+            today=stats_service.utc_today(),
+        )
+        return Response(status_code=304, headers={"ETag": etag})
 
     @app.post("/ceiling/bcrypt", response_model=Verified)
     def ceiling_bcrypt() -> Verified:

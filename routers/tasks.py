@@ -8,6 +8,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from pydantic import AfterValidator, TypeAdapter
 
+import etags
 import rate_limit_config as rate_limits
 from conditional import (
     ETAG_HEADER,
@@ -17,8 +18,8 @@ from conditional import (
     WritableTask,
     collection_etag,
     collection_not_modified,
+    not_modified,
     tag_or_not_modified,
-    task_or_not_modified,
     with_task_etag,
 )
 from db_config import reading
@@ -28,7 +29,6 @@ from dependencies import (
     CacheDep,
     CurrentUser,
     DbSession,
-    ReadTask,
     ResourcesDep,
     SettingsDep,
     TaskId,
@@ -276,16 +276,28 @@ router.add_api_route(
 @router.get(
     "/{task_id}",
     response_model=TaskRead,
-    responses={**_ONE_TASK, **NOT_MODIFIED},
+    responses={**_ONE_TASK, **NOT_MODIFIED, **error_responses(TaskNotFoundError)},
     tags=["tasks"],
     summary="Read a task",
     dependencies=[READ_TASKS],
 )
 async def get_task(
-    task: ReadTask, response: Response, if_none_match: IfNoneMatchHeader = None
-) -> Any:
+    task_id: TaskId,
+    user: CurrentUser,
+    resources: ResourcesDep,
+    if_none_match: IfNoneMatchHeader = None,
+) -> Response:
     """One of the caller's tasks, with its `ETag`."""
-    return task_or_not_modified(task, response, if_none_match)
+
+    def read() -> Response:
+        with reading(resources.sessions) as session:
+            task = task_service.read_owned_task(session, owner_id=user.id, task_id=task_id)
+        etag = etags.task_etag(task)
+        if if_none_match is not None and etags.weak_match(if_none_match, etag):
+            return not_modified(etag)
+        return json_response(_TASK, task, {"ETag": etag})
+
+    return await anyio.to_thread.run_sync(read)
 
 
 @router.patch(
