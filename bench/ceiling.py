@@ -27,18 +27,30 @@ them at all.
 - `GET /ceiling/revalidate`: the list's 304 from the cached change counter (`list_304`).
 - `PATCH /ceiling/task` + `GET /ceiling/stats` pipelined: the statistics recomputed after
   each write, as in the API's cold scenario (`stats_cold`).
+
+Alternatives measure what another driver would give, where even a prototype misses its target:
+the same pool on asyncpg through SQLAlchemy's asyncio extension, statements awaited on the
+event loop (no thread-pool hop), reads in autocommit.
+
+- `GET /ceiling/async/select1`: the `SELECT 1` ceiling on the async driver (`alt_select1`).
+- `GET /ceiling/async/list`, `GET /ceiling/async/task`, `POST /ceiling/async/tasks`,
+  `PATCH /ceiling/async/task`: the list, get, create and patch prototypes' very code on the
+  async driver (`alt_list`, `alt_get`, `alt_create`, `alt_patch`).
 """
 
 import itertools
 import os
 import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import Connection, create_engine, make_url, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 import auth
@@ -62,6 +74,8 @@ _TASKS = TypeAdapter(list[TaskRead])
 PROTOTYPE_USER = "bench01"
 # The user the create prototype adds tasks to (a writer, as in the API's create scenario).
 PROTOTYPE_WRITER = "writer01"
+# The alternative driver of the async prototypes: no thread-pool hop for a statement.
+ASYNC_DRIVER = "postgresql+asyncpg"
 # The bench sets it to its number of connections (16 unless changed).
 POOL_SIZE_VARIABLE = "CEILING_POOL_SIZE"
 _PASSWORD = "ceiling-bench-password"  # noqa: S105 (a fixed bench credential)
@@ -126,7 +140,20 @@ def create_app() -> FastAPI:
         pool_pre_ping=False,
     )
     sessions = sessionmaker(engine)
-    app = FastAPI(title="Task Manager API ceiling", openapi_url=None)
+    # The alternative: the same pool on an async driver; reads in autocommit, as the API's.
+    async_engine = create_async_engine(
+        make_url(settings.database_url).set(drivername=ASYNC_DRIVER),
+        pool_size=int(os.environ.get(POOL_SIZE_VARIABLE, "16")),
+        max_overflow=0,
+    )
+    async_reader = async_engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await async_engine.dispose()
+
+    app = FastAPI(title="Task Manager API ceiling", openapi_url=None, lifespan=lifespan)
 
     @app.get("/ceiling/objects", response_model=list[TaskRead])
     async def ceiling_objects() -> list[_TaskShape]:
@@ -156,40 +183,32 @@ def create_app() -> FastAPI:
             chosen.update(user=user_id or 0, writer=writer_id or 0)
         return chosen["user"], task_ids[0] if task_ids else 0
 
-    @app.get("/ceiling/list", response_model=list[TaskRead])
-    def prototype_list() -> Response:
-        """The API's list statements for one user, 20 tasks, nothing around them."""
-        with sessions() as session:
-            db_config.for_reading(session)  # read as the API reads
-            user_id, _ = prototype_ids(session)
-            params = TaskListParams(limit=20)
-            page = task_service.list_tasks(session, owner_id=user_id, params=params, cache=cache)
+    # Each prototype's work, on a session: run by a sync route in its thread-pool hop, and by
+    # an async route on the async driver (`AsyncConnection.run_sync`: the same code, its
+    # statements awaited on the event loop).
+    def list_page(session: Session) -> Response:
+        user_id, _ = prototype_ids(session)
+        params = TaskListParams(limit=20)
+        page = task_service.list_tasks(session, owner_id=user_id, params=params, cache=cache)
         return json_response(_TASKS, page.tasks, {})
 
-    @app.get("/ceiling/task", response_model=TaskRead)
-    def prototype_task() -> Response:
-        """The API's statement for one task with its tags, nothing around it."""
-        with sessions() as session:
-            db_config.for_reading(session)
-            user_id, task_id = prototype_ids(session)
-            task = task_service.read_owned_task(session, owner_id=user_id, task_id=task_id)
+    def one_task(session: Session) -> Response:
+        user_id, task_id = prototype_ids(session)
+        task = task_service.read_owned_task(session, owner_id=user_id, task_id=task_id)
         return json_response(_TASK, task, {})
 
-    @app.post("/ceiling/tasks", response_model=TaskRead, status_code=201)
-    def prototype_create(data: TaskCreate) -> Response:
-        """The API's create for the first writer, committed, nothing around it."""
-        with sessions() as session:
+    def create(data: TaskCreate) -> Callable[[Session], Response]:
+        def work(session: Session) -> Response:
             prototype_ids(session)
-            task = task_service.create_task(
-                session, owner_id=chosen["writer"], data=data, cache=cache
-            )
+            writer = chosen["writer"]
+            task = task_service.create_task(session, owner_id=writer, data=data, cache=cache)
             session.commit()
-        return json_response(_TASK, task, {}, status_code=201)
+            return json_response(_TASK, task, {}, status_code=201)
 
-    @app.patch("/ceiling/task", response_model=TaskRead)
-    def prototype_patch(data: TaskUpdate) -> Response:
-        """The API's update of a random task's description (always a change), committed."""
-        with sessions() as session:
+        return work
+
+    def patch(data: TaskUpdate) -> Callable[[Session], Response]:
+        def work(session: Session) -> Response:
             user_id, _ = prototype_ids(session)
             edit = data.model_copy(update={"description": f"{data.description} {next(edits)}"})
             result = task_service.update_task(
@@ -203,7 +222,63 @@ def create_app() -> FastAPI:
                 cache=cache,
             )
             session.commit()
-        return json_response(_TASK, result.updated, {})
+            return json_response(_TASK, result.updated, {})
+
+        return work
+
+    def on_sync_driver(work: Callable[[Session], Response], *, read: bool) -> Response:
+        with sessions() as session:
+            if read:
+                db_config.for_reading(session)  # read as the API reads
+            return work(session)
+
+    async def on_async_driver(work: Callable[[Session], Response], *, read: bool) -> Response:
+        def in_session(connection: Connection) -> Response:
+            with Session(bind=connection) as session:
+                return work(session)
+
+        async with (async_reader if read else async_engine).connect() as connection:
+            return await connection.run_sync(in_session)
+
+    @app.get("/ceiling/list", response_model=list[TaskRead])
+    def prototype_list() -> Response:
+        """The API's list statements for one user, 20 tasks, nothing around them."""
+        return on_sync_driver(list_page, read=True)
+
+    @app.get("/ceiling/task", response_model=TaskRead)
+    def prototype_task() -> Response:
+        """The API's statement for one task with its tags, nothing around it."""
+        return on_sync_driver(one_task, read=True)
+
+    @app.post("/ceiling/tasks", response_model=TaskRead, status_code=201)
+    def prototype_create(data: TaskCreate) -> Response:
+        """The API's create for the first writer, committed, nothing around it."""
+        return on_sync_driver(create(data), read=False)
+
+    @app.patch("/ceiling/task", response_model=TaskRead)
+    def prototype_patch(data: TaskUpdate) -> Response:
+        """The API's update of a random task's description (always a change), committed."""
+        return on_sync_driver(patch(data), read=False)
+
+    @app.get("/ceiling/async/list", response_model=list[TaskRead])
+    async def alternative_list() -> Response:
+        """`prototype_list` on the async driver."""
+        return await on_async_driver(list_page, read=True)
+
+    @app.get("/ceiling/async/task", response_model=TaskRead)
+    async def alternative_task() -> Response:
+        """`prototype_task` on the async driver."""
+        return await on_async_driver(one_task, read=True)
+
+    @app.post("/ceiling/async/tasks", response_model=TaskRead, status_code=201)
+    async def alternative_create(data: TaskCreate) -> Response:
+        """`prototype_create` on the async driver."""
+        return await on_async_driver(create(data), read=False)
+
+    @app.patch("/ceiling/async/task", response_model=TaskRead)
+    async def alternative_patch(data: TaskUpdate) -> Response:
+        """`prototype_patch` on the async driver."""
+        return await on_async_driver(patch(data), read=False)
 
     def look_up_ids() -> None:
         with sessions() as session:
@@ -245,6 +320,13 @@ def create_app() -> FastAPI:
             today=stats_service.utc_today(),
         )
         return Response(status_code=304, headers={"ETag": etag})
+
+    @app.get("/ceiling/async/select1", response_model=Select1)
+    async def alternative_select1() -> Select1:
+        """SELECT 1 on the async driver: no thread-pool hop at all."""
+        async with async_engine.connect() as connection:
+            value = (await connection.execute(text("SELECT 1"))).scalar_one()
+        return Select1(value=value)
 
     @app.post("/ceiling/bcrypt", response_model=Verified)
     def ceiling_bcrypt() -> Verified:

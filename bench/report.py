@@ -24,6 +24,8 @@ RATIO_TARGETS = {
 }
 # The prototype of a scenario (bench/ceiling.py) is named after it with this prefix.
 PROTOTYPE_PREFIX = "proto_"
+# Its alternative on an async driver, where there is one, with this one.
+ALTERNATIVE_PREFIX = "alt_"
 WORKERS_TARGET = 1.6
 SCALE_READ_TARGET = 2.0
 SCALE_STATS_TARGET = 5.0
@@ -166,8 +168,13 @@ def _ratio_verdicts(rows: dict[str, Row]) -> list[Verdict]:
             if row.ratio < minimum and prototype and reach is not None and reach < minimum:
                 status += (
                     f" (out of reach: its statements alone, {prototype.scenario.name}, "
-                    f"reach {_pct(reach)})"
+                    f"reach {_pct(reach)}"
                 )
+                alternative = rows.get(ALTERNATIVE_PREFIX + name)
+                if alternative is not None and alternative.ratio is not None:
+                    status += f"; on an async driver, {alternative.scenario.name}: "
+                    status += _pct(alternative.ratio)
+                status += ")"
             verdicts.append(Verdict(target, _pct(row.ratio), status))
     return verdicts
 
