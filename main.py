@@ -1,5 +1,6 @@
 """Application factory: settings, logging, middleware, error handlers and routers."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -59,9 +60,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             runner = jobs.build_runner(resources)
             resources.runner = runner
             runner.start()
+        # What is built by now lives as long as the worker: left to the collector, every full
+        # collection walks all of it again, a pause of tens of milliseconds under load (the
+        # p99 of the fastest routes, docs/PERFORMANCE.md). Frozen, collections skip it.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             if runner is not None:
                 await anyio.to_thread.run_sync(runner.stop)
                 resources.runner = None

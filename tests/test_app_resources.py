@@ -1,5 +1,6 @@
 """An app uses what its lifespan built from its own settings: database, storage, jobs."""
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,6 +91,18 @@ def test_the_lifespan_builds_what_the_app_uses_and_closes_it(own_settings: Setti
     # Stopped with the app: its runner is gone, its pool holds no connection.
     assert resources.runner is None
     assert resources.engine.pool.checkedout() == 0
+
+
+def test_a_running_app_keeps_what_it_built_out_of_garbage_collections(
+    own_settings: Settings,
+) -> None:
+    # Full collections walking every long-lived object were the slowest requests' pauses.
+    app = create_app(own_settings)
+    before = gc.get_freeze_count()
+    with TestClient(app) as client:
+        assert gc.get_freeze_count() > before
+        assert client.get("/health").status_code == 200
+    assert gc.get_freeze_count() == 0
 
 
 def test_every_redis_client_of_an_app_takes_its_redis_timeout() -> None:
