@@ -70,8 +70,11 @@ def get_task_for_write(
 WritableTask = Annotated[Task, Depends(get_task_for_write)]
 
 
-def not_modified(etag: str) -> Response:
-    """304: no body, and the tag the client may keep using."""
+def not_modified(etag: str, if_none_match: str | None) -> Response | None:
+    """304 (no body, and the tag the client may keep using) when `If-None-Match` names the
+    current tag; otherwise None: the caller answers in full."""
+    if if_none_match is None or not etags.weak_match(if_none_match, etag):
+        return None
     return Response(status_code=304, headers={"ETag": etag})
 
 
@@ -79,10 +82,9 @@ def tag_or_not_modified(
     response: Response, etag: str, if_none_match: str | None
 ) -> Response | None:
     """A 304 when the client's tag is current; otherwise None, with the tag on `response`."""
-    if if_none_match is not None and etags.weak_match(if_none_match, etag):
-        return not_modified(etag)
-    response.headers["ETag"] = etag
-    return None
+    if (unchanged := not_modified(etag, if_none_match)) is None:
+        response.headers["ETag"] = etag
+    return unchanged
 
 
 _Tagged = TypeVar("_Tagged", bound=etags.Versioned)
@@ -116,4 +118,4 @@ def collection_not_modified(
     if if_none_match is None:
         return None
     etag = collection_etag(request, kind=kind, owner_id=owner_id, counter=counter)
-    return not_modified(etag) if etags.weak_match(if_none_match, etag) else None
+    return not_modified(etag, if_none_match)

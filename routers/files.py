@@ -200,8 +200,8 @@ def download_file(
         session, owner_id=user.id, file_id=file_id, storage=storage
     )
     etag = etags.file_etag(found.sha256)
-    if if_none_match is not None and etags.weak_match(if_none_match, etag):
-        return not_modified(etag)
+    if (unchanged := not_modified(etag, if_none_match)) is not None:
+        return unchanged
     if isinstance(found.body, file_service.Redirect):
         # The URL is a credential for a while: no cache keeps it.
         return RedirectResponse(

@@ -293,9 +293,7 @@ async def get_task(
         with reading(resources.sessions) as session:
             task = task_service.read_owned_task(session, owner_id=user.id, task_id=task_id)
         etag = etags.task_etag(task)
-        if if_none_match is not None and etags.weak_match(if_none_match, etag):
-            return not_modified(etag)
-        return json_response(_TASK, task, {"ETag": etag})
+        return not_modified(etag, if_none_match) or json_response(_TASK, task, {"ETag": etag})
 
     return await anyio.to_thread.run_sync(read)
 
