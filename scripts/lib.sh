@@ -107,6 +107,7 @@ ensure_requirements() {
     step "Installing $req into $VENV (pip${*:+ $*})"
     "$VENV_PY" -m pip install --disable-pip-version-check --no-input -q "$@" -r "$req" \
         || die "pip install -r $req failed"
+    "$VENV_PY" -m pip check >/dev/null || die "pip check failed after installing $req"
     printf '%s\n' "$hash" >"$stamp"
 }
 
@@ -128,6 +129,9 @@ lock_inputs_hash() {
 
 # Install a lock file with --require-hashes: pip refuses any file whose hash differs and any
 # package the lock does not pin. Stops first when the lock is older than the requirements.
+# --no-deps: the lock already lists every package, so pip has nothing to resolve (its resolver
+# would otherwise weigh a dependency's extras, e.g. `uvicorn[standard]>=0.30`, against the
+# newest release on the index and refuse it as unpinned); `pip check` then proves the set whole.
 ensure_locked() {
     local lock=$1 recorded
     [[ -f $lock ]] || die "$lock is missing: run make lock"
@@ -135,7 +139,7 @@ ensure_locked() {
     if [[ $recorded != "$(lock_inputs_hash)" ]]; then
         die "$lock was not made from requirements*.txt as they are now: run make lock"
     fi
-    ensure_requirements "$lock" --require-hashes
+    ensure_requirements "$lock" --require-hashes --no-deps
 }
 
 # Create .env with a fresh random SECRET_KEY if there is none. Never overwrites.
