@@ -18,8 +18,9 @@ from typing import Any
 import anyio
 from fastapi import Request
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.pool import Pool
 from starlette.concurrency import run_in_threadpool
@@ -148,23 +149,57 @@ def build_engine(settings: Settings) -> Engine:
         return engine
     engine = create_engine(
         settings.database_url,
-        # Sized to the request concurrency: an overflow connection per request costs a connect.
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        # No ping per checkout by default: a dead connection fails its request (503), and that
-        # error makes the pool replace every connection as old as it (detection on error).
-        pool_pre_ping=settings.db_pool_pre_ping,
-        pool_recycle=settings.db_pool_recycle_seconds or -1,
-        pool_timeout=settings.db_connect_timeout_seconds,
-        # Error messages (and so logs) must never carry bound values: password hashes, user text.
-        hide_parameters=True,
+        **_pool_options(settings),
         connect_args={
             "connect_timeout": settings.db_connect_timeout_seconds,
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
-            "application_name": "task-manager-api",
+            "application_name": _APPLICATION_NAME,
         },
     )
     _keep_row_values_out_of_errors(engine)
+    return engine
+
+
+_APPLICATION_NAME = "task-manager-api"
+
+
+def _pool_options(settings: Settings) -> dict[str, Any]:
+    return {
+        # Sized to the request concurrency: an overflow connection per request costs a connect.
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_max_overflow,
+        # No ping per checkout by default: a dead connection fails its request (503), and that
+        # error makes the pool replace every connection as old as it (detection on error).
+        "pool_pre_ping": settings.db_pool_pre_ping,
+        "pool_recycle": settings.db_pool_recycle_seconds or -1,
+        "pool_timeout": settings.db_connect_timeout_seconds,
+        # Error messages (and so logs) must never carry bound values: password hashes, user text.
+        "hide_parameters": True,
+    }
+
+
+def build_async_engine(settings: Settings) -> AsyncEngine | None:
+    """The async driver's engine for the same PostgreSQL database (`DB_ASYNC_READS`), with
+    the same pool settings and timeouts; None on SQLite or when turned off.
+
+    Its connections belong to the event loop that opened them: `dispose` it on that loop
+    before the loop ends (the app's lifespan does).
+    """
+    if settings.is_sqlite or not settings.db_async_reads:
+        return None
+    url = make_url(settings.database_url).set(drivername="postgresql+asyncpg")
+    engine = create_async_engine(
+        url,
+        **_pool_options(settings),
+        connect_args={
+            "timeout": settings.db_connect_timeout_seconds,
+            "server_settings": {
+                "statement_timeout": str(settings.db_statement_timeout_ms),
+                "application_name": _APPLICATION_NAME,
+            },
+        },
+    )
+    _keep_row_values_out_of_errors(engine.sync_engine)
     return engine
 
 
@@ -213,6 +248,14 @@ def _end_autocommit(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.autocommit = False
 
 
+def read_only(session: Session) -> Session:
+    """Mark a session as one that only reads, whatever it is bound to: on PostgreSQL its
+    statements then run without a transaction (no BEGIN, no COMMIT) and an ORM write through
+    it is refused. `for_reading` decides when a session from the pool may be marked."""
+    session.info[_READ_ONLY] = True
+    return session
+
+
 def for_reading(session: Session) -> bool:
     """Make the session's statements run without a transaction, on PostgreSQL: no BEGIN and
     no COMMIT round trips, and no thread-pool hop to end it. True when it did.
@@ -225,7 +268,7 @@ def for_reading(session: Session) -> bool:
     bind = session.bind
     if not isinstance(bind, Engine) or bind.dialect.name != "postgresql":
         return False
-    session.info[_READ_ONLY] = True
+    read_only(session)
     return True
 
 

@@ -74,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 resources.runner = None
     finally:
         # Connections opened on this event loop end with it, lent resources' too.
-        await resources.cache.close_async()
+        await resources.close_async()
         if given is None:
             await anyio.to_thread.run_sync(resources.close)
 

@@ -56,6 +56,10 @@ class Cache(ABC):
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
         """Store `value` under `key` for `ttl_seconds`; silently does nothing on failure."""
 
+    async def set_async(self, key: str, value: str, ttl_seconds: int) -> None:
+        """`set` for async code, awaited on the event loop (an in-process cache just stores)."""
+        self.set(key, value, ttl_seconds)
+
     @abstractmethod
     def counter(self, key: str) -> int | None:
         """The counter at `key` (0 when absent), or None when the cache cannot be read."""
@@ -280,6 +284,19 @@ class RedisCache(Cache):
             return None
         self._succeeded()
         return [_as_text(v) for v in values]
+
+    async def set_async(self, key: str, value: str, ttl_seconds: int) -> None:
+        if self._pending:
+            await anyio.to_thread.run_sync(self.set, key, value, ttl_seconds)
+            return
+        if not self._may_try():
+            return
+        try:
+            await self._loop_client().set(self._prefix + key, value, ex=ttl_seconds)
+        except (RedisError, OSError, ValueError) as error:
+            self._failed(error)
+            return
+        self._succeeded()
 
     def _loop_client(self) -> redis.asyncio.Redis:
         loop = asyncio.get_running_loop()

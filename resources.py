@@ -1,7 +1,7 @@
 """What a running app (or worker) uses, built once from its settings and closed with it.
 
-`Resources(settings)` holds the engine and its session factory, the cache, the storage for
-attachments, the deployment's event counters and, once started, the job runner. The app's
+`Resources(settings)` holds the engine and its session factory (and, on PostgreSQL, the async
+driver's engine for the busiest reads: `read`), the cache, the storage for attachments, the deployment's event counters and, once started, the job runner. The app's
 lifespan builds one from the app's settings and keeps it in `app.state.resources`; request
 dependencies read it from there; background work and jobs receive it as an argument; a worker
 process (`worker.py`) builds its own. Nothing here connects anywhere until it is first used.
@@ -10,18 +10,24 @@ Every session made by `sessions` carries the resources in `session.info`, so wor
 that session (the outbox's jobs) reaches this app's runner and no other.
 """
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
-from sqlalchemy import Engine
+import anyio.to_thread
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, sessionmaker
 
 import storage as storage_backends
 from config import Settings
-from db_config import build_engine
+from db_config import build_async_engine, build_engine, read_only, reading
+from exceptions import DatabaseUnavailableError
 from metrics import EventCounters, build_event_counters
 from redis_config import Cache, build_cache
 from services.users import RecentUsers
+
+T = TypeVar("T")
 
 # The key of `session.info` under which a session finds the resources it was made by.
 SESSION_INFO_KEY = "resources"
@@ -41,6 +47,8 @@ class Resources:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.engine: Engine = build_engine(settings)
+        # The same database through the async driver, for `read` (None: reads take a hop).
+        self.async_engine: AsyncEngine | None = build_async_engine(settings)
         self.sessions: sessionmaker[Session] = sessionmaker(
             bind=self.engine,
             expire_on_commit=False,
@@ -61,11 +69,51 @@ class Resources:
         if self.runner is not None:
             self.runner.submit(job_ids)
 
+    async def read(self, work: Callable[[Session], T]) -> T:
+        """Run `work` with a session that only reads (no transaction on PostgreSQL), and
+        return what it returns.
+
+        On the async driver when there is one: `work` runs on the event loop, each statement
+        awaited, with no thread-pool hop. Otherwise (SQLite, `DB_ASYNC_READS=false`, or sessions
+        rebound to a connection or engine of a caller's, whose transaction the async pool
+        could not see) in one hop, in a `reading` session. `work` must do no other blocking
+        I/O; an unreachable database is `DatabaseUnavailableError` either way.
+        """
+        engine = self.async_engine
+        if engine is None or self.sessions.kw.get("bind") is not self.engine:
+
+            def in_thread() -> T:
+                with reading(self.sessions) as session:
+                    return work(session)
+
+            return await anyio.to_thread.run_sync(in_thread)
+
+        def on_connection(connection: Connection) -> T:
+            with read_only(self.sessions(bind=connection)) as session:
+                return work(session)
+
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(on_connection)
+        except DBAPIError as error:
+            if not error.connection_invalidated:
+                raise
+            raise DatabaseUnavailableError() from error
+        except OSError as error:  # refused or timed out before any DBAPI connection existed
+            raise DatabaseUnavailableError() from error
+
     def close(self) -> None:
         """Release the connections (the pool, Redis clients)."""
         self.cache.close()
         self.events.close()
         self.engine.dispose()
+
+    async def close_async(self) -> None:
+        """Release what was opened on the running event loop (the async driver's pool, the
+        async Redis client): the app's lifespan calls it before its loop ends."""
+        await self.cache.close_async()
+        if self.async_engine is not None:
+            await self.async_engine.dispose()
 
 
 def of_session(session: Session) -> Resources | None:

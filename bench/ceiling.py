@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import TypeVar
 
 import anyio.to_thread
 from fastapi import FastAPI, Request, Response
@@ -68,6 +69,7 @@ from services import stats as stats_service
 from services import tasks as task_service
 
 OBJECT_COUNT = 20
+T = TypeVar("T")
 _TASK = TypeAdapter(TaskRead)
 _TASKS = TypeAdapter(list[TaskRead])
 # The user whose tasks the prototypes read (bench/seed.py seeds it first).
@@ -280,6 +282,14 @@ def create_app() -> FastAPI:
         """`prototype_patch` on the async driver."""
         return await on_async_driver(patch(data), read=False)
 
+    async def read_in_thread(work: Callable[[Session], T]) -> T:
+        # The thread-pool path of `Resources.read`, on the ceiling's own sessions.
+        def run() -> T:
+            with db_config.reading(sessions) as session:
+                return work(session)
+
+        return await anyio.to_thread.run_sync(run)
+
     def look_up_ids() -> None:
         with sessions() as session:
             prototype_ids(session)
@@ -295,7 +305,7 @@ def create_app() -> FastAPI:
         user_id = await prototype_user()
         ttl = settings.stats_cache_ttl_seconds
         result = await stats_service.read_stats(
-            sessions, owner_id=user_id, cache=cache, ttl_seconds=ttl
+            read_in_thread, owner_id=user_id, cache=cache, ttl_seconds=ttl
         )
         return result.stats
 

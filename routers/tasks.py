@@ -223,7 +223,7 @@ async def get_stats(
 ) -> Any:
     """Counts of the caller's tasks: completion, overdue, by priority and by tag (weak `ETag`)."""
     result = await stats_service.read_stats(
-        resources.sessions,
+        resources.read,
         owner_id=user.id,
         cache=cache,
         ttl_seconds=settings.stats_cache_ttl_seconds,
@@ -289,13 +289,11 @@ async def get_task(
 ) -> Response:
     """One of the caller's tasks, with its `ETag`."""
 
-    def read() -> Response:
-        with reading(resources.sessions) as session:
-            task = task_service.read_owned_task(session, owner_id=user.id, task_id=task_id)
-        etag = etags.task_etag(task)
-        return not_modified(etag, if_none_match) or json_response(_TASK, task, {"ETag": etag})
-
-    return await anyio.to_thread.run_sync(read)
+    task = await resources.read(
+        partial(task_service.read_owned_task, owner_id=user.id, task_id=task_id)
+    )
+    etag = etags.task_etag(task)
+    return not_modified(etag, if_none_match) or json_response(_TASK, task, {"ETag": etag})
 
 
 @router.patch(

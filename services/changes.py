@@ -41,8 +41,9 @@ def current_counter(session: Session, *, owner_id: int) -> int:
     return counter or 0
 
 
-def counter_column(owner_id: int) -> ColumnElement[int]:
-    """The owner's change counter as a column, to read it with another query's round trip."""
+def counter_column(owner_id: int | ColumnElement[int]) -> ColumnElement[int]:
+    """The owner's change counter as a column, to read it with another query's round trip
+    (`owner_id` may be a bound parameter of a statement built once)."""
     counter = select(_COUNTER.counter).where(_COUNTER.user_id == owner_id).scalar_subquery()
     return func.coalesce(counter, 0)
 

@@ -11,20 +11,30 @@ with the statistics: the weak ETag of GET /tasks/stats, so a cached answer and a
 need no database at all.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import partial
+from typing import Protocol, TypeVar
 
-import anyio.to_thread
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import false, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Date, Integer, bindparam, false, func, select
+from sqlalchemy.orm import Session
 
-from db_config import reading
 from db_models import Task, TaskTag
 from enums import Priority
 from models import TaskStats
 from redis_config import Cache
 from services import changes as change_service
+
+T = TypeVar("T")
+
+
+class Reader(Protocol):
+    """Runs a function of a read session and answers its result (`Resources.read`)."""
+
+    def __call__(self, work: Callable[[Session], T], /) -> Awaitable[T]: ...
+
 
 # Bump when the cached JSON changes shape, so entries written by an older release are ignored.
 _ENTRY_FORMAT = 3
@@ -54,26 +64,33 @@ def utc_today() -> date:
     return datetime.now(UTC).date()
 
 
+# Built once, run with the owner and the day as parameters: building these statements (a
+# dozen column expressions) cost as much CPU per request as executing them. Table columns,
+# not ORM attributes: no ORM compile state either.
+_TASKS = Task.__table__.c
+_TAGS = TaskTag.__table__.c
+_OWNER = bindparam("owner_id", type_=Integer)
+_COUNT = func.count()
+_TOTALS = select(
+    # count(*), not count(id): lets PostgreSQL answer from an index alone where one covers it.
+    _COUNT.label("total"),
+    _COUNT.filter(_TASKS.completed).label("completed"),
+    _COUNT.filter(
+        _TASKS.completed == false(), _TASKS.due_date < bindparam("today", type_=Date)
+    ).label("overdue"),
+    *(_COUNT.filter(_TASKS.priority == p).label(p.value) for p in Priority),
+    change_service.counter_column(_OWNER).label("change_counter"),
+).where(_TASKS.user_id == _OWNER)
+_BY_TAG = (
+    select(_TAGS.tag, _COUNT).where(_TAGS.user_id == _OWNER).group_by(_TAGS.tag).order_by(_TAGS.tag)
+)
+
+
 def compute_stats(session: Session, *, owner_id: int, today: date) -> tuple[TaskStats, int]:
     """The caller's statistics in two aggregate queries, whatever the number of tasks, and
     the owner's change counter, read along with the first (the same snapshot)."""
-    # count(*), not count(id): lets PostgreSQL answer from an index alone where one covers it.
-    count = func.count()
-    totals = session.execute(
-        select(
-            count.label("total"),
-            count.filter(Task.completed).label("completed"),
-            count.filter(Task.completed == false(), Task.due_date < today).label("overdue"),
-            *(count.filter(Task.priority == p).label(p.value) for p in Priority),
-            change_service.counter_column(owner_id).label("change_counter"),
-        ).where(Task.user_id == owner_id)
-    ).one()
-    by_tag = session.execute(
-        select(TaskTag.tag, func.count())
-        .where(TaskTag.user_id == owner_id)
-        .group_by(TaskTag.tag)
-        .order_by(TaskTag.tag)
-    ).all()
+    totals = session.execute(_TOTALS, {"owner_id": owner_id, "today": today}).one()
+    by_tag = session.execute(_BY_TAG, {"owner_id": owner_id}).all()
     total, completed = totals.total, totals.completed
     stats = TaskStats(
         total=total,
@@ -105,53 +122,39 @@ def _cached_result(cached: list[str | None] | None) -> StatsResult | None:
     return StatsResult(entry.stats, True, entry.change_counter)
 
 
-def _compute_and_store(
-    session: Session,
-    *,
-    owner_id: int,
-    today: date,
-    cached: list[str | None] | None,
-    cache: Cache,
-    ttl_seconds: int,
-) -> StatsResult:
-    """The statistics from the database, stored under the version read in `cached` (before
-    the database, so they are at least as new as it says); not stored when the cache could
-    not be read, as a result without a version could never be trusted."""
-    stats, changes = compute_stats(session, owner_id=owner_id, today=today)
-    if cached is not None:
-        entry = _Entry(version=int(cached[0] or 0), change_counter=changes, stats=stats)
-        cache.set(_entry_key(owner_id, today), entry.model_dump_json(), ttl_seconds)
-    return StatsResult(stats, False, changes)
+def _entry_to_store(
+    cached: list[str | None] | None, stats: TaskStats, change_counter: int
+) -> str | None:
+    """The entry for statistics just computed, under the version read in `cached` (before the
+    database, so they are at least as new as it says); None when the cache could not be read,
+    as a result without a version could never be trusted."""
+    if cached is None:
+        return None
+    entry = _Entry(version=int(cached[0] or 0), change_counter=change_counter, stats=stats)
+    return entry.model_dump_json()
 
 
 def get_stats(session: Session, *, owner_id: int, cache: Cache, ttl_seconds: int) -> StatsResult:
     """The caller's statistics, from the cache when its entry is current (for sync callers)."""
     today = utc_today()
     cached = cache.get_many(_cache_keys(owner_id, today))
-    return _cached_result(cached) or _compute_and_store(
-        session, owner_id=owner_id, today=today, cached=cached, cache=cache, ttl_seconds=ttl_seconds
-    )
+    if (hit := _cached_result(cached)) is not None:
+        return hit
+    stats, changes = compute_stats(session, owner_id=owner_id, today=today)
+    if (entry := _entry_to_store(cached, stats, changes)) is not None:
+        cache.set(_entry_key(owner_id, today), entry, ttl_seconds)
+    return StatsResult(stats, False, changes)
 
 
-async def read_stats(
-    sessions: sessionmaker[Session], *, owner_id: int, cache: Cache, ttl_seconds: int
-) -> StatsResult:
+async def read_stats(read: Reader, *, owner_id: int, cache: Cache, ttl_seconds: int) -> StatsResult:
     """`get_stats` for the async route: the cache is read on the event loop (no thread-pool
-    hop, no session); only a miss opens a read session, in one hop."""
+    hop, no session); only a miss reads the database, through `read` (`Resources.read`), and
+    stores the result on the event loop."""
     today = utc_today()
     cached = await cache.get_many_async(_cache_keys(owner_id, today))
     if (hit := _cached_result(cached)) is not None:
         return hit
-
-    def compute() -> StatsResult:
-        with reading(sessions) as session:
-            return _compute_and_store(
-                session,
-                owner_id=owner_id,
-                today=today,
-                cached=cached,
-                cache=cache,
-                ttl_seconds=ttl_seconds,
-            )
-
-    return await anyio.to_thread.run_sync(compute)
+    stats, changes = await read(partial(compute_stats, owner_id=owner_id, today=today))
+    if (entry := _entry_to_store(cached, stats, changes)) is not None:
+        await cache.set_async(_entry_key(owner_id, today), entry, ttl_seconds)
+    return StatsResult(stats, False, changes)

@@ -149,6 +149,20 @@ def test_an_async_read_sees_what_a_sync_read_sees_on_every_event_loop(
 
 
 @needs_redis_server
+def test_an_async_write_is_read_back_by_the_sync_client_with_its_ttl(
+    redis_server: RedisServer, redis_cache: RedisCache
+) -> None:
+    for loop in range(2):  # a new event loop each time, as for reads
+        asyncio.run(redis_cache.set_async("k", f"v{loop}", ttl_seconds=60))
+        assert redis_cache.get("k") == f"v{loop}"
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as raw:
+        assert 0 < raw.ttl(f"{KEY_PREFIX}:k") <= 60
+    memory = MemoryCache()
+    asyncio.run(memory.set_async("k", "v", ttl_seconds=60))
+    assert memory.get("k") == "v"
+
+
+@needs_redis_server
 def test_every_key_carries_the_prefix_and_other_prefixes_see_nothing(
     redis_server: RedisServer, redis_cache: RedisCache
 ) -> None:
@@ -184,6 +198,7 @@ def test_a_dead_redis_reads_as_misses_at_once_and_warns_once(
         cache.incr("c", ttl_seconds=60)
         assert not cache.ping()
         assert asyncio.run(cache.get_many_async(["k"])) is None
+        asyncio.run(cache.set_async("k", "v", ttl_seconds=60))
     assert time.monotonic() - started < 1
     assert len(redis_warnings(caplog)) == 1
     cache.close()

@@ -1,0 +1,226 @@
+"""Reads on the async driver (`DB_ASYNC_READS`, PostgreSQL): a task and the statistics.
+
+The other tests run every request inside one outer transaction on one psycopg2 connection,
+which the async driver's pool cannot see, so `Resources.read` takes the thread-pool path there.
+These tests serve an app with resources of its own, as production does: what they write is
+committed for real and removed afterwards.
+"""
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+from httpx import Response
+from sqlalchemy import Engine, event, func, select, text
+from sqlalchemy.orm import Session
+
+from config import Settings
+from db_models import OutboxJob
+from main import create_app
+from resources import Resources
+from services import tasks as task_service
+from tests.conftest import BACKEND, PASSWORD, RESOURCES, TEST_DATABASE_URL
+from tests.job_helpers import HeldJobs
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = [
+    pytest.mark.postgres_redis,
+    pytest.mark.skipif(BACKEND == "embedded", reason="the async driver is PostgreSQL's"),
+]
+
+
+class Served:
+    """An app on resources of its own, its users, and the statements each engine ran."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.resources = Resources(settings)
+        # Jobs the writes commit are only collected (their rows are removed with the users).
+        self.resources.runner = HeldJobs()
+        assert self.resources.async_engine is not None
+        self.statements: dict[str, list[str]] = {"sync": [], "async": []}
+        self._listen(self.resources.engine, "sync")
+        self._listen(self.resources.async_engine.sync_engine, "async")
+        self.usernames: list[str] = []
+        with RESOURCES.engine.connect() as connection:
+            self._outbox_before = connection.scalar(
+                select(func.coalesce(func.max(OutboxJob.id), 0))
+            )
+
+    def _listen(self, engine: Engine, name: str) -> None:
+        @event.listens_for(engine, "before_cursor_execute")
+        def _record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            self.statements[name].append(statement)
+
+    def user(self, client: TestClient) -> dict[str, str]:
+        username = f"async-{uuid.uuid4().hex[:12]}"
+        self.usernames.append(username)
+        body = {"username": username, "email": f"{username}@example.com", "password": PASSWORD}
+        assert client.post("/auth/register", json=body).status_code == 201
+        login = client.post("/auth/login", json={"username": username, "password": PASSWORD})
+        return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+    def forget_statements(self) -> None:
+        for seen in self.statements.values():
+            seen.clear()
+
+    def remove(self) -> None:
+        # Through the test suite's own engine: these resources may point at a cut proxy.
+        with RESOURCES.engine.begin() as connection:
+            connection.execute(
+                text("DELETE FROM users WHERE username = ANY(:names)"), {"names": self.usernames}
+            )
+            connection.execute(
+                text("DELETE FROM outbox WHERE id > :before"), {"before": self._outbox_before}
+            )
+        self.resources.close()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[TestClient, Served]]:
+    served = Served(RESOURCES.settings.model_copy(update={"db_pool_size": 4}))
+    try:
+        with TestClient(create_app(resources=served.resources)) as client:
+            yield client, served
+    finally:
+        served.remove()
+
+
+def _problem(response: Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["code"] == code
+    assert "Traceback" not in response.text
+
+
+def test_a_task_is_read_on_the_async_driver_exactly_as_written(
+    served: tuple[TestClient, Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, app = served
+    in_transaction: list[bool] = []
+    read_owned_task = task_service.read_owned_task
+
+    def spy(session: Session, **kwargs: Any) -> Any:
+        task = read_owned_task(session, **kwargs)
+        in_transaction.append(session.connection().connection.driver_connection.is_in_transaction())
+        return task
+
+    monkeypatch.setattr(task_service, "read_owned_task", spy)
+    headers = app.user(client)
+    body = {
+        "title": "Quarterly report",
+        "description": "Numbers, then prose",
+        "priority": "high",
+        "due_date": "2031-05-17",
+        "tags": ["work", "q2"],
+    }
+    created = client.post("/tasks", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    app.forget_statements()
+
+    read = client.get(f"/tasks/{task_id}", headers=headers)
+
+    assert read.status_code == 200, read.text
+    assert read.json() == created.json()
+    assert read.headers["ETag"] == created.headers["ETag"]
+    # One statement through asyncpg, outside any transaction; psycopg2 sent nothing.
+    assert app.statements["sync"] == []
+    assert len(app.statements["async"]) == 1
+    assert in_transaction == [False]
+
+    unchanged = client.get(
+        f"/tasks/{task_id}", headers={**headers, "If-None-Match": read.headers["ETag"]}
+    )
+    assert unchanged.status_code == 304
+    assert unchanged.headers["ETag"] == read.headers["ETag"]
+
+
+def test_another_users_task_is_a_404_on_the_async_driver(
+    served: tuple[TestClient, Served],
+) -> None:
+    client, app = served
+    owner, stranger = app.user(client), app.user(client)
+    task_id = client.post("/tasks", json={"title": "mine"}, headers=owner).json()["id"]
+
+    theirs = client.get(f"/tasks/{task_id}", headers=stranger)
+    missing = client.get(f"/tasks/{task_id + 10_000_000}", headers=stranger)
+
+    _problem(theirs, 404, "task_not_found")
+    _problem(missing, 404, "task_not_found")
+    assert theirs.json()["detail"].replace(str(task_id), "N") == missing.json()["detail"].replace(
+        str(task_id + 10_000_000), "N"
+    )
+
+
+def test_statistics_are_computed_on_the_async_driver_and_cached(
+    served: tuple[TestClient, Served],
+) -> None:
+    client, app = served
+    headers = app.user(client)
+    for title, priority, tags in [("a", "high", ["x"]), ("b", "low", ["x", "y"]), ("c", "low", [])]:
+        payload = {"title": title, "priority": priority, "tags": tags}
+        assert client.post("/tasks", json=payload, headers=headers).status_code == 201
+    app.forget_statements()
+
+    first = client.get("/tasks/stats", headers=headers)
+    again = client.get("/tasks/stats", headers=headers)
+
+    assert first.status_code == 200, first.text
+    assert first.headers["X-Cache"] == "MISS"
+    assert again.headers["X-Cache"] == "HIT"
+    assert again.json() == first.json()
+    stats = first.json()
+    assert (stats["total"], stats["completed"], stats["incomplete"]) == (3, 0, 3)
+    assert stats["by_priority"] == {"low": 2, "medium": 0, "high": 1}
+    assert stats["by_tag"] == {"x": 2, "y": 1}
+    assert app.statements["sync"] == []
+    assert len(app.statements["async"]) == 2  # the totals, the tags; the hit read none
+
+    task_id = client.get("/tasks", headers=headers).json()[0]["id"]
+    patched = client.patch(f"/tasks/{task_id}", json={"completed": True}, headers=headers)
+    assert patched.status_code == 200
+    after = client.get("/tasks/stats", headers=headers)
+    assert after.headers["X-Cache"] == "MISS"
+    assert after.json()["completed"] == 1
+    assert after.headers["ETag"] != first.headers["ETag"]
+
+
+def test_postgresql_outage_on_the_async_driver_is_a_503_and_served_right_after() -> None:
+    target = urlsplit(TEST_DATABASE_URL)
+    with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        url = TEST_DATABASE_URL.replace(target.netloc.split("@")[-1], f"127.0.0.1:{proxy.port}", 1)
+        settings = RESOURCES.settings.model_copy(
+            update={
+                "database_url": Settings(database_url=url).database_url,
+                "db_connect_timeout_seconds": 1,
+                "db_pool_size": 2,
+            }
+        )
+        app = Served(settings)
+        try:
+            with TestClient(create_app(resources=app.resources)) as client:
+                headers = app.user(client)
+                task_id = client.post("/tasks", json={"title": "t"}, headers=headers).json()["id"]
+                assert client.get(f"/tasks/{task_id}", headers=headers).status_code == 200
+
+                proxy.close()  # the async pool's connections are dead; the caller is remembered
+                for path in (f"/tasks/{task_id}", "/tasks/stats"):
+                    down = client.get(path, headers=headers)
+                    _problem(down, 503, "service_unavailable")
+                    assert int(down.headers["Retry-After"]) >= 1
+
+                proxy.blackhole()  # accepts and never answers: the connect timeout decides
+                _problem(
+                    client.get(f"/tasks/{task_id}", headers=headers), 503, "service_unavailable"
+                )
+
+                proxy.reopen()
+                back = client.get(f"/tasks/{task_id}", headers=headers)  # the very first after
+                assert back.status_code == 200, back.text
+                assert client.get("/tasks/stats", headers=headers).status_code == 200
+        finally:
+            proxy.reopen()
+            app.remove()
