@@ -104,7 +104,9 @@ def test_a_task_is_read_on_the_async_driver_exactly_as_written(
 
     def spy(session: Session, **kwargs: Any) -> Any:
         task = read_owned_task(session, **kwargs)
-        in_transaction.append(session.connection().connection.driver_connection.is_in_transaction())
+        asyncpg_connection = session.connection().connection.driver_connection
+        assert asyncpg_connection is not None
+        in_transaction.append(asyncpg_connection.is_in_transaction())
         return task
 
     monkeypatch.setattr(task_service, "read_owned_task", spy)
