@@ -18,7 +18,7 @@ from functools import partial
 from typing import Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Date, Integer, bindparam, false, func, select
+from sqlalchemy import Date, Integer, String, bindparam, cast, false, func, select
 from sqlalchemy.orm import Session
 
 from db_models import Task, TaskTag
@@ -64,14 +64,22 @@ def utc_today() -> date:
     return datetime.now(UTC).date()
 
 
-# Built once, run with the owner and the day as parameters: building these statements (a
-# dozen column expressions) cost as much CPU per request as executing them. Table columns,
-# not ORM attributes: no ORM compile state either.
+# Built once, run with the owner and the day as parameters: building this statement (a dozen
+# column expressions) cost as much CPU per request as executing it. Table columns, not ORM
+# attributes: no ORM compile state either.
 _TASKS = Task.__table__.c
 _TAGS = TaskTag.__table__.c
 _OWNER = bindparam("owner_id", type_=Integer)
 _COUNT = func.count()
-_TOTALS = select(
+# "tag/count" pairs joined by "/" (a tag never contains "/"): the tag counts in the same
+# statement, and so the same snapshot, as the totals.
+_TAG_COUNTS = (
+    select(_TAGS.tag, _COUNT.label("n"))
+    .where(_TAGS.user_id == _OWNER)
+    .group_by(_TAGS.tag)
+    .subquery()
+)
+_STATS = select(
     # count(*), not count(id): lets PostgreSQL answer from an index alone where one covers it.
     _COUNT.label("total"),
     _COUNT.filter(_TASKS.completed).label("completed"),
@@ -80,17 +88,21 @@ _TOTALS = select(
     ).label("overdue"),
     *(_COUNT.filter(_TASKS.priority == p).label(p.value) for p in Priority),
     change_service.counter_column(_OWNER).label("change_counter"),
+    select(func.aggregate_strings(_TAG_COUNTS.c.tag + "/" + cast(_TAG_COUNTS.c.n, String), "/"))
+    .scalar_subquery()
+    .label("by_tag"),
 ).where(_TASKS.user_id == _OWNER)
-_BY_TAG = (
-    select(_TAGS.tag, _COUNT).where(_TAGS.user_id == _OWNER).group_by(_TAGS.tag).order_by(_TAGS.tag)
-)
+
+
+def _tag_counts(joined: str | None) -> dict[str, int]:
+    parts = joined.split("/") if joined else []
+    return dict(sorted(zip(parts[::2], map(int, parts[1::2]), strict=True)))
 
 
 def compute_stats(session: Session, *, owner_id: int, today: date) -> tuple[TaskStats, int]:
-    """The caller's statistics in two aggregate queries, whatever the number of tasks, and
-    the owner's change counter, read along with the first (the same snapshot)."""
-    totals = session.execute(_TOTALS, {"owner_id": owner_id, "today": today}).one()
-    by_tag = session.execute(_BY_TAG, {"owner_id": owner_id}).all()
+    """The caller's statistics in one aggregate query, whatever the number of tasks, with the
+    owner's change counter read in the same snapshot."""
+    totals = session.execute(_STATS, {"owner_id": owner_id, "today": today}).one()
     total, completed = totals.total, totals.completed
     stats = TaskStats(
         total=total,
@@ -99,7 +111,7 @@ def compute_stats(session: Session, *, owner_id: int, today: date) -> tuple[Task
         completion_rate=round(completed / total, 4) if total else 0.0,
         overdue=totals.overdue,
         by_priority={p: getattr(totals, p.value) for p in Priority},
-        by_tag=dict(by_tag),
+        by_tag=_tag_counts(totals.by_tag),
     )
     return stats, totals.change_counter
 

@@ -7,6 +7,8 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
+    bindparam,
     delete,
     false,
     func,
@@ -106,6 +108,14 @@ def _views(rows: Iterable[Any]) -> list[TaskRead]:
     ]
 
 
+# Built once, run with parameters (the busiest statement: every get and every patch).
+_OWNED_TASK = select(*_VIEW_COLUMNS, _TAGS).where(
+    _TASK.id == bindparam("task_id", type_=Integer),
+    _TASK.user_id == bindparam("owner_id", type_=Integer),
+)
+_OWNED_TASK_FOR_UPDATE = _OWNED_TASK.with_for_update(of=_TASK_TABLE)
+
+
 def read_owned_task(
     session: Session, *, owner_id: int, task_id: int, for_update: bool = False
 ) -> TaskRead:
@@ -113,10 +123,8 @@ def read_owned_task(
 
     `for_update` locks its row as `get_owned_task` does.
     """
-    query = select(*_VIEW_COLUMNS, _TAGS).where(_TASK.id == task_id, _TASK.user_id == owner_id)
-    if for_update:
-        query = query.with_for_update(of=_TASK_TABLE)
-    views = _views(session.execute(query))
+    query = _OWNED_TASK_FOR_UPDATE if for_update else _OWNED_TASK
+    views = _views(session.execute(query, {"task_id": task_id, "owner_id": owner_id}))
     if not views:
         raise TaskNotFoundError(task_id)
     return views[0]
