@@ -33,6 +33,19 @@ T = TypeVar("T")
 SESSION_INFO_KEY = "resources"
 
 
+# The SQLSTATE classes psycopg2 raises as OperationalError (a 503 for the app), which asyncpg's
+# errors reach SQLAlchemy without: connection exception, insufficient resources, operator
+# intervention (a statement timeout, a shutdown), system error.
+_UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})
+
+
+def _means_unavailable(error: DBAPIError) -> bool:
+    if error.connection_invalidated:
+        return True
+    state = getattr(error.orig, "sqlstate", None)
+    return isinstance(state, str) and state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+
+
 class JobSubmitter(Protocol):
     """What the outbox and the metrics need from a job runner (see `jobs.Runner`)."""
 
@@ -96,7 +109,7 @@ class Resources:
             async with engine.connect() as connection:
                 return await connection.run_sync(on_connection)
         except DBAPIError as error:
-            if not error.connection_invalidated:
+            if not _means_unavailable(error):
                 raise
             raise DatabaseUnavailableError() from error
         except OSError as error:  # refused or timed out before any DBAPI connection existed

@@ -6,6 +6,7 @@ These tests serve an app with resources of its own, as production does: what the
 committed for real and removed afterwards.
 """
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -226,3 +227,23 @@ def test_postgresql_outage_on_the_async_driver_is_a_503_and_served_right_after()
         finally:
             proxy.reopen()
             app.remove()
+
+
+def test_a_read_over_the_statement_timeout_is_cut_off_with_a_503(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Served(RESOURCES.settings.model_copy(update={"db_statement_timeout_ms": 200}))
+
+    def slow(session: Session, **_kwargs: Any) -> Any:
+        session.execute(text("SELECT pg_sleep(30)"))
+
+    try:
+        with TestClient(create_app(resources=app.resources)) as client:
+            headers = app.user(client)
+            task_id = client.post("/tasks", json={"title": "t"}, headers=headers).json()["id"]
+            monkeypatch.setattr(task_service, "read_owned_task", slow)
+            started = time.monotonic()
+            _problem(client.get(f"/tasks/{task_id}", headers=headers), 503, "service_unavailable")
+            assert time.monotonic() - started < 10  # cut at 200 ms, not after 30 s
+    finally:
+        app.remove()
