@@ -52,6 +52,11 @@ class Cache(ABC):
         in-process cache does no I/O, so it simply reads."""
         return self.get_many(keys)
 
+    async def get_async(self, key: str) -> str | None:
+        """`get` for async code, awaited on the event loop (see `get_many_async`)."""
+        values = await self.get_many_async([key])
+        return values[0] if values else None
+
     @abstractmethod
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
         """Store `value` under `key` for `ttl_seconds`; silently does nothing on failure."""

@@ -4,9 +4,9 @@ from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-import anyio.to_thread
 from fastapi import APIRouter, Body, Path, Query, Request, Response, status
 from pydantic import AfterValidator, TypeAdapter
+from sqlalchemy.orm import Session
 
 import etags
 import rate_limit_config as rate_limits
@@ -22,7 +22,6 @@ from conditional import (
     tag_or_not_modified,
     with_task_etag,
 )
-from db_config import reading
 from dependencies import (
     READ_TASKS,
     WRITE_TASKS,
@@ -160,20 +159,33 @@ async def list_tasks(
         if known.counter is not None and (unchanged := not_modified_at(counter=known.counter)):
             return unchanged
 
-    def read() -> Response:
-        with reading(resources.sessions) as session:
-            if known is not None and known.counter is None:
-                counter = known.read_and_store(session, cache)
-                if unchanged := not_modified_at(counter=counter):
-                    return unchanged
-            page = task_service.list_tasks(session, owner_id=user.id, params=params, cache=cache)
-        headers = _paging_headers(request, params, page.total)
-        headers["ETag"] = collection_etag(
-            request, kind="tasks", owner_id=user.id, counter=page.change_counter
-        )
-        return json_response(_TASKS, page.tasks, headers)
+    today = stats_service.utc_today()
+    total_key = task_service.total_key(user.id, params, today)
+    cached_total = await cache.get_async(total_key)
 
-    return await anyio.to_thread.run_sync(read)
+    def read(session: Session) -> tuple[int | None, Response | task_service.TaskPage]:
+        counter = None
+        if known is not None and known.counter is None:
+            counter = change_service.current_counter(session, owner_id=user.id)
+            if unchanged := not_modified_at(counter=counter):
+                return counter, unchanged
+        page = task_service.read_page(
+            session, owner_id=user.id, params=params, today=today, cached_total=cached_total
+        )
+        return counter, page
+
+    # The database on the async driver, or in one thread-pool hop; the cache on the loop.
+    counter, answer = await resources.read(read)
+    if known is not None and counter is not None:
+        await known.store(cache, counter)
+    if isinstance(answer, Response):
+        return answer
+    await task_service.store_counted_total(cache, total_key, answer)
+    headers = _paging_headers(request, params, answer.total)
+    headers["ETag"] = collection_etag(
+        request, kind="tasks", owner_id=user.id, counter=answer.change_counter
+    )
+    return json_response(_TASKS, answer.tasks, headers)
 
 
 @router.post(

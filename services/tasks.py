@@ -139,6 +139,8 @@ class TaskPage:
     total: int
     # The owner's change counter as of the page and its total, or older (services/changes.py).
     change_counter: int
+    # The total's cache entry when it was just counted (`store_counted_total`), else None.
+    counted: str | None = None
 
 
 _SORT_COLUMNS: dict[str, Any] = {
@@ -224,7 +226,8 @@ _TOTAL_TTL_SECONDS = 3600
 _WINDOW_PARAMS = {"skip", "limit", "sort_by", "sort_order"}
 
 
-def _total_key(owner_id: int, params: TaskListParams, today: date) -> str:
+def total_key(owner_id: int, params: TaskListParams, today: date) -> str:
+    """The cache key of the total of the owner's tasks matching `params` (paging aside)."""
     filters = params.model_dump_json(exclude=_WINDOW_PARAMS)
     return f"tasks:total:{_TOTAL_FORMAT}:{owner_id}:{etags.digest(filters)}:{today.isoformat()}"
 
@@ -235,19 +238,23 @@ def _cached_total(value: str | None, counter: int) -> int | None:
     return int(total) if counted_at == str(counter) and total.isdigit() else None
 
 
-def list_tasks(
-    session: Session, *, owner_id: int, params: TaskListParams, cache: Cache
+def read_page(
+    session: Session,
+    *,
+    owner_id: int,
+    params: TaskListParams,
+    today: date,
+    cached_total: str | None,
 ) -> TaskPage:
-    """One page of the caller's matching tasks, and how many match in all.
+    """One page of the caller's matching tasks, and how many match in all; the database part
+    of `list_tasks`, with the cache entry under `total_key` read before (None: none).
 
     The page comes first, with the owner's change counter in the same statement; the total
-    comes from the cache when it was counted at that counter, else from a count (an
-    index-only scan, but one that reads every matching row: the whole cost of a list of a
-    user with 100,000 tasks).
+    is the cached one when it was counted at that counter, else a count (an index-only scan,
+    but one that reads every matching row: the whole cost of a list of a user with 100,000
+    tasks), whose entry the page carries for the cache.
     """
-    today = datetime.now(UTC).date()
     conditions = _conditions(owner_id, params, today)
-    key = _total_key(owner_id, params, today)
     # The page and its tags in one round trip, with the counter they were read at.
     rows = session.execute(
         select(*_VIEW_COLUMNS, _TAGS, change_service.counter_column(owner_id))
@@ -258,18 +265,39 @@ def list_tasks(
     ).all()
     tasks = _views(row[:-1] for row in rows)
     counter = rows[0][-1] if rows else None
-    if counter is not None and (cached := _cached_total(cache.get(key), counter)) is not None:
+    if counter is not None and (cached := _cached_total(cached_total, counter)) is not None:
         return TaskPage(tasks=tasks, total=cached, change_counter=counter)
     total, counted_at = session.execute(
         select(func.count(), change_service.counter_column(owner_id))
         .select_from(_TASK_TABLE)
         .where(*conditions)
     ).one()
-    cache.set(key, f"{counted_at} {total}", _TOTAL_TTL_SECONDS)
     # The tag of the answer names the older counter of the two reads: a client revalidating
     # after a write between them gets the whole list again.
     oldest = counted_at if counter is None else min(counter, counted_at)
-    return TaskPage(tasks=tasks, total=total, change_counter=oldest)
+    return TaskPage(
+        tasks=tasks, total=total, change_counter=oldest, counted=f"{counted_at} {total}"
+    )
+
+
+def list_tasks(
+    session: Session, *, owner_id: int, params: TaskListParams, cache: Cache
+) -> TaskPage:
+    """`read_page` with its cache entry read before and stored after, for sync callers."""
+    today = datetime.now(UTC).date()
+    key = total_key(owner_id, params, today)
+    page = read_page(
+        session, owner_id=owner_id, params=params, today=today, cached_total=cache.get(key)
+    )
+    if page.counted is not None:
+        cache.set(key, page.counted, _TOTAL_TTL_SECONDS)
+    return page
+
+
+async def store_counted_total(cache: Cache, key: str, page: TaskPage) -> None:
+    """Store the total `read_page` just counted under `key`, on the event loop (if it did)."""
+    if page.counted is not None:
+        await cache.set_async(key, page.counted, _TOTAL_TTL_SECONDS)
 
 
 # --- writes -------------------------------------------------------------------------------

@@ -158,6 +158,48 @@ def test_another_users_task_is_a_404_on_the_async_driver(
     )
 
 
+def test_a_list_is_read_on_the_async_driver_with_its_total_and_revalidated(
+    served: tuple[TestClient, Served],
+) -> None:
+    client, app = served
+    owner, stranger = app.user(client), app.user(client)
+    created = [
+        client.post("/tasks", json={"title": f"t{n}", "tags": ["a", f"n{n}"]}, headers=owner)
+        for n in range(3)
+    ]
+    assert all(response.status_code == 201 for response in created)
+    app.forget_statements()
+
+    first = client.get("/tasks", params={"limit": 2, "sort_by": "id"}, headers=owner)
+    counted = len(app.statements["async"])
+    again = client.get("/tasks", params={"limit": 2, "sort_by": "id"}, headers=owner)
+
+    assert first.status_code == 200, first.text
+    assert first.json() == [response.json() for response in created[:2]]
+    assert first.headers["X-Total-Count"] == again.headers["X-Total-Count"] == "3"
+    assert 'rel="next"' in first.headers["Link"]
+    assert again.json() == first.json()
+    # The page, then its count; the second time the total came from the cache.
+    assert counted == 2
+    assert len(app.statements["async"]) == counted + 1
+    assert app.statements["sync"] == []
+
+    theirs = client.get("/tasks", headers=stranger)
+    assert theirs.json() == []
+    assert theirs.headers["X-Total-Count"] == "0"
+
+    app.forget_statements()
+    etag = {"If-None-Match": first.headers["ETag"]}
+    polls = [
+        client.get("/tasks", params={"limit": 2, "sort_by": "id"}, headers={**owner, **etag})
+        for _ in range(2)
+    ]
+    assert [poll.status_code for poll in polls] == [304, 304]
+    # The first poll read the counter (and cached it); the second needed no database.
+    assert len(app.statements["async"]) == 1
+    assert app.statements["sync"] == []
+
+
 def test_statistics_are_computed_on_the_async_driver_and_cached(
     served: tuple[TestClient, Served],
 ) -> None:

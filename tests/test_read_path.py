@@ -74,7 +74,7 @@ def _spy_on(monkeypatch: pytest.MonkeyPatch, name: str) -> list[dict[str, Any]]:
 def test_a_read_runs_without_a_transaction_and_a_write_within_one(
     client: TestClient, headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    listed = _spy_on(monkeypatch, "list_tasks")
+    listed = _spy_on(monkeypatch, "read_page")
     created = _spy_on(monkeypatch, "create_task")
     assert (
         client.post("/tasks", json={"title": "t", "tags": ["a"]}, headers=headers).status_code
