@@ -196,6 +196,10 @@ def build_async_engine(settings: Settings) -> AsyncEngine | None:
             "server_settings": {
                 "statement_timeout": str(settings.db_statement_timeout_ms),
                 "application_name": _APPLICATION_NAME,
+                # asyncpg prepares every statement, and PostgreSQL may then switch to one
+                # generic plan for any parameters, blind to what a search pattern or a filter
+                # value allows. Planned for each execution's values, as psycopg2's statements.
+                "plan_cache_mode": "force_custom_plan",
             },
         },
     )

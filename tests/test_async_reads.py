@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
@@ -139,6 +140,25 @@ def test_a_task_is_read_on_the_async_driver_exactly_as_written(
     )
     assert unchanged.status_code == 304
     assert unchanged.headers["ETag"] == read.headers["ETag"]
+
+
+def test_the_async_driver_plans_each_statement_for_its_values() -> None:
+    resources = Resources(RESOURCES.settings)
+
+    def plan_cache_mode(session: Session) -> Any:
+        return session.execute(text("SHOW plan_cache_mode")).scalar_one()
+
+    async def read() -> Any:
+        try:
+            return await resources.read(plan_cache_mode)
+        finally:
+            await resources.close_async()  # on the loop that opened the connection
+
+    try:
+        # As psycopg2's statements, which carry their values inline: never a generic plan.
+        assert anyio.run(read) == "force_custom_plan"
+    finally:
+        resources.close()
 
 
 def test_another_users_task_is_a_404_on_the_async_driver(
