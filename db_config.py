@@ -147,9 +147,10 @@ def build_engine(settings: Settings) -> Engine:
         _install_sqlite_hooks(engine)
         _keep_row_values_out_of_errors(engine)
         return engine
+    sync_pool, _ = pool_sizes(settings)
     engine = create_engine(
         settings.database_url,
-        **_pool_options(settings),
+        **_pool_options(settings, pool_size=sync_pool, max_overflow=settings.db_max_overflow),
         connect_args={
             "connect_timeout": settings.db_connect_timeout_seconds,
             "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
@@ -163,11 +164,22 @@ def build_engine(settings: Settings) -> Engine:
 _APPLICATION_NAME = "task-manager-api"
 
 
-def _pool_options(settings: Settings) -> dict[str, Any]:
+def pool_sizes(settings: Settings) -> tuple[int, int]:
+    """How the worker's `DB_POOL_SIZE` connections are shared: (psycopg2's pool, the async
+    driver's). With `DB_ASYNC_READS` the async driver's pool takes half (at least one each):
+    its reads hold a connection only while PostgreSQL works, not while a thread waits its turn,
+    and the database still sees `DB_POOL_SIZE` connections per worker."""
+    if settings.is_sqlite or not settings.db_async_reads:
+        return settings.db_pool_size, 0
+    reads = max(1, settings.db_pool_size // 2)
+    return max(1, settings.db_pool_size - reads), reads
+
+
+def _pool_options(settings: Settings, *, pool_size: int, max_overflow: int) -> dict[str, Any]:
     return {
         # Sized to the request concurrency: an overflow connection per request costs a connect.
-        "pool_size": settings.db_pool_size,
-        "max_overflow": settings.db_max_overflow,
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
         # No ping per checkout by default: a dead connection fails its request (503), and that
         # error makes the pool replace every connection as old as it (detection on error).
         "pool_pre_ping": settings.db_pool_pre_ping,
@@ -180,7 +192,7 @@ def _pool_options(settings: Settings) -> dict[str, Any]:
 
 def build_async_engine(settings: Settings) -> AsyncEngine | None:
     """The async driver's engine for the same PostgreSQL database (`DB_ASYNC_READS`), with
-    the same pool settings and timeouts; None on SQLite or when turned off.
+    its share of the pool (`pool_sizes`) and the same timeouts; None on SQLite or when off.
 
     Its connections belong to the event loop that opened them: `dispose` it on that loop
     before the loop ends (the app's lifespan does).
@@ -188,9 +200,11 @@ def build_async_engine(settings: Settings) -> AsyncEngine | None:
     if settings.is_sqlite or not settings.db_async_reads:
         return None
     url = make_url(settings.database_url).set(drivername="postgresql+asyncpg")
+    _, read_pool = pool_sizes(settings)
     engine = create_async_engine(
         url,
-        **_pool_options(settings),
+        # No overflow: a read waits for a pooled connection on the event loop, not a thread.
+        **_pool_options(settings, pool_size=read_pool, max_overflow=0),
         connect_args={
             "timeout": settings.db_connect_timeout_seconds,
             "server_settings": {

@@ -3,10 +3,12 @@
 import gc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from sqlalchemy.pool import QueuePool
 
 import notifications
 from alembic import command
@@ -142,3 +144,28 @@ def test_every_redis_client_of_an_app_takes_its_redis_timeout() -> None:
     finally:
         for client in clients.values():
             client.close()
+
+
+@pytest.mark.parametrize(
+    ("pool_size", "async_reads", "expected"),
+    [(20, True, (10, 10)), (5, True, (3, 2)), (1, True, (1, 1)), (20, False, (20, None))],
+)
+def test_a_worker_shares_its_pool_size_between_the_two_drivers(
+    pool_size: int, async_reads: bool, expected: tuple[int, int | None]
+) -> None:
+    # Nothing connects: the engines are only built.
+    settings = Settings(
+        database_url="postgresql://nobody@127.0.0.1:1/none",
+        db_pool_size=pool_size,
+        db_async_reads=async_reads,
+    )
+    resources = Resources(settings)
+    try:
+        pools = [resources.engine.pool]
+        if resources.async_engine is not None:
+            pools.append(resources.async_engine.sync_engine.pool)
+        assert all(isinstance(pool, QueuePool) for pool in pools)
+        sizes = [cast(QueuePool, pool).size() for pool in pools]
+        assert tuple(sizes) + (None,) * (2 - len(sizes)) == expected
+    finally:
+        resources.close()
