@@ -309,3 +309,28 @@ def test_a_read_over_the_statement_timeout_is_cut_off_with_a_503(
             assert time.monotonic() - started < 10  # cut at 200 ms, not after 30 s
     finally:
         app.remove()
+
+
+def test_a_cancelled_read_gives_its_connection_back() -> None:
+    # One connection in the async driver's pool: a read that kept it would block the next.
+    resources = Resources(RESOURCES.settings.model_copy(update={"db_pool_size": 2}))
+
+    def slow(session: Session) -> None:
+        session.execute(text("SELECT pg_sleep(5)"))
+
+    def quick(session: Session) -> Any:
+        return session.execute(text("SELECT 1")).scalar_one()
+
+    async def cancel_then_read() -> Any:
+        try:
+            with anyio.move_on_after(0.2):  # a client gone mid-request cancels its read
+                await resources.read(slow)
+            with anyio.fail_after(3):
+                return await resources.read(quick)
+        finally:
+            await resources.close_async()
+
+    try:
+        assert anyio.run(cancel_then_read) == 1
+    finally:
+        resources.close()
