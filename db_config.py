@@ -190,6 +190,38 @@ def _pool_options(settings: Settings, *, pool_size: int, max_overflow: int) -> d
     }
 
 
+# libpq's client-side connection parameters that asyncpg does not take: it would send them to
+# the server as settings, which PostgreSQL refuses. The connect timeout comes from
+# DB_CONNECT_TIMEOUT_SECONDS on both drivers.
+_LIBPQ_CLIENT_ONLY = frozenset(
+    {
+        "connect_timeout",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+        "fallback_application_name",
+        "hostaddr",
+        "gssencmode",
+        "channel_binding",
+        "requiressl",
+        "sslcompression",
+        "requirepeer",
+        "load_balance_hosts",
+    }
+)
+
+
+def _asyncpg_dsn(database_url: str) -> str:
+    """`DATABASE_URL` as a DSN for asyncpg. Passed as SQLAlchemy's URL, its query parameters
+    would become keyword arguments asyncpg refuses (`sslmode=require`: a TypeError on every
+    connect); as a DSN, asyncpg reads the libpq ones (sslmode, sslrootcert, ...) itself."""
+    url = make_url(database_url)
+    query = {key: value for key, value in url.query.items() if key not in _LIBPQ_CLIENT_ONLY}
+    return url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
+
+
 def build_async_engine(settings: Settings) -> AsyncEngine | None:
     """The async driver's engine for the same PostgreSQL database (`DB_ASYNC_READS`), with
     its share of the pool (`pool_sizes`) and the same timeouts; None on SQLite or when off.
@@ -199,13 +231,14 @@ def build_async_engine(settings: Settings) -> AsyncEngine | None:
     """
     if settings.is_sqlite or not settings.db_async_reads:
         return None
-    url = make_url(settings.database_url).set(drivername="postgresql+asyncpg")
     _, read_pool = pool_sizes(settings)
     engine = create_async_engine(
-        url,
+        # Where to connect comes from the DSN below, which asyncpg parses as libpq would.
+        "postgresql+asyncpg://",
         # No overflow: a read waits for a pooled connection on the event loop, not a thread.
         **_pool_options(settings, pool_size=read_pool, max_overflow=0),
         connect_args={
+            "dsn": _asyncpg_dsn(settings.database_url),
             "timeout": settings.db_connect_timeout_seconds,
             "server_settings": {
                 "statement_timeout": str(settings.db_statement_timeout_ms),

@@ -161,6 +161,33 @@ def test_the_async_driver_plans_each_statement_for_its_values() -> None:
         resources.close()
 
 
+def test_libpq_parameters_of_the_database_url_reach_the_async_driver_too() -> None:
+    # sslmode would be a keyword argument asyncpg refuses; connect_timeout a server setting
+    # PostgreSQL refuses. psycopg2 takes both.
+    separator = "&" if "?" in TEST_DATABASE_URL else "?"
+    url = f"{TEST_DATABASE_URL}{separator}sslmode=disable&connect_timeout=3"
+    settings = RESOURCES.settings.model_copy(
+        update={"database_url": Settings(database_url=url).database_url}
+    )
+    resources = Resources(settings)
+
+    def statement_timeout(session: Session) -> Any:
+        return session.execute(text("SHOW statement_timeout")).scalar_one()
+
+    async def read() -> Any:
+        try:
+            return await resources.read(statement_timeout)
+        finally:
+            await resources.close_async()
+
+    try:
+        with resources.engine.connect() as connection:  # psycopg2, for comparison
+            expected = connection.execute(text("SHOW statement_timeout")).scalar_one()
+        assert anyio.run(read) == expected
+    finally:
+        resources.close()
+
+
 def test_another_users_task_is_a_404_on_the_async_driver(
     served: tuple[TestClient, Served],
 ) -> None:
