@@ -90,7 +90,8 @@ class Resources:
         awaited, with no thread-pool hop. Otherwise (SQLite, `DB_ASYNC_READS=false`, or sessions
         rebound to a connection or engine of a caller's, whose transaction the async pool
         could not see) in one hop, in a `reading` session. `work` must do no other blocking
-        I/O; an unreachable database is `DatabaseUnavailableError` either way.
+        I/O. An unreachable database, a connection lost or a statement timed out answers 503
+        either way (here `DatabaseUnavailableError`, as psycopg2's OperationalError does).
         """
         engine = self.async_engine
         if engine is None or self.sessions.kw.get("bind") is not self.engine:
