@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
 import anyio.to_thread
@@ -188,10 +189,24 @@ def create_app() -> FastAPI:
     # Each prototype's work, on a session: run by a sync route in its thread-pool hop, and by
     # an async route on the async driver (`AsyncConnection.run_sync`: the same code, its
     # statements awaited on the event loop).
-    def list_page(session: Session) -> Response:
-        user_id, _ = prototype_ids(session)
+    async def list_page(read: stats_service.Reader) -> Response:
+        # As the API's list: the total's cache entry read before and stored after on the event
+        # loop, the page's statements through `read` (one thread-pool hop, or the async driver).
+        user_id = await prototype_user()
         params = TaskListParams(limit=20)
-        page = task_service.list_tasks(session, owner_id=user_id, params=params, cache=cache)
+        today = stats_service.utc_today()
+        key = task_service.total_key(user_id, params, today)
+        cached_total = await cache.get_async(key)
+        page = await read(
+            partial(
+                task_service.read_page,
+                owner_id=user_id,
+                params=params,
+                today=today,
+                cached_total=cached_total,
+            )
+        )
+        await task_service.store_counted_total(cache, key, page)
         return json_response(_TASKS, page.tasks, {})
 
     def one_task(session: Session) -> Response:
@@ -234,8 +249,16 @@ def create_app() -> FastAPI:
                 db_config.for_reading(session)  # read as the API reads
             return work(session)
 
-    async def on_async_driver(work: Callable[[Session], Response], *, read: bool) -> Response:
-        def in_session(connection: Connection) -> Response:
+    async def read_in_thread(work: Callable[[Session], T]) -> T:
+        # The thread-pool path of `Resources.read`, on the ceiling's own sessions.
+        def run() -> T:
+            with db_config.reading(sessions) as session:
+                return work(session)
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def on_async_driver(work: Callable[[Session], T], *, read: bool) -> T:
+        def in_session(connection: Connection) -> T:
             with Session(bind=connection) as session:
                 return work(session)
 
@@ -243,9 +266,9 @@ def create_app() -> FastAPI:
             return await connection.run_sync(in_session)
 
     @app.get("/ceiling/list", response_model=list[TaskRead])
-    def prototype_list() -> Response:
+    async def prototype_list() -> Response:
         """The API's list statements for one user, 20 tasks, nothing around them."""
-        return on_sync_driver(list_page, read=True)
+        return await list_page(read_in_thread)
 
     @app.get("/ceiling/task", response_model=TaskRead)
     def prototype_task() -> Response:
@@ -265,7 +288,7 @@ def create_app() -> FastAPI:
     @app.get("/ceiling/async/list", response_model=list[TaskRead])
     async def alternative_list() -> Response:
         """`prototype_list` on the async driver."""
-        return await on_async_driver(list_page, read=True)
+        return await list_page(partial(on_async_driver, read=True))
 
     @app.get("/ceiling/async/task", response_model=TaskRead)
     async def alternative_task() -> Response:
@@ -281,14 +304,6 @@ def create_app() -> FastAPI:
     async def alternative_patch(data: TaskUpdate) -> Response:
         """`prototype_patch` on the async driver."""
         return await on_async_driver(patch(data), read=False)
-
-    async def read_in_thread(work: Callable[[Session], T]) -> T:
-        # The thread-pool path of `Resources.read`, on the ceiling's own sessions.
-        def run() -> T:
-            with db_config.reading(sessions) as session:
-                return work(session)
-
-        return await anyio.to_thread.run_sync(run)
 
     def look_up_ids() -> None:
         with sessions() as session:
@@ -316,12 +331,10 @@ def create_app() -> FastAPI:
         known = await change_service.read_cached_counter(cache, owner_id=user_id)
         counter = known.counter
         if counter is None:
-
-            def read() -> int:
-                with db_config.reading(sessions) as session:
-                    return known.read_and_store(session, cache)
-
-            counter = await anyio.to_thread.run_sync(read)
+            counter = await read_in_thread(
+                partial(change_service.current_counter, owner_id=user_id)
+            )
+            await known.store(cache, counter)
         etag = etags.collection_etag(
             kind="tasks",
             user_id=user_id,

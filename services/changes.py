@@ -83,24 +83,14 @@ class CachedCounter:
     # The counter, when the cache holds it at the current version; else only the database knows.
     counter: int | None
 
-    def _entry(self, counter: int) -> str | None:
-        # Stored under the version read before the database; not stored when the cache could
-        # not be read: a counter without a version can never be trusted.
-        if self.version is None:
-            return None
-        return _CounterEntry(version=self.version, counter=counter).model_dump_json()
-
-    def read_and_store(self, session: Session, cache: Cache) -> int:
-        """The counter from the database, stored in the cache (for sync callers)."""
-        counter = current_counter(session, owner_id=self.owner_id)
-        if (entry := self._entry(counter)) is not None:
-            cache.set(_counter_key(self.owner_id), entry, _COUNTER_TTL_SECONDS)
-        return counter
-
     async def store(self, cache: Cache, counter: int) -> None:
-        """Store a counter just read from the database (`current_counter`), on the event loop."""
-        if (entry := self._entry(counter)) is not None:
-            await cache.set_async(_counter_key(self.owner_id), entry, _COUNTER_TTL_SECONDS)
+        """Store a counter just read from the database (`current_counter`), on the event loop,
+        under the version read before it; not stored when the cache could not be read: a
+        counter without a version can never be trusted."""
+        if self.version is None:
+            return
+        entry = _CounterEntry(version=self.version, counter=counter).model_dump_json()
+        await cache.set_async(_counter_key(self.owner_id), entry, _COUNTER_TTL_SECONDS)
 
 
 async def read_cached_counter(cache: Cache, *, owner_id: int) -> CachedCounter:

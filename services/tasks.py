@@ -246,8 +246,8 @@ def read_page(
     today: date,
     cached_total: str | None,
 ) -> TaskPage:
-    """One page of the caller's matching tasks, and how many match in all; the database part
-    of `list_tasks`, with the cache entry under `total_key` read before (None: none).
+    """One page of the caller's matching tasks, and how many match in all, with the cache entry
+    under `total_key` read before (None: none); `store_counted_total` stores a new one after.
 
     The page comes first, with the owner's change counter in the same statement; the total
     is the cached one when it was counted at that counter, else a count (an index-only scan,
@@ -278,20 +278,6 @@ def read_page(
     return TaskPage(
         tasks=tasks, total=total, change_counter=oldest, counted=f"{counted_at} {total}"
     )
-
-
-def list_tasks(
-    session: Session, *, owner_id: int, params: TaskListParams, cache: Cache
-) -> TaskPage:
-    """`read_page` with its cache entry read before and stored after, for sync callers."""
-    today = datetime.now(UTC).date()
-    key = total_key(owner_id, params, today)
-    page = read_page(
-        session, owner_id=owner_id, params=params, today=today, cached_total=cache.get(key)
-    )
-    if page.counted is not None:
-        cache.set(key, page.counted, _TOTAL_TTL_SECONDS)
-    return page
 
 
 async def store_counted_total(cache: Cache, key: str, page: TaskPage) -> None:

@@ -142,23 +142,29 @@ def test_a_task_is_read_on_the_async_driver_exactly_as_written(
     assert unchanged.headers["ETag"] == read.headers["ETag"]
 
 
-def test_the_async_driver_plans_each_statement_for_its_values() -> None:
-    resources = Resources(RESOURCES.settings)
+def _show_on_the_async_driver(settings: Settings, name: str) -> Any:
+    """A server setting as a read on the async driver sees it (`SHOW name`), on an event loop
+    and resources of its own."""
+    resources = Resources(settings)
 
-    def plan_cache_mode(session: Session) -> Any:
-        return session.execute(text("SHOW plan_cache_mode")).scalar_one()
+    def show(session: Session) -> Any:
+        return session.execute(text(f"SHOW {name}")).scalar_one()
 
     async def read() -> Any:
         try:
-            return await resources.read(plan_cache_mode)
+            return await resources.read(show)
         finally:
             await resources.close_async()  # on the loop that opened the connection
 
     try:
-        # As psycopg2's statements, which carry their values inline: never a generic plan.
-        assert anyio.run(read) == "force_custom_plan"
+        return anyio.run(read)
     finally:
         resources.close()
+
+
+def test_the_async_driver_plans_each_statement_for_its_values() -> None:
+    # As psycopg2's statements, which carry their values inline: never a generic plan.
+    assert _show_on_the_async_driver(RESOURCES.settings, "plan_cache_mode") == "force_custom_plan"
 
 
 def test_libpq_parameters_of_the_database_url_reach_the_async_driver_too() -> None:
@@ -169,23 +175,9 @@ def test_libpq_parameters_of_the_database_url_reach_the_async_driver_too() -> No
     settings = RESOURCES.settings.model_copy(
         update={"database_url": Settings(database_url=url).database_url}
     )
-    resources = Resources(settings)
-
-    def statement_timeout(session: Session) -> Any:
-        return session.execute(text("SHOW statement_timeout")).scalar_one()
-
-    async def read() -> Any:
-        try:
-            return await resources.read(statement_timeout)
-        finally:
-            await resources.close_async()
-
-    try:
-        with resources.engine.connect() as connection:  # psycopg2, for comparison
-            expected = connection.execute(text("SHOW statement_timeout")).scalar_one()
-        assert anyio.run(read) == expected
-    finally:
-        resources.close()
+    with RESOURCES.engine.connect() as connection:  # psycopg2, for comparison
+        expected = connection.execute(text("SHOW statement_timeout")).scalar_one()
+    assert _show_on_the_async_driver(settings, "statement_timeout") == expected
 
 
 def test_another_users_task_is_a_404_on_the_async_driver(
