@@ -14,8 +14,8 @@ scenario can be read as a fraction of the fastest route of its kind on the same 
 Prototypes measure what the API's own service calls cost alone, on the same session setup
 (reads without a transaction, writes committed, as the API does), for the first main bench
 user: each is one of the API's routes without its middleware, authentication, dependencies,
-rate limit and access line, taking the API's thread-pool hops (one for a route that does I/O,
-its answer serialized in it; none for a cached read). Against the API's scenario, it shows how
+rate limit and access line, taking the API's thread-pool hops on psycopg2 (one for a route
+that does I/O; none for a cached read) and reading and writing the cache where the API does. Against the API's scenario, it shows how
 much of a request is the work itself; against the ratio targets, whether the stack can reach
 them at all.
 
