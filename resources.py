@@ -24,7 +24,7 @@ from config import Settings
 from db_config import build_async_engine, build_engine, read_only, reading
 from exceptions import DatabaseUnavailableError
 from metrics import EventCounters, build_event_counters
-from redis_config import Cache, build_cache
+from redis_config import Cache, MemoryCache, build_cache
 from services.users import RecentUsers
 
 T = TypeVar("T")
@@ -37,6 +37,8 @@ SESSION_INFO_KEY = "resources"
 # errors reach SQLAlchemy without: connection exception, insufficient resources, operator
 # intervention (a statement timeout, a shutdown), system error.
 _UNAVAILABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "58"})
+# How many list totals a process keeps (each a short key and two numbers).
+LIST_TOTALS_KEPT = 10_000
 
 
 def _means_unavailable(error: DBAPIError) -> bool:
@@ -73,6 +75,10 @@ class Resources:
         self.events: EventCounters = build_event_counters(settings)
         # Who authenticated lately, so most requests need no user query (this process only).
         self.recent_users = RecentUsers(settings.user_cache_seconds)
+        # The totals of lists, each with the change counter it was counted at (this process
+        # only: exact while the counter holds, so no instance needs another's; a round trip to
+        # Redis cost a list more than a lookup here).
+        self.list_totals: Cache = MemoryCache(max_entries=LIST_TOTALS_KEPT)
         # Set by whoever runs the jobs (the app's lifespan, a worker, a test).
         self.runner: JobSubmitter | None = None
 
@@ -117,8 +123,9 @@ class Resources:
             raise DatabaseUnavailableError() from error
 
     def close(self) -> None:
-        """Release the connections (the pool, Redis clients)."""
+        """Release the connections (the pool, Redis clients) and forget the list totals."""
         self.cache.close()
+        self.list_totals.close()
         self.events.close()
         self.engine.dispose()
 

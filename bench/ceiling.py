@@ -63,7 +63,8 @@ from db_models import Task, User
 from enums import Priority
 from logging_config import configure_logging
 from models import TaskCreate, TaskListParams, TaskRead, TaskStats, TaskUpdate
-from redis_config import build_cache
+from redis_config import MemoryCache, build_cache
+from resources import LIST_TOTALS_KEPT
 from responses import json_response
 from services import changes as change_service
 from services import stats as stats_service
@@ -172,6 +173,7 @@ def create_app() -> FastAPI:
         return Select1(value=value)
 
     cache = build_cache(settings)
+    totals = MemoryCache(max_entries=LIST_TOTALS_KEPT)  # as the API's Resources.list_totals
     chosen: dict[str, int] = {}
     task_ids: list[int] = []
     edits = itertools.count(1)
@@ -196,7 +198,7 @@ def create_app() -> FastAPI:
         params = TaskListParams(limit=20)
         today = stats_service.utc_today()
         key = task_service.total_key(user_id, params, today)
-        cached_total = await cache.get_async(key)
+        cached_total = totals.get(key)
         page = await read(
             partial(
                 task_service.read_page,
@@ -206,7 +208,7 @@ def create_app() -> FastAPI:
                 cached_total=cached_total,
             )
         )
-        await task_service.store_counted_total(cache, key, page)
+        task_service.store_counted_total(totals, key, page)
         return json_response(_TASKS, page.tasks, {})
 
     def one_task(session: Session) -> Response:

@@ -161,7 +161,7 @@ async def list_tasks(
 
     today = stats_service.utc_today()
     total_key = task_service.total_key(user.id, params, today)
-    cached_total = await cache.get_async(total_key)
+    cached_total = resources.list_totals.get(total_key)
 
     def read(session: Session) -> tuple[int | None, Response | task_service.TaskPage]:
         counter = None
@@ -180,7 +180,7 @@ async def list_tasks(
         await known.store(cache, counter)
     if isinstance(answer, Response):
         return answer
-    await task_service.store_counted_total(cache, total_key, answer)
+    task_service.store_counted_total(resources.list_totals, total_key, answer)
     headers = _paging_headers(request, params, answer.total)
     headers["ETag"] = collection_etag(
         request, kind="tasks", owner_id=user.id, counter=answer.change_counter

@@ -3,11 +3,15 @@
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Date,
+    Executable,
     Integer,
+    String,
     bindparam,
     delete,
     false,
@@ -109,9 +113,9 @@ def _views(rows: Iterable[Any]) -> list[TaskRead]:
 
 
 # Built once, run with parameters (the busiest statement: every get and every patch).
+_OWNER_ID = bindparam("owner_id", type_=Integer)
 _OWNED_TASK = select(*_VIEW_COLUMNS, _TAGS).where(
-    _TASK.id == bindparam("task_id", type_=Integer),
-    _TASK.user_id == bindparam("owner_id", type_=Integer),
+    _TASK.id == bindparam("task_id", type_=Integer), _TASK.user_id == _OWNER_ID
 )
 _OWNED_TASK_FOR_UPDATE = _OWNED_TASK.with_for_update(of=_TASK_TABLE)
 
@@ -163,58 +167,142 @@ def _like_pattern(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _conditions(owner_id: int, params: TaskListParams, today: date) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = [_TASK.user_id == owner_id]
-    if params.completed is not None:
-        conditions.append(_TASK.completed == (true() if params.completed else false()))
-    if params.priority is not None:
-        conditions.append(_TASK.priority == params.priority)
-    if params.tag:
+# A list's statements are built once per shape (which filters are given, which order) and run
+# with the request's values as parameters: building a statement and its cache key cost more
+# than a tenth of a list (docs/PERFORMANCE.md). Bounded: every shape is a combination of a
+# dozen choices, and the least recently used are dropped.
+_SHAPES_KEPT = 512
+
+
+@dataclass(frozen=True)
+class _Filters:
+    """Which of a list's filters are given (values aside), `completed` and `overdue` with their
+    value: each of those changes the statement, not only its parameters."""
+
+    completed: bool | None
+    priority: bool
+    tags: bool
+    overdue: bool | None
+    search: bool
+    due_before: bool
+    due_after: bool
+    created_after: bool
+    created_before: bool
+
+
+def _filters_of(params: TaskListParams) -> _Filters:
+    return _Filters(
+        completed=params.completed,
+        priority=params.priority is not None,
+        tags=bool(params.tag),
+        overdue=params.overdue,
+        search=bool(params.search),
+        due_before=params.due_before is not None,
+        due_after=params.due_after is not None,
+        created_after=params.created_after is not None,
+        # Created on or before the last day there is: every task, no condition.
+        created_before=params.created_before is not None and params.created_before < date.max,
+    )
+
+
+def _filter_values(
+    filters: _Filters, owner_id: int, params: TaskListParams, today: date
+) -> dict[str, Any]:
+    """The parameters of the statements `_conditions(filters)` builds, from the request."""
+    values: dict[str, Any] = {"owner_id": owner_id}
+    if filters.priority:
+        values["priority"] = params.priority
+    if filters.tags:
+        values["tags"] = params.tag
+        values["tag_count"] = len(params.tag)
+    if filters.overdue is not None:
+        values["today"] = today
+    if filters.search:
+        values["pattern"] = _like_pattern(params.search or "")
+    if filters.due_before:
+        values["due_before"] = params.due_before
+    if filters.due_after:
+        values["due_after"] = params.due_after
+    if filters.created_after and params.created_after is not None:
+        values["created_from"] = _start_of_day(params.created_after)
+    if filters.created_before and params.created_before is not None:
+        values["created_until"] = _start_of_day(params.created_before + timedelta(days=1))
+    return values
+
+
+def _conditions(filters: _Filters) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [_TASK.user_id == _OWNER_ID]
+    if filters.completed is not None:
+        conditions.append(_TASK.completed == (true() if filters.completed else false()))
+    if filters.priority:
+        conditions.append(_TASK.priority == bindparam("priority"))
+    if filters.tags:
         # Served by the (user_id, tag, task_id) index: only this user's tag rows are read.
         with_all_tags = (
             select(_TAG.task_id)
-            .where(_TAG.user_id == owner_id, _TAG.tag.in_(params.tag))
+            .where(_TAG.user_id == _OWNER_ID, _TAG.tag.in_(bindparam("tags", expanding=True)))
             .group_by(_TAG.task_id)
-            .having(func.count() == len(params.tag))
+            .having(func.count() == bindparam("tag_count", type_=Integer))
         )
         conditions.append(_TASK.id.in_(with_all_tags))
-    if params.overdue is True:
+    today = bindparam("today", type_=Date)
+    if filters.overdue is True:
         conditions.extend([_TASK.completed == false(), _TASK.due_date < today])
-    elif params.overdue is False:
+    elif filters.overdue is False:
         # Spelled out: NOT (due_date < today) would drop tasks without a due date (NULL).
         conditions.append(
             or_(_TASK.completed == true(), _TASK.due_date.is_(None), _TASK.due_date >= today)
         )
-    if params.search:
-        pattern = _like_pattern(params.search)
+    if filters.search:
+        pattern = bindparam("pattern", type_=String)
         conditions.append(
             or_(
                 _TASK.title.ilike(pattern, escape="\\"),
                 _TASK.description.ilike(pattern, escape="\\"),
             )
         )
-    if params.due_before is not None:
-        conditions.append(_TASK.due_date <= params.due_before)
-    if params.due_after is not None:
-        conditions.append(_TASK.due_date >= params.due_after)
-    if params.created_after is not None:
-        conditions.append(_TASK.created_at >= _start_of_day(params.created_after))
-    if params.created_before is not None and params.created_before < date.max:
-        conditions.append(
-            _TASK.created_at < _start_of_day(params.created_before + timedelta(days=1))
-        )
+    if filters.due_before:
+        conditions.append(_TASK.due_date <= bindparam("due_before"))
+    if filters.due_after:
+        conditions.append(_TASK.due_date >= bindparam("due_after"))
+    if filters.created_after:
+        conditions.append(_TASK.created_at >= bindparam("created_from"))
+    if filters.created_before:
+        conditions.append(_TASK.created_at < bindparam("created_until"))
     return conditions
 
 
-def _ordering(params: TaskListParams) -> list[Any]:
-    column = _SORT_COLUMNS[params.sort_by]
-    descending = params.sort_order == "desc"
+def _ordering(sort_by: str, sort_order: str) -> list[Any]:
+    column = _SORT_COLUMNS[sort_by]
+    descending = sort_order == "desc"
     first = column.desc() if descending else column.asc()
-    if params.sort_by == "due_date":
+    if sort_by == "due_date":
         first = first.nulls_last()
-    if params.sort_by == "id":
+    if sort_by == "id":
         return [first]
     return [first, _TASK.id.desc() if descending else _TASK.id.asc()]
+
+
+@lru_cache(maxsize=_SHAPES_KEPT)
+def _page_statement(filters: _Filters, sort_by: str, sort_order: str) -> Executable:
+    """A page of matching tasks with their tags, and the owner's change counter on each row."""
+    return (
+        select(*_VIEW_COLUMNS, _TAGS, change_service.counter_column(_OWNER_ID))
+        .where(*_conditions(filters))
+        .order_by(*_ordering(sort_by, sort_order))
+        .offset(bindparam("skip", type_=Integer))
+        .limit(bindparam("limit", type_=Integer))
+    )
+
+
+@lru_cache(maxsize=_SHAPES_KEPT)
+def _count_statement(filters: _Filters) -> Executable:
+    """How many tasks match, and the owner's change counter they were counted at."""
+    return (
+        select(func.count(), change_service.counter_column(_OWNER_ID))
+        .select_from(_TASK_TABLE)
+        .where(*_conditions(filters))
+    )
 
 
 # The totals of lists, cached per owner, filters and UTC date, each with the change counter
@@ -254,24 +342,16 @@ def read_page(
     but one that reads every matching row: the whole cost of a list of a user with 100,000
     tasks), whose entry the page carries for the cache.
     """
-    conditions = _conditions(owner_id, params, today)
+    filters = _filters_of(params)
+    values = _filter_values(filters, owner_id, params, today)
     # The page and its tags in one round trip, with the counter they were read at.
-    rows = session.execute(
-        select(*_VIEW_COLUMNS, _TAGS, change_service.counter_column(owner_id))
-        .where(*conditions)
-        .order_by(*_ordering(params))
-        .offset(params.skip)
-        .limit(params.limit)
-    ).all()
+    page = _page_statement(filters, params.sort_by, params.sort_order)
+    rows = session.execute(page, {**values, "skip": params.skip, "limit": params.limit}).all()
     tasks = _views(row[:-1] for row in rows)
     counter = rows[0][-1] if rows else None
     if counter is not None and (cached := _cached_total(cached_total, counter)) is not None:
         return TaskPage(tasks=tasks, total=cached, change_counter=counter)
-    total, counted_at = session.execute(
-        select(func.count(), change_service.counter_column(owner_id))
-        .select_from(_TASK_TABLE)
-        .where(*conditions)
-    ).one()
+    total, counted_at = session.execute(_count_statement(filters), values).one()
     # The tag of the answer names the older counter of the two reads: a client revalidating
     # after a write between them gets the whole list again.
     oldest = counted_at if counter is None else min(counter, counted_at)
@@ -280,10 +360,11 @@ def read_page(
     )
 
 
-async def store_counted_total(cache: Cache, key: str, page: TaskPage) -> None:
-    """Store the total `read_page` just counted under `key`, on the event loop (if it did)."""
+def store_counted_total(totals: Cache, key: str, page: TaskPage) -> None:
+    """Store the total `read_page` just counted under `key` (if it did) in `totals`, an
+    in-process cache (`Resources.list_totals`)."""
     if page.counted is not None:
-        await cache.set_async(key, page.counted, _TOTAL_TTL_SECONDS)
+        totals.set(key, page.counted, _TOTAL_TTL_SECONDS)
 
 
 # --- writes -------------------------------------------------------------------------------

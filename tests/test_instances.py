@@ -379,6 +379,26 @@ def test_rate_limits_and_the_stats_cache_are_shared(running: Cluster) -> None:
     assert stats("b") == ("HIT", 1)
 
 
+def test_a_list_total_counted_by_one_instance_is_exact_after_a_write_through_another(
+    running: Cluster,
+) -> None:
+    """Each instance keeps the totals it counted, each with the change counter it was counted
+    at: a write through another instance raises the counter, so the total is counted again."""
+    carol = user(running).register(on="a", login_on="b")
+    first = carol.create_task("a", "First")
+
+    def total(instance: str) -> str:
+        response = carol.call(instance, "GET", "/tasks", params={"limit": 1})
+        assert response.status_code == 200, response.text
+        return response.headers["X-Total-Count"]
+
+    assert (total("a"), total("a"), total("b")) == ("1", "1", "1")
+    carol.create_task("b", "Second")
+    assert (total("a"), total("b")) == ("2", "2")
+    assert carol.call("b", "DELETE", f"/tasks/{first}").status_code == 204
+    assert (total("a"), total("b")) == ("1", "1")
+
+
 def test_an_instance_killed_right_after_a_2xx_still_gets_its_notice_delivered(
     running: Cluster, inbox: GatedInbox
 ) -> None:

@@ -234,6 +234,37 @@ def test_filters_combine_with_and(client: TestClient, alice: AuthUser) -> None:
     assert list_ids(client, alice, params) == [match["id"]]
 
 
+def test_the_same_filters_with_other_values_find_other_tasks(
+    client: TestClient, alice: AuthUser
+) -> None:
+    """A list's statement is built once per combination of filters: each request's own values
+    choose its tasks, every filter at once included."""
+    fields = {"priority": "high", "due_date": "2030-03-10", "tags": ["home", "x"]}
+    home = create_task(client, alice, title="Pay rent", **fields)
+    work = create_task(client, alice, title="Send invoice", **{**fields, "tags": ["work"]})
+    late = create_task(client, alice, title="Send invoice", **{**fields, "due_date": "2030-04-10"})
+
+    def every_filter(search: str, tags: list[str], due_before: str) -> list[int]:
+        params = {
+            "completed": "false",
+            "priority": "high",
+            "tag": tags,
+            "overdue": "false",
+            "search": search,
+            "due_before": due_before,
+            "due_after": "2030-01-01",
+            "created_before": today().isoformat(),
+            "created_after": "2026-01-01",
+            "sort_by": "title",
+        }
+        return list_ids(client, alice, params)
+
+    assert every_filter("rent", ["home", "x"], "2030-03-31") == [home["id"]]
+    assert every_filter("invoice", ["work"], "2030-03-31") == [work["id"]]
+    assert every_filter("invoice", [], "2030-04-30") == [work["id"], late["id"]]
+    assert every_filter("rent", ["home", "work"], "2030-12-31") == []
+
+
 # --- sorting ------------------------------------------------------------------------------
 
 
