@@ -8,6 +8,7 @@ adds the headers every response carries, `security: []` on public operations, an
 success example taken from the schema's own.
 """
 
+import copy
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from exceptions import (
     declared_errors,
 )
 from models import ErrorResponse, Problem, by_status, problem_response_doc
+from query_models import documented_parameters, model_of
 from rate_limit_config import RATE_LIMIT_HEADERS, dependency_calls, requires_auth, route_limits_of
 
 OPENAPI_TAGS: list[dict[str, Any]] = [
@@ -171,12 +173,34 @@ def complete_openapi(schema: dict[str, Any], routes: Iterable[Any]) -> None:
         for method in route.methods or ():
             operation = paths.get(route.path_format or "", {}).get(method.lower())
             if operation is not None:
+                _document_query_models(route, operation, schemas)
                 _complete_operation(route, operation, schemas)
     _drop_unreferenced(schema, _FASTAPI_ERROR_SCHEMAS)
     for scheme in components.get("securitySchemes", {}).values():
         if scheme.get("type") == "oauth2":
             scheme.setdefault("description", _SECURITY_SCHEME_DESCRIPTION)
     _offer_personal_tokens(schema)
+
+
+def _document_query_models(
+    route: RouteContext, operation: dict[str, Any], schemas: dict[str, Any]
+) -> None:
+    """Document the fields of each `query_model` dependency as FastAPI documents a query
+    model's: its query parameters, after the path's and before the headers'."""
+    for call in dependency_calls(route.dependant):
+        model = model_of(call)
+        if model is None:
+            continue
+        parameters, referenced = documented_parameters(model)
+        wanted = list(_refs(parameters))
+        while wanted:
+            name = wanted.pop()
+            if name not in schemas and name in referenced:
+                schemas[name] = copy.deepcopy(referenced[name])
+                wanted.extend(_refs(schemas[name]))
+        current = operation.setdefault("parameters", [])
+        at = sum(1 for parameter in current if parameter["in"] in ("path", "query"))
+        current[at:at] = copy.deepcopy(parameters)
 
 
 def _offer_personal_tokens(schema: dict[str, Any]) -> None:

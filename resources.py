@@ -78,7 +78,7 @@ class Resources:
         # The totals of lists, each with the change counter it was counted at (this process
         # only: exact while the counter holds, so no instance needs another's; a round trip to
         # Redis cost a list more than a lookup here).
-        self.list_totals: Cache = MemoryCache(max_entries=LIST_TOTALS_KEPT)
+        self.list_totals = MemoryCache(max_entries=LIST_TOTALS_KEPT)
         # Set by whoever runs the jobs (the app's lifespan, a worker, a test).
         self.runner: JobSubmitter | None = None
 

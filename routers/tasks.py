@@ -4,7 +4,7 @@ from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Body, Path, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
 from pydantic import AfterValidator, TypeAdapter
 from sqlalchemy.orm import Session
 
@@ -58,6 +58,7 @@ from models import (
     no_content,
     normalize_tag,
 )
+from query_models import query_model
 from responses import json_response
 from services import changes as change_service
 from services import stats as stats_service
@@ -136,7 +137,7 @@ def _paging_headers(request: Request, params: TaskListParams, total: int) -> dic
     dependencies=[READ_TASKS],
 )
 async def list_tasks(
-    params: Annotated[TaskListParams, Query()],
+    params: Annotated[TaskListParams, Depends(query_model(TaskListParams))],
     user: CurrentUser,
     resources: ResourcesDep,
     cache: CacheDep,

@@ -360,7 +360,7 @@ def apps_with_own_limits(**defaults: Any) -> Iterator[AppFactory]:
                 client.delete(*keys)
 
 
-# --- the stats cache ------------------------------------------------------------------------
+# --- the caches ------------------------------------------------------------------------
 
 import redis  # noqa: E402
 
@@ -368,6 +368,7 @@ import redis_config  # noqa: E402
 
 
 def _empty_the_cache() -> None:
+    RESOURCES.list_totals.clear()
     cache = RESOURCES.cache
     if isinstance(cache, redis_config.MemoryCache):
         cache.clear()

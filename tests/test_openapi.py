@@ -13,7 +13,7 @@ from openapi_spec_validator import validate
 
 from exceptions import InvalidTokenError, NotAuthenticatedError, TaskNotFoundError, raises
 from main import VERSION
-from models import error_responses
+from models import TaskListParams, error_responses
 from openapi_docs import DOCS_CONTENT_SECURITY_POLICY
 from openapi_schema import OPENAPI_TAGS, install_openapi, operation_id
 
@@ -494,3 +494,25 @@ def test_task_schema_has_the_version(spec: dict[str, Any]) -> None:
     task = spec["components"]["schemas"]["TaskRead"]
     assert "version" in task["required"]
     assert task["properties"]["version"]["type"] == "integer"
+
+
+def test_the_list_documents_every_filter_as_a_query_parameter(spec: dict[str, Any]) -> None:
+    """The list validates its query string itself (query_models.py); its document still lists
+    each field of the model as a query parameter, before the If-None-Match header."""
+    parameters = spec["paths"]["/tasks"]["get"]["parameters"]
+    assert [(p["name"], p["in"]) for p in parameters] == [
+        *((name, "query") for name in TaskListParams.model_fields),
+        ("If-None-Match", "header"),
+    ]
+    by_name = {p["name"]: p for p in parameters}
+    assert by_name["tag"]["schema"]["type"] == "array"
+    assert by_name["limit"]["schema"] == {
+        "type": "integer",
+        "maximum": 100,
+        "minimum": 1,
+        "default": 100,
+        "description": "Page size.",
+        "title": "Limit",
+    }
+    priority = resolve(spec, by_name["priority"]["schema"]["anyOf"][0])
+    assert priority["enum"] == ["low", "medium", "high"]

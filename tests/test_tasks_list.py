@@ -107,6 +107,26 @@ def test_every_bad_parameter_is_reported_at_once(client: TestClient, alice: Auth
     }
 
 
+def test_a_repeated_parameter_takes_its_last_value_unless_it_may_repeat(
+    client: TestClient, alice: AuthUser
+) -> None:
+    """As FastAPI reads a query string: `tag` may repeat (all of them), any other parameter
+    takes the last of its values, and an unknown one is refused however often it comes."""
+    tagged = create_task(client, alice, tags=["a", "b"])["id"]
+    create_task(client, alice, tags=["a"])
+    create_task(client, alice)
+    query = [("limit", "1"), ("limit", "3"), ("sort_order", "asc"), ("sort_order", "desc")]
+    response = client.get("/tasks", params=query, headers=alice.headers)
+    assert [task["id"] for task in response.json()] == [tagged + 2, tagged + 1, tagged]
+    response = client.get("/tasks", params=[("tag", "a"), ("tag", "b")], headers=alice.headers)
+    assert [task["id"] for task in response.json()] == [tagged]
+    response = client.get(
+        "/tasks", params=[("sortby", "id"), ("sortby", "title")], headers=alice.headers
+    )
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["errors"]] == [["query", "sortby"]]
+
+
 def test_extreme_but_valid_values_are_answered(client: TestClient, alice: AuthUser) -> None:
     task = create_task(client, alice, due_date="2030-01-01")
     params = {
