@@ -33,6 +33,11 @@ the same pool on asyncpg through SQLAlchemy's asyncio extension, statements awai
 event loop (no thread-pool hop), reads in autocommit.
 
 - `GET /ceiling/async/select1`: the `SELECT 1` ceiling on the async driver (`alt_select1`).
+- `POST /ceiling/async/tasks/one-statement`, `PATCH /ceiling/async/task/one-statement`: the
+  least a create or a patch could send, on the async driver: one statement in autocommit (the
+  task and its tags inserted together; the description updated, tags read back), no `BEGIN`,
+  no `COMMIT`, no lock, no precondition and no cache version bump after it (`floor_create`,
+  `floor_patch`). What no design of the writes on this stack can beat.
 - `GET /ceiling/async/list`, `GET /ceiling/async/task`, `POST /ceiling/async/tasks`,
   `PATCH /ceiling/async/task`: the list, get, create and patch prototypes' very code on the
   async driver (`alt_list`, `alt_get`, `alt_create`, `alt_patch`).
@@ -46,12 +51,24 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, TypeAdapter
-from sqlalchemy import Connection, create_engine, make_url, select, text
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Executable,
+    Row,
+    String,
+    bindparam,
+    column,
+    create_engine,
+    make_url,
+    select,
+    text,
+)
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -345,6 +362,70 @@ def create_app() -> FastAPI:
             today=stats_service.utc_today(),
         )
         return Response(status_code=304, headers={"ETag": etag})
+
+    # The floors: one PostgreSQL statement per write, in autocommit, on the async driver.
+    view = [Task.__table__.c[name] for name in TaskRead.model_fields if name != "tags"]
+    # Our own table's column names: the only text put into these statements.
+    returned = ", ".join(column.name for column in view)
+    one_statement_create = (
+        text(
+            f"WITH task AS (INSERT INTO tasks (user_id, title, description, priority, due_date,"  # noqa: S608
+            f" completed, created_at, updated_at) VALUES (:owner, :title, :description,"
+            f" :priority, :due_date, false, :now, :now) RETURNING {returned}),"
+            " tags AS (INSERT INTO task_tags (task_id, tag, user_id)"
+            " SELECT task.id, tag, :owner FROM task, unnest(:tags) AS tag)"
+            f" SELECT {returned} FROM task"
+        )
+        .bindparams(
+            bindparam("priority", type_=Task.__table__.c.priority.type),
+            bindparam("tags", type_=ARRAY(String)),
+            bindparam("now", type_=Task.__table__.c.created_at.type),
+        )
+        .columns(*view)
+    )
+    one_statement_patch = (
+        text(
+            "UPDATE tasks SET description = :description, updated_at = :now,"  # noqa: S608
+            " version = version + 1 WHERE id = :task_id AND user_id = :owner"
+            f" RETURNING {returned}, (SELECT string_agg(tag, '/') FROM task_tags"
+            " WHERE task_tags.task_id = tasks.id) AS tags"
+        )
+        .bindparams(bindparam("now", type_=Task.__table__.c.updated_at.type))
+        .columns(*view, column("tags", String))
+    )
+
+    async def one_statement(statement: Executable, values: dict[str, object]) -> Row[Any]:
+        async with async_reader.connect() as connection:
+            return (await connection.execute(statement, values)).one()
+
+    @app.post("/ceiling/async/tasks/one-statement", response_model=TaskRead, status_code=201)
+    async def floor_create(data: TaskCreate) -> Response:
+        """A create in one statement in autocommit on the async driver (the task and its tags)."""
+        await prototype_user()
+        tags = sorted(set(data.tags))
+        values = {
+            **data.model_dump(include={"title", "description", "priority", "due_date"}),
+            "owner": chosen["writer"],
+            "tags": tags,
+            "now": datetime.now(UTC),
+        }
+        row = await one_statement(one_statement_create, values)
+        task = TaskRead.model_validate({**row._asdict(), "tags": tags})
+        return json_response(_TASK, task, {}, status_code=201)
+
+    @app.patch("/ceiling/async/task/one-statement", response_model=TaskRead)
+    async def floor_patch(data: TaskUpdate) -> Response:
+        """A patch of a random task's description in one statement in autocommit."""
+        user_id = await prototype_user()
+        values = {
+            "description": f"{data.description} {next(edits)}",
+            "now": datetime.now(UTC),
+            "task_id": random.choice(task_ids),
+            "owner": user_id,
+        }
+        row = (await one_statement(one_statement_patch, values))._asdict()
+        tags = sorted(row.pop("tags").split("/")) if row["tags"] else []
+        return json_response(_TASK, TaskRead.model_validate({**row, "tags": tags}), {})
 
     @app.get("/ceiling/async/select1", response_model=Select1)
     async def alternative_select1() -> Select1:

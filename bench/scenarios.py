@@ -173,6 +173,15 @@ MAIN = (
         ("POST", "/ceiling/async/tasks", PROTOTYPE_TASK),
         group="prototype",
     ),
+    Scenario(
+        "floor_create",
+        "POST /ceiling/async/tasks/one-statement (the least a create could send)",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("POST", "/ceiling/async/tasks/one-statement", PROTOTYPE_TASK),
+        group="prototype",
+    ),
     Scenario("patch", "PATCH /tasks/{id}", API, "patch.lua", "main"),
     Scenario(
         "proto_patch",
@@ -190,6 +199,15 @@ MAIN = (
         "plain.lua",
         "none",
         ("PATCH", "/ceiling/async/task", PROTOTYPE_EDIT),
+        group="prototype",
+    ),
+    Scenario(
+        "floor_patch",
+        "PATCH /ceiling/async/task/one-statement (the least a patch could send)",
+        CEILING,
+        "plain.lua",
+        "none",
+        ("PATCH", "/ceiling/async/task/one-statement", PROTOTYPE_EDIT),
         group="prototype",
     ),
     Scenario(
