@@ -77,6 +77,10 @@ class Cache(ABC):
         least once, as a timed-out one may still have reached the server.
         """
 
+    async def incr_async(self, key: str, ttl_seconds: int) -> None:
+        """`incr` for async code, awaited on the event loop (an in-process cache just adds)."""
+        self.incr(key, ttl_seconds)
+
     @abstractmethod
     def ping(self) -> bool:
         """True when the cache answers."""
@@ -335,10 +339,30 @@ class RedisCache(Cache):
 
         ok, _ = self._run(increment)
         if not ok:
-            with self._lock:
-                self._pending[key] = ttl_seconds
-                while len(self._pending) > MAX_PENDING_INCREMENTS:
-                    del self._pending[next(iter(self._pending))]
+            self._keep_pending(key, ttl_seconds)
+
+    async def incr_async(self, key: str, ttl_seconds: int) -> None:
+        if self._pending or not self._may_try():
+            # The sync path replays what is pending first, or keeps this one for later.
+            await anyio.to_thread.run_sync(self.incr, key, ttl_seconds)
+            return
+        name = self._prefix + key
+        try:
+            pipe = self._loop_client().pipeline(transaction=False)
+            pipe.incr(name)
+            pipe.expire(name, ttl_seconds)
+            await pipe.execute()
+        except (RedisError, OSError, ValueError) as error:
+            self._failed(error)
+            self._keep_pending(name, ttl_seconds)
+            return
+        self._succeeded()
+
+    def _keep_pending(self, name: str, ttl_seconds: int) -> None:
+        with self._lock:
+            self._pending[name] = ttl_seconds
+            while len(self._pending) > MAX_PENDING_INCREMENTS:
+                del self._pending[next(iter(self._pending))]
 
     def ping(self) -> bool:
         ok, answer = self._run(lambda client: bool(client.ping()))

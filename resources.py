@@ -1,7 +1,8 @@
 """What a running app (or worker) uses, built once from its settings and closed with it.
 
 `Resources(settings)` holds the engine and its session factory (and, on PostgreSQL, the async
-driver's engine for the busiest reads: `read`), the cache, the storage for attachments, the deployment's event counters and, once started, the job runner. The app's
+driver's engine for the busiest reads, `read`, and for writes of one statement, `write_alone`),
+the cache, the storage for attachments, the deployment's event counters and, once started, the job runner. The app's
 lifespan builds one from the app's settings and keeps it in `app.state.resources`; request
 dependencies read it from there; background work and jobs receive it as an argument; a worker
 process (`worker.py`) builds its own. Nothing here connects anywhere until it is first used.
@@ -10,11 +11,12 @@ Every session made by `sessions` carries the resources in `session.info`, so wor
 that session (the outbox's jobs) reaches this app's runner and no other.
 """
 
-from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Executable, Row
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,6 +48,20 @@ def _means_unavailable(error: DBAPIError) -> bool:
         return True
     state = getattr(error.orig, "sqlstate", None)
     return isinstance(state, str) and state[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+
+
+@contextmanager
+def _unavailable_as_503() -> Iterator[None]:
+    """An unreachable database, a connection lost or a statement timed out on the async
+    driver raise `DatabaseUnavailableError` (a 503), as psycopg2's OperationalError does."""
+    try:
+        yield
+    except DBAPIError as error:
+        if not _means_unavailable(error):
+            raise
+        raise DatabaseUnavailableError() from error
+    except OSError as error:  # refused or timed out before any DBAPI connection existed
+        raise DatabaseUnavailableError() from error
 
 
 class JobSubmitter(Protocol):
@@ -99,8 +115,8 @@ class Resources:
         I/O. An unreachable database, a connection lost or a statement timed out answers 503
         either way (here `DatabaseUnavailableError`, as psycopg2's OperationalError does).
         """
-        engine = self.async_engine
-        if engine is None or self.sessions.kw.get("bind") is not self.engine:
+        engine = self._async_driver()
+        if engine is None:
 
             def in_thread() -> T:
                 with reading(self.sessions) as session:
@@ -112,15 +128,33 @@ class Resources:
             with read_only(self.sessions(bind=connection)) as session:
                 return work(session)
 
-        try:
+        with _unavailable_as_503():
             async with engine.connect() as connection:
                 return await connection.run_sync(on_connection)
-        except DBAPIError as error:
-            if not _means_unavailable(error):
-                raise
-            raise DatabaseUnavailableError() from error
-        except OSError as error:  # refused or timed out before any DBAPI connection existed
-            raise DatabaseUnavailableError() from error
+
+    def _async_driver(self) -> AsyncEngine | None:
+        """The async driver's engine, unless there is none or the sessions were rebound to a
+        connection or engine of a caller's (whose transaction its pool could not see)."""
+        if self.sessions.kw.get("bind") is not self.engine:
+            return None
+        return self.async_engine
+
+    @property
+    def writes_alone(self) -> bool:
+        """Whether `write_alone` can run a statement (PostgreSQL on the async driver)."""
+        return self._async_driver() is not None
+
+    async def write_alone(self, statement: Executable, values: dict[str, Any]) -> Row[Any]:
+        """Run one statement that writes and answers one row, atomic on its own: on the async
+        driver, in autocommit (no BEGIN, no COMMIT), on the event loop. Only when
+        `writes_alone`; a failing database answers 503 as in `read`."""
+        engine = self._async_driver()
+        if engine is None:
+            raise RuntimeError("writes_alone is False: write in a session")
+        with _unavailable_as_503():
+            async with engine.connect() as connection:
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                return (await autocommit.execute(statement, values)).one()
 
     def close(self) -> None:
         """Release the connections (the pool, Redis clients) and forget the list totals."""

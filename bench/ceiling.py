@@ -21,7 +21,9 @@ them at all.
 
 - `GET /ceiling/list`: a page of 20 tasks, its total and the change counter (`list`).
 - `GET /ceiling/task`: one task with its tags (`get`).
-- `POST /ceiling/tasks`: a task created from a validated body, for the first writer (`create`).
+- `POST /ceiling/tasks`: a task created from a validated body, for the first writer, in a
+  transaction (`create` with an `Idempotency-Key`, or on SQLite; `floor_create` below is the
+  create of PostgreSQL without a key).
 - `PATCH /ceiling/task`: a random task's description changed, locked, committed (`patch`).
 - `GET /ceiling/stats`: the statistics from the cache (`stats_warm`).
 - `GET /ceiling/revalidate`: the list's 304 from the cached change counter (`list_304`).
@@ -33,11 +35,13 @@ the same pool on asyncpg through SQLAlchemy's asyncio extension, statements awai
 event loop (no thread-pool hop), reads in autocommit.
 
 - `GET /ceiling/async/select1`: the `SELECT 1` ceiling on the async driver (`alt_select1`).
-- `POST /ceiling/async/tasks/one-statement`, `PATCH /ceiling/async/task/one-statement`: the
-  least a create or a patch could send, on the async driver: one statement in autocommit (the
-  task and its tags inserted together; the description updated, tags read back), no `BEGIN`,
-  no `COMMIT`, no lock, no precondition and no cache version bump after it (`floor_create`,
-  `floor_patch`). What no design of the writes on this stack can beat.
+- `POST /ceiling/async/tasks/one-statement`: the API's create as it runs on PostgreSQL
+  (`task_service.create_task_alone`): the task and its tags in one statement in autocommit on
+  the async driver, then the cache version's increment on the event loop (`floor_create`).
+- `PATCH /ceiling/async/task/one-statement`: the least a patch could send, on the async
+  driver: the description updated and the tags read back in one statement in autocommit, no
+  `BEGIN`, no `COMMIT`, no lock, no precondition, no cache version bump (`floor_patch`). What
+  no design of the patch on this stack can beat.
 - `GET /ceiling/async/list`, `GET /ceiling/async/task`, `POST /ceiling/async/tasks`,
   `PATCH /ceiling/async/task`: the list, get, create and patch prototypes' very code on the
   async driver (`alt_list`, `alt_get`, `alt_create`, `alt_patch`).
@@ -57,7 +61,6 @@ import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, TypeAdapter
 from sqlalchemy import (
-    ARRAY,
     Connection,
     Executable,
     Row,
@@ -296,7 +299,7 @@ def create_app() -> FastAPI:
 
     @app.post("/ceiling/tasks", response_model=TaskRead, status_code=201)
     def prototype_create(data: TaskCreate) -> Response:
-        """The API's create for the first writer, committed, nothing around it."""
+        """The API's create in a transaction for the first writer, committed, nothing around it."""
         return on_sync_driver(create(data), read=False)
 
     @app.patch("/ceiling/task", response_model=TaskRead)
@@ -367,22 +370,6 @@ def create_app() -> FastAPI:
     view = [Task.__table__.c[name] for name in TaskRead.model_fields if name != "tags"]
     # Our own table's column names: the only text put into these statements.
     returned = ", ".join(column.name for column in view)
-    one_statement_create = (
-        text(
-            f"WITH task AS (INSERT INTO tasks (user_id, title, description, priority, due_date,"  # noqa: S608
-            f" completed, created_at, updated_at) VALUES (:owner, :title, :description,"
-            f" :priority, :due_date, false, :now, :now) RETURNING {returned}),"
-            " tags AS (INSERT INTO task_tags (task_id, tag, user_id)"
-            " SELECT task.id, tag, :owner FROM task, unnest(:tags) AS tag)"
-            f" SELECT {returned} FROM task"
-        )
-        .bindparams(
-            bindparam("priority", type_=Task.__table__.c.priority.type),
-            bindparam("tags", type_=ARRAY(String)),
-            bindparam("now", type_=Task.__table__.c.created_at.type),
-        )
-        .columns(*view)
-    )
     one_statement_patch = (
         text(
             "UPDATE tasks SET description = :description, updated_at = :now,"  # noqa: S608
@@ -400,17 +387,11 @@ def create_app() -> FastAPI:
 
     @app.post("/ceiling/async/tasks/one-statement", response_model=TaskRead, status_code=201)
     async def floor_create(data: TaskCreate) -> Response:
-        """A create in one statement in autocommit on the async driver (the task and its tags)."""
+        """The API's create in one statement in autocommit on the async driver, alone."""
         await prototype_user()
-        tags = sorted(set(data.tags))
-        values = {
-            **data.model_dump(include={"title", "description", "priority", "due_date"}),
-            "owner": chosen["writer"],
-            "tags": tags,
-            "now": datetime.now(UTC),
-        }
-        row = await one_statement(one_statement_create, values)
-        task = TaskRead.model_validate({**row._asdict(), "tags": tags})
+        task = await task_service.create_task_alone(
+            one_statement, owner_id=chosen["writer"], data=data, cache=cache
+        )
         return json_response(_TASK, task, {}, status_code=201)
 
     @app.patch("/ceiling/async/task/one-statement", response_model=TaskRead)

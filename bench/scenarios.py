@@ -175,7 +175,7 @@ MAIN = (
     ),
     Scenario(
         "floor_create",
-        "POST /ceiling/async/tasks/one-statement (the least a create could send)",
+        "POST /ceiling/async/tasks/one-statement (the API's create in one statement, alone)",
         CEILING,
         "plain.lua",
         "none",

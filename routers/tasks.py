@@ -5,6 +5,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Depends, Path, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from pydantic import AfterValidator, TypeAdapter
 from sqlalchemy.orm import Session
 
@@ -199,21 +200,38 @@ async def list_tasks(
     dependencies=[WRITE_TASKS],
 )
 @rate_limits.rate_limited(rate_limits.CREATE_TASK)
-def create_task(
+async def create_task(
     data: TaskCreate,
     user: CurrentUser,
     idempotency: Idempotency,
     session: DbSession,
+    resources: ResourcesDep,
     cache: CacheDep,
     response: Response,
 ) -> Any:
     """Create a task owned by the caller."""
-    task = task_service.create_task(session, owner_id=user.id, data=data, cache=cache)
-    response.headers["Location"] = f"/tasks/{task.id}"
-    with_task_etag(response, task)
-    answer = idempotency.respond(task, adapter=_TASK, status_code=201, response=response)
-    session.commit()  # in this hop: get_db then has nothing left to commit
-    return answer
+
+    def created(task: TaskRead) -> None:
+        response.headers["Location"] = f"/tasks/{task.id}"
+        with_task_etag(response, task)
+
+    if idempotency.key is None and resources.writes_alone:
+        # One statement on the event loop: no transaction, no thread-pool hop.
+        task = await task_service.create_task_alone(
+            resources.write_alone, owner_id=user.id, data=data, cache=cache
+        )
+        created(task)
+        return json_response(_TASK, task, response.headers, status_code=201)
+
+    def in_session() -> Response:
+        # With a key its answer is stored in the same transaction; one hop for all of it.
+        task = task_service.create_task(session, owner_id=user.id, data=data, cache=cache)
+        created(task)
+        answer = idempotency.respond(task, adapter=_TASK, status_code=201, response=response)
+        session.commit()  # in this hop: get_db then has nothing left to commit
+        return answer
+
+    return await run_in_threadpool(in_session)
 
 
 # /stats and /bulk are declared before /{task_id}, which would otherwise capture them.

@@ -64,6 +64,12 @@ def invalidate_after_commit(session: Session, *, cache: Cache, owner_id: int) ->
     after_commit(session, partial(cache.incr, cache_version_key(owner_id), _VERSION_TTL_SECONDS))
 
 
+async def invalidate_now(cache: Cache, *, owner_id: int) -> None:
+    """`invalidate_after_commit` for a write that has committed already (one statement in
+    autocommit), on the event loop."""
+    await cache.incr_async(cache_version_key(owner_id), _VERSION_TTL_SECONDS)
+
+
 class _CounterEntry(BaseModel):
     version: int
     counter: int

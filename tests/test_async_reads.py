@@ -1,4 +1,5 @@
-"""Reads on the async driver (`DB_ASYNC_READS`, PostgreSQL): a task and the statistics.
+"""The async driver (`DB_ASYNC_READS`, PostgreSQL): the reads of a task, a list and the
+statistics, and a create in one statement.
 
 The other tests run every request inside one outer transaction on one psycopg2 connection,
 which the async driver's pool cannot see, so `Resources.read` takes the thread-pool path there.
@@ -140,6 +141,69 @@ def test_a_task_is_read_on_the_async_driver_exactly_as_written(
     )
     assert unchanged.status_code == 304
     assert unchanged.headers["ETag"] == read.headers["ETag"]
+
+
+def test_a_create_is_one_statement_on_the_async_driver(served: tuple[TestClient, Served]) -> None:
+    client, app = served
+    headers = app.user(client)
+    before = client.get("/tasks/stats", headers=headers)
+    assert before.headers["X-Cache"] == "MISS"
+    app.forget_statements()
+    body = {
+        "title": "Quarterly report",
+        "description": "Numbers, then prose",
+        "priority": "high",
+        "due_date": "2031-05-17",
+        "completed": True,
+        "tags": ["work", "Q2", "work"],
+    }
+
+    created = client.post("/tasks", json=body, headers=headers)
+
+    assert created.status_code == 201, created.text
+    task = created.json()
+    # The task and its tags in one statement through asyncpg, in autocommit; psycopg2 idle.
+    assert app.statements["sync"] == []
+    assert len(app.statements["async"]) == 1
+    statement = " ".join(app.statements["async"][0].split())
+    assert statement.startswith("WITH new_task AS (INSERT INTO tasks")
+    assert "new_task_tags AS (INSERT INTO task_tags" in statement
+    expected = {**body, "tags": ["q2", "work"], "version": 1}
+    assert {key: task[key] for key in expected} == expected
+    assert created.headers["Location"] == f"/tasks/{task['id']}"
+    read = client.get(created.headers["Location"], headers=headers)
+    assert (read.json(), read.headers["ETag"]) == (task, created.headers["ETag"])
+    with RESOURCES.engine.connect() as connection:
+        tags = connection.execute(
+            text("SELECT tag, user_id FROM task_tags WHERE task_id = :id ORDER BY tag"),
+            {"id": task["id"]},
+        )
+        assert [tuple(row) for row in tags] == [("q2", task["user_id"]), ("work", task["user_id"])]
+    # The owner's cached answers went stale with it: the statistics count it at once.
+    after = client.get("/tasks/stats", headers=headers)
+    assert after.headers["X-Cache"] == "MISS"
+    assert (after.json()["total"], after.json()["completed"]) == (1, 1)
+    assert after.headers["ETag"] != before.headers["ETag"]
+    untagged = client.post("/tasks", json={"title": "bare"}, headers=headers)
+    assert (untagged.status_code, untagged.json()["tags"]) == (201, [])
+
+
+def test_a_create_with_an_idempotency_key_is_stored_with_it_in_one_transaction(
+    served: tuple[TestClient, Served],
+) -> None:
+    client, app = served
+    headers = {**app.user(client), "Idempotency-Key": f"create-{uuid.uuid4().hex}"}
+    app.forget_statements()
+
+    first = client.post("/tasks", json={"title": "once", "tags": ["a"]}, headers=headers)
+    again = client.post("/tasks", json={"title": "once", "tags": ["a"]}, headers=headers)
+
+    assert (first.status_code, again.status_code) == (201, 201), again.text
+    assert again.json() == first.json()
+    assert len(client.get("/tasks", headers=headers).json()) == 1
+    # The key's record is written with the task, in psycopg2's transaction.
+    assert any(s.startswith("INSERT INTO tasks") for s in app.statements["sync"])
+    assert not any(s.startswith("WITH new_task") for s in app.statements["async"])
 
 
 def _show_on_the_async_driver(settings: Settings, name: str) -> Any:
@@ -295,6 +359,11 @@ def test_postgresql_outage_on_the_async_driver_is_a_503_and_served_right_after()
                     down = client.get(path, headers=headers)
                     _problem(down, 503, "service_unavailable")
                     assert int(down.headers["Retry-After"]) >= 1
+                _problem(
+                    client.post("/tasks", json={"title": "t"}, headers=headers),
+                    503,
+                    "service_unavailable",
+                )
 
                 proxy.blackhole()  # accepts and never answers: the connect timeout decides
                 _problem(
@@ -305,6 +374,9 @@ def test_postgresql_outage_on_the_async_driver_is_a_503_and_served_right_after()
                 back = client.get(f"/tasks/{task_id}", headers=headers)  # the very first after
                 assert back.status_code == 200, back.text
                 assert client.get("/tasks/stats", headers=headers).status_code == 200
+                assert (
+                    client.post("/tasks", json={"title": "t"}, headers=headers).status_code == 201
+                )
         finally:
             proxy.reopen()
             app.remove()

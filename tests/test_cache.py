@@ -199,6 +199,7 @@ def test_a_dead_redis_reads_as_misses_at_once_and_warns_once(
         assert not cache.ping()
         assert asyncio.run(cache.get_many_async(["k"])) is None
         asyncio.run(cache.set_async("k", "v", ttl_seconds=60))
+        asyncio.run(cache.incr_async("c", ttl_seconds=60))
     assert time.monotonic() - started < 1
     assert len(redis_warnings(caplog)) == 1
     cache.close()
@@ -222,6 +223,32 @@ def test_increments_lost_while_frozen_land_when_redis_answers_again(
     values = asyncio.run(redis_cache.get_many_async(["c"]))
     assert values is not None
     assert int(values[0] or 0) >= 2
+
+
+@needs_redis_server
+def test_an_increment_on_the_event_loop_counts_with_its_ttl_and_lands_after_an_outage(
+    redis_server: RedisServer, redis_cache: RedisCache
+) -> None:
+    """`incr_async`, what a create in one statement bumps the owner's version with: counted
+    on every event loop, and kept while Redis is frozen until it answers again."""
+    for _ in range(2):  # a new event loop each time
+        asyncio.run(redis_cache.incr_async("c", ttl_seconds=60))
+    assert redis_cache.counter("c") == 2
+    with redis.Redis.from_url(redis_server.url, decode_responses=True) as raw:
+        assert 0 < raw.ttl(f"{KEY_PREFIX}:c") <= 60
+    redis_server.freeze()
+    started = time.monotonic()
+    asyncio.run(redis_cache.incr_async("c", ttl_seconds=60))
+    asyncio.run(redis_cache.incr_async("c", ttl_seconds=60))  # the breaker is open: kept too
+    assert time.monotonic() - started < 0.5
+    redis_server.thaw()
+    wait_out_the_retry_interval()
+    values = asyncio.run(redis_cache.get_many_async(["c"]))
+    assert values is not None
+    assert int(values[0] or 0) >= 3  # at least once, as `incr`
+    memory = MemoryCache()
+    asyncio.run(memory.incr_async("c", ttl_seconds=60))
+    assert memory.counter("c") == 1
 
 
 # --- the app while its Redis fails --------------------------------------------------------
