@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     # Connections older than this are replaced when next checked out (0: never).
     db_pool_recycle_seconds: int = Field(default=1800, ge=0, le=86_400)
     db_statement_timeout_ms: int = Field(default=10_000, ge=0, le=600_000)
-    # PostgreSQL: the busiest reads (a task, a list, the statistics) run on the async driver,
-    # on the event loop, with no thread-pool hop; off: every request reads through psycopg2.
+    # PostgreSQL: the busiest reads (a task, a list, the statistics) and a create without an
+    # Idempotency-Key run on the async driver, on the event loop, with no thread-pool hop;
+    # off: every request goes through psycopg2.
     db_async_reads: bool = True
 
     redis_url: str | None = None
