@@ -367,6 +367,12 @@ class _Run:
                 server = Server(
                     name, app, workers, baseline.environment(own), log, self.base.directory
                 )
+            elif workers > 1:
+                # The connections of one worker, shared out: every server's pools together
+                # must stay within PostgreSQL's max_connections (100 by default), or the
+                # last connections opened fail as 503s.
+                pool = max(2, Settings.model_fields["db_pool_size"].default // workers)
+                server = Server(name, app, workers, {**env, "DB_POOL_SIZE": str(pool)}, log)
             else:
                 server = Server(name, app, workers, env, log)
             stack.enter_context(server)
