@@ -11,9 +11,10 @@ parameters FastAPI would have listed (`documented_parameters`).
 
 from collections.abc import Awaitable, Callable
 from functools import cache
-from typing import Annotated, Any, TypeVar, get_origin
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
+from fastapi._compat import field_annotation_is_sequence
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -23,14 +24,13 @@ M = TypeVar("M", bound=BaseModel)
 _MODEL_ATTRIBUTE = "query_model"
 
 
-def _is_list(annotation: Any) -> bool:
-    return get_origin(annotation) is list or annotation is list
-
-
 def query_model(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     """A dependency answering the request's query string validated as `model`; declared as
     `Annotated[Model, Depends(query_model(Model))]`."""
-    lists = frozenset(name for name, f in model.model_fields.items() if _is_list(f.annotation))
+    # FastAPI's own test of a field that takes every value of its name (a list, set, tuple).
+    lists = frozenset(
+        name for name, f in model.model_fields.items() if field_annotation_is_sequence(f.annotation)
+    )
     fields = frozenset(model.model_fields)
 
     async def validated_query(request: Request) -> M:

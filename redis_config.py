@@ -342,11 +342,14 @@ class RedisCache(Cache):
             self._keep_pending(key, ttl_seconds)
 
     async def incr_async(self, key: str, ttl_seconds: int) -> None:
-        if self._pending or not self._may_try():
-            # The sync path replays what is pending first, or keeps this one for later.
+        if self._pending:
+            # The sync path replays what is pending first.
             await anyio.to_thread.run_sync(self.incr, key, ttl_seconds)
             return
         name = self._prefix + key
+        if not self._may_try():
+            self._keep_pending(name, ttl_seconds)  # no I/O: no hop while Redis is down
+            return
         try:
             pipe = self._loop_client().pipeline(transaction=False)
             pipe.incr(name)

@@ -399,23 +399,33 @@ def replace_tags(task: Task, tags: Iterable[str]) -> None:
     task.tag_rows = [current.get(tag) or TaskTag(tag=tag, user_id=task.user_id) for tag in wanted]
 
 
+# A task's row, answered as inserted (its tags go in a statement of their own).
+_INSERT_TASK = (
+    insert(_TASK_TABLE)
+    .values(
+        user_id=_OWNER_ID,
+        title=bindparam("title"),
+        description=bindparam("description"),
+        priority=bindparam("priority"),
+        due_date=bindparam("due_date"),
+        completed=bindparam("completed"),
+    )
+    .returning(*_VIEW_COLUMNS)
+)
+
+
+def _new_task_values(owner_id: int, data: TaskCreate) -> dict[str, Any]:
+    """The parameters of `_INSERT_TASK` (and of the create in one statement)."""
+    fields = data.model_dump(include={"title", "description", "priority", "due_date", "completed"})
+    return {**fields, "owner_id": owner_id}
+
+
 def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cache) -> TaskRead:
     """Create a task owned by the caller: its row (answered as inserted), then its tags.
 
     Core statements rather than an ORM flush: the unit of work cost a third of a create.
     """
-    row = session.execute(
-        insert(_TASK_TABLE)
-        .values(
-            user_id=owner_id,
-            title=data.title,
-            description=data.description,
-            priority=data.priority,
-            due_date=data.due_date,
-            completed=data.completed,
-        )
-        .returning(*_VIEW_COLUMNS)
-    ).one()
+    row = session.execute(_INSERT_TASK, _new_task_values(owner_id, data)).one()
     task = _view(row, sorted(set(data.tags)))
     if task.tags:
         session.execute(
@@ -429,19 +439,7 @@ def create_task(session: Session, *, owner_id: int, data: TaskCreate, cache: Cac
 # A create in one statement on PostgreSQL: the task and its tags inserted together (the tags'
 # INSERT a data-modifying CTE fed by the task's RETURNING), atomic without a transaction, so
 # it needs no BEGIN and no COMMIT round trip (`Resources.write_alone`).
-_NEW_TASK = (
-    insert(_TASK_TABLE)
-    .values(
-        user_id=_OWNER_ID,
-        title=bindparam("title"),
-        description=bindparam("description"),
-        priority=bindparam("priority"),
-        due_date=bindparam("due_date"),
-        completed=bindparam("completed"),
-    )
-    .returning(*_VIEW_COLUMNS)
-    .cte("new_task")
-)
+_NEW_TASK = _INSERT_TASK.cte("new_task")
 _NEW_TASK_TAGS = (
     insert(_TAG_TABLE)
     .from_select(
@@ -469,12 +467,7 @@ async def create_task_alone(
     """`create_task` in one statement, through `write` (`Resources.write_alone`: PostgreSQL
     on the async driver), then the owner's cached answers made stale, on the event loop."""
     tags = sorted(set(data.tags))
-    values = {
-        **data.model_dump(include={"title", "description", "priority", "due_date", "completed"}),
-        "owner_id": owner_id,
-        "tags": tags,
-    }
-    row = await write(_CREATE_IN_ONE_STATEMENT, values)
+    row = await write(_CREATE_IN_ONE_STATEMENT, {**_new_task_values(owner_id, data), "tags": tags})
     await change_service.invalidate_now(cache, owner_id=owner_id)
     return _view(row, tags)
 
