@@ -23,7 +23,19 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import (
+    CTE,
+    Select,
+    String,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from db_config import after_commit
@@ -67,6 +79,21 @@ def record(session: Session, kind: str, payloads: Sequence[dict[str, Any]]) -> l
 def tasks_completed(session: Session, *, task_ids: Sequence[int]) -> None:
     """Owe one completion notice per task that just became completed."""
     record(session, TASK_COMPLETED, [{"task_id": task_id} for task_id in task_ids])
+
+
+def tasks_completed_cte(task_ids: Select[tuple[int]]) -> CTE:
+    """`tasks_completed` as a data-modifying CTE of a statement that writes alone (no session):
+    one notice per id the `task_ids` select answers; its column `id` is each job's. The caller
+    hands the ids to `Resources.submit_jobs` once the statement has run."""
+    completed = task_ids.subquery("completed")
+    payload = func.json_build_object(literal_column("'task_id'"), completed.c[0])
+    rows = select(literal(TASK_COMPLETED, String), payload)
+    return (
+        insert(OutboxJob)
+        .from_select(["kind", "payload"], rows)
+        .returning(OutboxJob.id)
+        .cte("notice")
+    )
 
 
 def stored_files_deleted(session: Session, *, stored_filenames: Sequence[str]) -> None:

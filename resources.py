@@ -144,17 +144,17 @@ class Resources:
         """Whether `write_alone` can run a statement (PostgreSQL on the async driver)."""
         return self._async_driver() is not None
 
-    async def write_alone(self, statement: Executable, values: dict[str, Any]) -> Row[Any]:
-        """Run one statement that writes and answers one row, atomic on its own: on the async
-        driver, in autocommit (no BEGIN, no COMMIT), on the event loop. Only when
-        `writes_alone`; a failing database answers 503 as in `read`."""
+    async def write_alone(self, statement: Executable, values: dict[str, Any]) -> Row[Any] | None:
+        """Run one statement that writes, atomic on its own, and answer its one row (None when
+        it answered none): on the async driver, in autocommit (no BEGIN, no COMMIT), on the
+        event loop. Only when `writes_alone`; a failing database answers 503 as in `read`."""
         engine = self._async_driver()
         if engine is None:
             raise RuntimeError("writes_alone is False: write in a session")
         with _unavailable_as_503():
             async with engine.connect() as connection:
                 autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-                return (await autocommit.execute(statement, values)).one()
+                return (await autocommit.execute(statement, values)).one_or_none()
 
     def close(self) -> None:
         """Release the connections (the pool, Redis clients) and forget the list totals."""

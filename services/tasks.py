@@ -14,7 +14,9 @@ from sqlalchemy import (
     Integer,
     Row,
     String,
+    all_,
     bindparam,
+    cast,
     delete,
     false,
     func,
@@ -24,6 +26,7 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, joinedload
 
 import etags
@@ -456,9 +459,11 @@ _CREATE_IN_ONE_STATEMENT = select(*_NEW_TASK.c).add_cte(_NEW_TASK_TAGS)
 
 
 class WriteAlone(Protocol):
-    """Runs one statement that writes, atomic on its own, and answers its one row."""
+    """Runs one statement that writes, atomic on its own, and answers its one row (None: none)."""
 
-    async def __call__(self, statement: Executable, values: dict[str, Any], /) -> Row[Any]: ...
+    async def __call__(
+        self, statement: Executable, values: dict[str, Any], /
+    ) -> Row[Any] | None: ...
 
 
 async def create_task_alone(
@@ -468,6 +473,8 @@ async def create_task_alone(
     on the async driver), then the owner's cached answers made stale, on the event loop."""
     tags = sorted(set(data.tags))
     row = await write(_CREATE_IN_ONE_STATEMENT, {**_new_task_values(owner_id, data), "tags": tags})
+    if row is None:  # an INSERT ... RETURNING answers the row it inserted
+        raise RuntimeError("the create in one statement answered no row")
     await change_service.invalidate_now(cache, owner_id=owner_id)
     return _view(row, tags)
 
@@ -556,6 +563,132 @@ def update_task(
     change_service.invalidate_after_commit(session, owner_id=owner_id, cache=cache)
     updated = _view(row, new_tags)
     return _owe_notices(session, UpdateResult(updated, newly_completed_ids=newly_completed))
+
+
+# An update in one statement on PostgreSQL, for a request without `If-Match` (the tag is a
+# digest the database cannot compute). Its parts, data-modifying CTEs of one statement:
+#   seen     the task as the statement's snapshot has it (404 when absent), its sorted tags,
+#            and whether the update would change anything (the no-op rule);
+#   updated  the UPDATE, only of that same version, and only when it changes something;
+#   dropped, added (tags sent) the tag rows the new set drops and adds;
+#   notice   (completed sent) the completion notice's outbox row, when this update completes it.
+# Every write to a task or its tags raises its version under the row lock, so a task whose
+# version is still the one seen was not written in between: what `seen` read of it and of its
+# tags is current when `updated` writes. When another write did land in between, `updated`
+# writes nothing and the statement says so (`TaskUpdatedMeanwhile`); the caller then updates in
+# a transaction instead.
+_SEEN_TAGS = (
+    select(
+        func.coalesce(
+            func.array_agg(postgresql.aggregate_order_by(_TAG.tag, _TAG.tag)),
+            cast(postgresql.array([], type_=String), ARRAY(String)),
+        )
+    )
+    .where(_TAG.task_id == _TASK.id)
+    .correlate(_TASK_TABLE)
+    .scalar_subquery()
+)
+_NEW_TAGS = bindparam("tags", type_=ARRAY(String))
+
+
+class TaskUpdatedMeanwhile(Exception):
+    """Another write changed the task between the snapshot and the update of one statement."""
+
+
+@lru_cache(maxsize=64)
+def _update_in_one_statement(fields: tuple[str, ...], with_tags: bool) -> Executable:
+    """The statement that updates `fields` (and the tags, `with_tags`) of one task; built once
+    per shape, run with the values as parameters (`_TASK_TABLE` names, `tags`, `now`)."""
+    new = {name: bindparam(name, type_=_TASK[name].type) for name in fields}
+    seen = (
+        select(*_VIEW_COLUMNS, _SEEN_TAGS.label("tags"))
+        .where(_TASK.id == bindparam("task_id", type_=Integer), _TASK.user_id == _OWNER_ID)
+        .cte("seen")
+    )
+    changes = [seen.c[name].is_distinct_from(value) for name, value in new.items()]
+    if with_tags:
+        changes.append(seen.c.tags.is_distinct_from(_NEW_TAGS))
+    differs = or_(*changes)
+    updated = (
+        update(_TASK_TABLE)
+        .where(_TASK.id == seen.c.id, _TASK.version == seen.c.version, differs)
+        .values(
+            **new,
+            updated_at=bindparam("now", type_=_TASK.updated_at.type),
+            version=_TASK.version + 1,
+        )
+        .returning(*_VIEW_COLUMNS)
+        .cte("updated")
+    )
+    statement = select(
+        *(seen.c[name] for name in _VIEW_NAMES),
+        seen.c.tags,
+        differs.label("differs"),
+        *(updated.c[name].label(f"new_{name}") for name in _VIEW_NAMES),
+    ).select_from(seen.outerjoin(updated, true()))
+    if with_tags:
+        dropped = (
+            delete(_TAG_TABLE)
+            .where(_TAG.task_id == updated.c.id, _TAG.tag != all_(_NEW_TAGS))
+            .cte("dropped")
+        )
+        added = (
+            postgresql.insert(_TAG_TABLE)
+            .from_select(
+                ["task_id", "tag", "user_id"],
+                select(updated.c.id, func.unnest(_NEW_TAGS), updated.c.user_id),
+            )
+            # The tags it already has: kept, not dropped, so no row is both deleted and added.
+            .on_conflict_do_nothing()
+            .cte("added")
+        )
+        statement = statement.add_cte(dropped, added)
+    if "completed" in fields:
+        notice = outbox.tasks_completed_cte(
+            select(updated.c.id)
+            .join_from(updated, seen, seen.c.id == updated.c.id)
+            .where(updated.c.completed, ~seen.c.completed)
+        )
+        statement = statement.add_columns(notice.c.id.label("notice_id")).outerjoin(notice, true())
+    return statement
+
+
+@dataclass(frozen=True)
+class UpdatedAlone:
+    """What `update_task_alone` did: the task as answered, and the completion notice's job it
+    recorded (None: none owed)."""
+
+    task: TaskRead
+    changed: bool
+    notice_job_id: int | None
+
+
+async def update_task_alone(
+    write: WriteAlone, *, owner_id: int, task_id: int, changes: dict[str, Any]
+) -> UpdatedAlone:
+    """`update_task` without `If-Match`, in one statement through `write`
+    (`Resources.write_alone`); 404 when the task is not the owner's. `changes` must not be
+    empty. Raises `TaskUpdatedMeanwhile` when another write landed first (nothing written)."""
+    fields = dict(changes)
+    tags = fields.pop("tags", None)
+    new_tags = None if tags is None else sorted(set(tags))
+    statement = _update_in_one_statement(tuple(sorted(fields)), new_tags is not None)
+    values = {**fields, "task_id": task_id, "owner_id": owner_id, "now": utcnow()}
+    if new_tags is not None:
+        values["tags"] = new_tags
+    row = await write(statement, values)
+    if row is None:
+        raise TaskNotFoundError(task_id)
+    columns = len(_VIEW_NAMES)
+    seen, seen_tags, differs = row[:columns], row[columns], row[columns + 1]
+    new = row[columns + 2 : 2 * columns + 2]
+    if new[0] is None:
+        if differs:
+            raise TaskUpdatedMeanwhile(task_id)
+        return UpdatedAlone(_view(seen, seen_tags), changed=False, notice_job_id=None)
+    notice_job_id = row.notice_id if "completed" in fields else None
+    task = _view(new[:columns], seen_tags if new_tags is None else new_tags)
+    return UpdatedAlone(task, changed=True, notice_job_id=notice_job_id)
 
 
 def _retag(session: Session, *, owner_id: int, task_ids: list[int], tags: list[str]) -> None:

@@ -1,5 +1,5 @@
 """The async driver (`DB_ASYNC_READS`, PostgreSQL): the reads of a task, a list and the
-statistics, and a create in one statement.
+statistics, and a create and an update in one statement.
 
 The other tests run every request inside one outer transaction on one psycopg2 connection,
 which the async driver's pool cannot see, so `Resources.read` takes the thread-pool path there.
@@ -7,6 +7,7 @@ These tests serve an app with resources of its own, as production does: what the
 committed for real and removed afterwards.
 """
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -206,6 +207,168 @@ def test_a_create_with_an_idempotency_key_is_stored_with_it_in_one_transaction(
     assert not any(s.startswith("WITH new_task") for s in app.statements["async"])
 
 
+def _outbox_jobs(task_id: int) -> list[tuple[str, Any]]:
+    with RESOURCES.engine.connect() as connection:
+        rows = connection.execute(
+            select(OutboxJob.kind, OutboxJob.payload)
+            .where(OutboxJob.payload["task_id"].as_integer() == task_id)
+            .order_by(OutboxJob.id)
+        )
+        return [tuple(row) for row in rows]
+
+
+def test_a_patch_is_one_statement_on_the_async_driver(served: tuple[TestClient, Served]) -> None:
+    client, app = served
+    headers = app.user(client)
+    body = {"title": "Report", "description": "draft", "priority": "low", "tags": ["a", "b"]}
+    created = client.post("/tasks", json=body, headers=headers).json()
+    path = f"/tasks/{created['id']}"
+    client.get("/tasks/stats", headers=headers)
+    assert client.get("/tasks/stats", headers=headers).headers["X-Cache"] == "HIT"
+    app.forget_statements()
+
+    patched = client.patch(path, json={"description": "final", "priority": "high"}, headers=headers)
+
+    assert patched.status_code == 200, patched.text
+    # The task and its tags read, compared and written in one statement through asyncpg.
+    assert app.statements["sync"] == []
+    assert len(app.statements["async"]) == 1
+    assert " ".join(app.statements["async"][0].split()).startswith("WITH seen AS (SELECT")
+    task = patched.json()
+    changed = {"description": "final", "priority": "high", "tags": ["a", "b"], "version": 2}
+    assert {key: task[key] for key in changed} == changed
+    assert task["updated_at"] > created["updated_at"]
+    read = client.get(path, headers=headers)
+    assert (read.json(), read.headers["ETag"]) == (task, patched.headers["ETag"])
+    assert client.get("/tasks/stats", headers=headers).headers["X-Cache"] == "MISS"
+
+    # The same values again change nothing: the same version, tag and cached statistics.
+    client.get("/tasks/stats", headers=headers)
+    again = client.patch(path, json={"description": "final"}, headers=headers)
+    assert (again.status_code, again.json()) == (200, task)
+    assert again.headers["ETag"] == patched.headers["ETag"]
+    assert client.get("/tasks/stats", headers=headers).headers["X-Cache"] == "HIT"
+
+    retagged = client.patch(path, json={"tags": ["C", "b", "c"]}, headers=headers)
+    assert (retagged.json()["tags"], retagged.json()["version"]) == (["b", "c"], 3)
+    with RESOURCES.engine.connect() as connection:
+        tags = connection.scalars(
+            text("SELECT tag FROM task_tags WHERE task_id = :id ORDER BY tag"), {"id": task["id"]}
+        )
+        assert list(tags) == ["b", "c"]
+    untagged = client.patch(path, json={"tags": []}, headers=headers)
+    assert (untagged.json()["tags"], untagged.json()["version"]) == ([], 4)
+    assert client.get(path, headers=headers).json()["tags"] == []
+
+
+def test_a_patch_on_the_async_driver_owes_one_notice_per_completion(
+    served: tuple[TestClient, Served],
+) -> None:
+    client, app = served
+    headers = app.user(client)
+    task_id = client.post("/tasks", json={"title": "t"}, headers=headers).json()["id"]
+    app.resources.runner.take()  # type: ignore[union-attr]
+
+    done = client.patch(f"/tasks/{task_id}", json={"completed": True}, headers=headers)
+    again = client.patch(
+        f"/tasks/{task_id}", json={"completed": True, "title": "t2"}, headers=headers
+    )
+
+    assert (done.status_code, done.json()["completed"]) == (200, True)
+    assert (again.status_code, again.json()["version"]) == (200, 3)
+    assert not any(s.startswith("UPDATE") for s in app.statements["sync"])
+    # Recorded with the completion, handed to the runner once committed; re-sending
+    # `completed: true` completes nothing and owes nothing.
+    assert _outbox_jobs(task_id) == [("task_completed", {"task_id": task_id})]
+    assert len(app.resources.runner.take()) == 1  # type: ignore[union-attr]
+    reopened = client.patch(f"/tasks/{task_id}", json={"completed": False}, headers=headers)
+    completed_again = client.patch(f"/tasks/{task_id}", json={"completed": True}, headers=headers)
+    assert (reopened.status_code, completed_again.status_code) == (200, 200)
+    assert len(_outbox_jobs(task_id)) == 2
+
+
+def test_a_patch_of_another_users_task_is_a_404_on_the_async_driver(
+    served: tuple[TestClient, Served],
+) -> None:
+    client, app = served
+    owner, stranger = app.user(client), app.user(client)
+    task = client.post("/tasks", json={"title": "mine"}, headers=owner).json()
+
+    theirs = client.patch(f"/tasks/{task['id']}", json={"title": "x"}, headers=stranger)
+    missing = client.patch(f"/tasks/{task['id'] + 10_000_000}", json={"title": "x"}, headers=owner)
+
+    _problem(theirs, 404, "task_not_found")
+    _problem(missing, 404, "task_not_found")
+    assert client.get(f"/tasks/{task['id']}", headers=owner).json() == task
+
+
+def test_a_patch_with_if_match_is_checked_in_a_transaction(
+    served: tuple[TestClient, Served],
+) -> None:
+    client, app = served
+    headers = app.user(client)
+    created = client.post("/tasks", json={"title": "t"}, headers=headers)
+    path = f"/tasks/{created.json()['id']}"
+    client.patch(path, json={"title": "moved on"}, headers=headers)
+    app.forget_statements()
+
+    stale = client.patch(
+        path, json={"title": "u"}, headers={**headers, "If-Match": created.headers["ETag"]}
+    )
+
+    _problem(stale, 412, "precondition_failed")
+    assert any("FOR UPDATE" in s for s in app.statements["sync"])
+    assert client.get(path, headers=headers).json()["title"] == "moved on"
+
+
+def test_a_patch_raced_by_another_write_is_redone_in_a_transaction(
+    served: tuple[TestClient, Served],
+) -> None:
+    client, app = served
+    headers = app.user(client)
+    task = client.post("/tasks", json={"title": "t", "tags": ["a"]}, headers=headers).json()
+    path = f"/tasks/{task['id']}"
+    app.forget_statements()
+
+    # Another writer holds the row: the patch's statement reads the task as it was, then waits
+    # on the lock; once the other write commits, its version is no longer the one it read.
+    with RESOURCES.engine.connect() as other:
+        other.execute(
+            text(
+                "UPDATE tasks SET priority = 3, version = version + 1, updated_at = now() "
+                "WHERE id = :id"
+            ),
+            {"id": task["id"]},
+        )
+
+        def commit_once_the_patch_waits() -> None:
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND query LIKE 'WITH seen AS%'"
+            )
+            deadline = time.monotonic() + 10
+            with RESOURCES.engine.connect() as watcher:
+                while not watcher.scalar(waiting) and time.monotonic() < deadline:
+                    watcher.rollback()  # the activity is read once per transaction
+                    time.sleep(0.02)
+            other.commit()
+
+        committer = threading.Thread(target=commit_once_the_patch_waits)
+        committer.start()
+        try:
+            patched = client.patch(path, json={"description": "mine"}, headers=headers)
+        finally:
+            committer.join()
+
+    assert patched.status_code == 200, patched.text
+    # The one statement wrote nothing; the transaction wrote the patch over the other write.
+    assert len(app.statements["async"]) == 1
+    assert any(s.startswith("UPDATE tasks") for s in app.statements["sync"])
+    both = {"description": "mine", "priority": "high", "tags": ["a"], "version": 3}
+    assert {key: patched.json()[key] for key in both} == both
+    assert client.get(path, headers=headers).json() == patched.json()
+
+
 def _show_on_the_async_driver(settings: Settings, name: str) -> Any:
     """A server setting as a read on the async driver sees it (`SHOW name`), on an event loop
     and resources of its own."""
@@ -364,6 +527,11 @@ def test_postgresql_outage_on_the_async_driver_is_a_503_and_served_right_after()
                     503,
                     "service_unavailable",
                 )
+                _problem(
+                    client.patch(f"/tasks/{task_id}", json={"title": "u"}, headers=headers),
+                    503,
+                    "service_unavailable",
+                )
 
                 proxy.blackhole()  # accepts and never answers: the connect timeout decides
                 _problem(
@@ -377,6 +545,8 @@ def test_postgresql_outage_on_the_async_driver_is_a_503_and_served_right_after()
                 assert (
                     client.post("/tasks", json={"title": "t"}, headers=headers).status_code == 201
                 )
+                patched = client.patch(f"/tasks/{task_id}", json={"title": "u"}, headers=headers)
+                assert (patched.status_code, patched.json()["title"]) == (200, "u")
         finally:
             proxy.reopen()
             app.remove()
