@@ -13,7 +13,7 @@ that session (the outbox's jobs) reaches this app's runner and no other.
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio.to_thread
 from sqlalchemy import Connection, Engine, Executable, Row
@@ -28,6 +28,10 @@ from exceptions import DatabaseUnavailableError
 from metrics import EventCounters, build_event_counters
 from redis_config import Cache, MemoryCache, build_cache
 from services.users import RecentUsers
+from single_flight import SingleFlight
+
+if TYPE_CHECKING:  # services.tasks imports this module (through outbox)
+    from services.tasks import CountedTotal
 
 T = TypeVar("T")
 
@@ -95,6 +99,10 @@ class Resources:
         # only: exact while the counter holds, so no instance needs another's; a round trip to
         # Redis cost a list more than a lookup here).
         self.list_totals = MemoryCache(max_entries=LIST_TOTALS_KEPT)
+        # The counts of list totals going on, by total and the counter its page was read at:
+        # the lists that need the same count at once share it (after a write, a burst of them
+        # would otherwise all count the same rows together).
+        self.list_counts: SingleFlight[tuple[str, int], CountedTotal] = SingleFlight()
         # Set by whoever runs the jobs (the app's lifespan, a worker, a test).
         self.runner: JobSubmitter | None = None
 
@@ -138,6 +146,12 @@ class Resources:
         if self.sessions.kw.get("bind") is not self.engine:
             return None
         return self.async_engine
+
+    @property
+    def reads_on_loop(self) -> bool:
+        """Whether `read` runs on the event loop (the async driver): another read then costs a
+        round trip but no thread-pool hop."""
+        return self._async_driver() is not None
 
     @property
     def writes_alone(self) -> bool:

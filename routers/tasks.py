@@ -164,15 +164,23 @@ async def list_tasks(
     today = stats_service.utc_today()
     total_key = task_service.total_key(user.id, params, today)
     cached_total = resources.list_totals.get(total_key)
+    # On the event loop a count costs no thread-pool hop of its own: it runs after the page,
+    # shared by the lists that need it at once. In a thread it stays in the page's one hop.
+    count_with_page = not resources.reads_on_loop
 
-    def read(session: Session) -> tuple[int | None, Response | task_service.TaskPage]:
+    def read(session: Session) -> tuple[int | None, Response | task_service.PageRead]:
         counter = None
         if known is not None and known.counter is None:
             counter = change_service.current_counter(session, owner_id=user.id)
             if unchanged := not_modified_at(counter=counter):
                 return counter, unchanged
         page = task_service.read_page(
-            session, owner_id=user.id, params=params, today=today, cached_total=cached_total
+            session,
+            owner_id=user.id,
+            params=params,
+            today=today,
+            cached_total=cached_total,
+            count=count_with_page,
         )
         return counter, page
 
@@ -182,6 +190,21 @@ async def list_tasks(
         await known.store(cache, counter)
     if isinstance(answer, Response):
         return answer
+    if isinstance(answer, task_service.UncountedPage):
+        count = partial(
+            resources.read,
+            partial(task_service.count_total, owner_id=user.id, params=params, today=today),
+        )
+        # Shared only by pages read at the same counter: the count then sees that counter or a
+        # later one, as it would after each page on its own. An empty page carries no counter.
+        counter_read = answer.change_counter
+        answer = answer.counted(
+            await (
+                count()
+                if counter_read is None
+                else resources.list_counts.run((total_key, counter_read), count)
+            )
+        )
     task_service.store_counted_total(resources.list_totals, total_key, answer)
     headers = _paging_headers(request, params, answer.total)
     headers["ETag"] = collection_etag(

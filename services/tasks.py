@@ -4,7 +4,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
 from sqlalchemy import (
     ARRAY,
@@ -150,6 +150,32 @@ class TaskPage:
     change_counter: int
     # The total's cache entry when it was just counted (`store_counted_total`), else None.
     counted: str | None = None
+
+
+@dataclass(frozen=True)
+class CountedTotal:
+    """How many tasks match a list's filters, and the owner's change counter at the count."""
+
+    total: int
+    counted_at: int
+
+
+@dataclass(frozen=True)
+class UncountedPage:
+    """A page whose total was not cached at its counter, read with `count=False`: the caller
+    counts it (`count_total`) and completes the page with it (`counted`)."""
+
+    tasks: list[TaskRead]
+    # None for an empty page: no row carried the counter.
+    change_counter: int | None
+
+    def counted(self, count: CountedTotal) -> TaskPage:
+        """The page with its total. Its tag names the older counter of the two reads: a client
+        revalidating after a write between them gets the whole list again."""
+        counter = self.change_counter
+        oldest = count.counted_at if counter is None else min(counter, count.counted_at)
+        entry = f"{count.counted_at} {count.total}"
+        return TaskPage(tasks=self.tasks, total=count.total, change_counter=oldest, counted=entry)
 
 
 _SORT_COLUMNS: dict[str, Any] = {
@@ -331,6 +357,10 @@ def _cached_total(value: str | None, counter: int) -> int | None:
     return int(total) if counted_at == str(counter) and total.isdigit() else None
 
 
+PageRead = TaskPage | UncountedPage
+
+
+@overload
 def read_page(
     session: Session,
     *,
@@ -338,14 +368,39 @@ def read_page(
     params: TaskListParams,
     today: date,
     cached_total: str | None,
-) -> TaskPage:
+    count: Literal[True] = ...,
+) -> TaskPage: ...
+
+
+@overload
+def read_page(
+    session: Session,
+    *,
+    owner_id: int,
+    params: TaskListParams,
+    today: date,
+    cached_total: str | None,
+    count: bool,
+) -> PageRead: ...
+
+
+def read_page(
+    session: Session,
+    *,
+    owner_id: int,
+    params: TaskListParams,
+    today: date,
+    cached_total: str | None,
+    count: bool = True,
+) -> PageRead:
     """One page of the caller's matching tasks, and how many match in all, with the cache entry
     under `total_key` read before (None: none); `store_counted_total` stores a new one after.
 
     The page comes first, with the owner's change counter in the same statement; the total
     is the cached one when it was counted at that counter, else a count (an index-only scan,
     but one that reads every matching row: the whole cost of a list of a user with 100,000
-    tasks), whose entry the page carries for the cache.
+    tasks), whose entry the page carries for the cache. With `count=False` that count is left
+    to the caller: the page is then an `UncountedPage`.
     """
     filters = _filters_of(params)
     values = _filter_values(filters, owner_id, params, today)
@@ -356,13 +411,21 @@ def read_page(
     counter = rows[0][-1] if rows else None
     if counter is not None and (cached := _cached_total(cached_total, counter)) is not None:
         return TaskPage(tasks=tasks, total=cached, change_counter=counter)
+    uncounted = UncountedPage(tasks=tasks, change_counter=counter)
+    return uncounted.counted(_count(session, filters, values)) if count else uncounted
+
+
+def count_total(
+    session: Session, *, owner_id: int, params: TaskListParams, today: date
+) -> CountedTotal:
+    """How many of the caller's tasks match the list's filters (what `read_page` counts)."""
+    filters = _filters_of(params)
+    return _count(session, filters, _filter_values(filters, owner_id, params, today))
+
+
+def _count(session: Session, filters: _Filters, values: dict[str, Any]) -> CountedTotal:
     total, counted_at = session.execute(_count_statement(filters), values).one()
-    # The tag of the answer names the older counter of the two reads: a client revalidating
-    # after a write between them gets the whole list again.
-    oldest = counted_at if counter is None else min(counter, counted_at)
-    return TaskPage(
-        tasks=tasks, total=total, change_counter=oldest, counted=f"{counted_at} {total}"
-    )
+    return CountedTotal(total, counted_at)
 
 
 def store_counted_total(totals: Cache, key: str, page: TaskPage) -> None:

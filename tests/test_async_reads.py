@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -367,6 +368,45 @@ def test_a_patch_raced_by_another_write_is_redone_in_a_transaction(
     both = {"description": "mine", "priority": "high", "tags": ["a"], "version": 3}
     assert {key: patched.json()[key] for key in both} == both
     assert client.get(path, headers=headers).json() == patched.json()
+
+
+def test_lists_that_need_the_same_total_at_once_count_it_once(
+    served: tuple[TestClient, Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, app = served
+    headers = app.user(client)
+    for title in ("a", "b", "c"):
+        client.post("/tasks", json={"title": title, "tags": ["x"]}, headers=headers)
+    counts: list[dict[str, Any]] = []
+    uncounted: list[int] = []
+    count_total, counted = task_service.count_total, task_service.UncountedPage.counted
+
+    def slow_count(session: Session, **kwargs: Any) -> Any:
+        counts.append(kwargs)
+        # Awaited on the event loop: the other lists read their pages meanwhile.
+        session.execute(text("SELECT pg_sleep(0.3)"))
+        return count_total(session, **kwargs)
+
+    def counted_spy(page: task_service.UncountedPage, count: Any) -> Any:
+        uncounted.append(len(page.tasks))
+        return counted(page, count)
+
+    monkeypatch.setattr(task_service, "count_total", slow_count)
+    monkeypatch.setattr(task_service.UncountedPage, "counted", counted_spy)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda _: client.get("/tasks?tag=x", headers=headers), range(6)))
+
+    assert [answer.status_code for answer in answers] == [200] * 6
+    assert {answer.headers["X-Total-Count"] for answer in answers} == {"3"}
+    assert len({answer.headers["ETag"] for answer in answers}) == 1
+    # Several lists needed the total at once; one count served them all.
+    assert len(uncounted) >= 2
+    assert len(counts) == 1
+    # A write makes the next list count again, once.
+    client.post("/tasks", json={"title": "d", "tags": ["x"]}, headers=headers)
+    assert client.get("/tasks?tag=x", headers=headers).headers["X-Total-Count"] == "4"
+    assert client.get("/tasks?tag=x", headers=headers).headers["X-Total-Count"] == "4"
+    assert len(counts) == 2
 
 
 def _show_on_the_async_driver(settings: Settings, name: str) -> Any:
